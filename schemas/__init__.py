@@ -1,0 +1,40 @@
+"""What flows between the stages: the envelope, the events, the codec and the errors."""
+
+from schemas.codec import decode, encode
+from schemas.deadletter import DeadLetter
+from schemas.documents import DocumentIndexed, DocumentSubmitted
+from schemas.envelope import Event, new_id, utc_now
+from schemas.errors import InvalidEvent, LLMOpsError, PermanentError, TransientError
+from schemas.queries import (
+    ContextRetrieved,
+    Passage,
+    PromptAssembled,
+    PromptSpec,
+    QueryEmbedded,
+    QueryFailed,
+    QueryReceived,
+    ResponseGenerated,
+)
+
+__all__ = [
+    "ContextRetrieved",
+    "DeadLetter",
+    "DocumentIndexed",
+    "DocumentSubmitted",
+    "Event",
+    "InvalidEvent",
+    "LLMOpsError",
+    "Passage",
+    "PermanentError",
+    "PromptAssembled",
+    "PromptSpec",
+    "QueryEmbedded",
+    "QueryFailed",
+    "QueryReceived",
+    "ResponseGenerated",
+    "TransientError",
+    "decode",
+    "encode",
+    "new_id",
+    "utc_now",
+]

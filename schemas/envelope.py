@@ -1,0 +1,51 @@
+"""The envelope every event carries. Events are frozen facts named in the past tense."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from typing import TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+SCHEMA_VERSION = 1
+
+# Tenants end up in Milvus filter expressions and ClickHouse rows: a closed alphabet
+# means no tenant string can change the meaning of a query built from it.
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+Tenant = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
+E = TypeVar("E", bound="Event")
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Frozen(BaseModel):
+    """Base for every value that travels: immutable, and unknown fields are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Event(Frozen):
+    """Envelope fields. `trace_id` is the Kafka key and is shared by every event of one
+    request; `event_id` is unique per event and is the idempotency key."""
+
+    event_id: Identifier = Field(default_factory=new_id)
+    trace_id: Identifier
+    schema_version: int = SCHEMA_VERSION
+    occurred_at: AwareDatetime = Field(default_factory=utc_now)
+    producer: Identifier
+    tenant: Tenant = "default"
+
+    def follow(self, cls: type[E], producer: str, **fields: object) -> E:
+        """The next event of the same request: same trace and tenant, new id and time."""
+        return cls(trace_id=self.trace_id, tenant=self.tenant, producer=producer, **fields)
+

@@ -1,0 +1,94 @@
+"""The events of one question's trip: received, prompt assembled, embedded, context
+retrieved, answered (or failed). Each stage's output carries what later stages need, so
+no stage has to look anything up by trace id."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from schemas.envelope import Event, Frozen, Identifier
+
+Question = Annotated[str, StringConstraints(min_length=1, max_length=32_000)]
+# Per-stage handler latency in milliseconds, extended by each hop.
+Timings = dict[str, float]
+
+
+class QueryReceived(Event):
+    """A client asked a question. Published by clients on the queries topic."""
+
+    event_type: Literal["QueryReceived"] = "QueryReceived"
+    question: Question
+    top_k: int | None = Field(default=None, ge=1, le=100)
+    user: Identifier | None = None
+
+
+class PromptSpec(Frozen):
+    """Which template answers the question, with its variables and generation settings.
+    The final prompt is rendered once, in generation, when the context is known."""
+
+    template_id: Identifier
+    template_version: Identifier
+    system: str
+    template: str
+    variables: dict[str, str]
+    retrieval_text: str = Field(min_length=1)
+    top_k: int = Field(ge=1, le=100)
+    temperature: float = Field(ge=0.0, le=2.0)
+    max_tokens: int = Field(ge=1)
+
+
+class PromptAssembled(Event):
+    event_type: Literal["PromptAssembled"] = "PromptAssembled"
+    prompt: PromptSpec
+    latency_ms: Timings = Field(default_factory=dict)
+
+
+class QueryEmbedded(Event):
+    event_type: Literal["QueryEmbedded"] = "QueryEmbedded"
+    prompt: PromptSpec
+    vector: list[float] = Field(min_length=1)
+    embedding_model: Identifier
+    latency_ms: Timings = Field(default_factory=dict)
+
+
+class Passage(Frozen):
+    id: Identifier
+    doc_id: Identifier
+    title: str
+    text: str
+    chunk: int = Field(ge=0)
+    score: float
+
+
+class ContextRetrieved(Event):
+    event_type: Literal["ContextRetrieved"] = "ContextRetrieved"
+    prompt: PromptSpec
+    passages: list[Passage]
+    latency_ms: Timings = Field(default_factory=dict)
+
+
+class ResponseGenerated(Event):
+    """The answer, the passages it was grounded on and what it cost."""
+
+    event_type: Literal["ResponseGenerated"] = "ResponseGenerated"
+    question: Question
+    answer: str
+    citations: list[Identifier]
+    passages: list[Passage]
+    model: Identifier
+    template_id: Identifier
+    template_version: Identifier
+    usage_details: dict[str, int] = Field(default_factory=dict)
+    latency_ms: Timings = Field(default_factory=dict)
+
+
+class QueryFailed(Event):
+    """A query was dead-lettered: the client gets this instead of waiting for a timeout."""
+
+    event_type: Literal["QueryFailed"] = "QueryFailed"
+    stage: Identifier
+    error_type: Identifier
+    reason: str
+    latency_ms: Timings = Field(default_factory=dict)

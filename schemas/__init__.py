@@ -11,7 +11,7 @@ from schemas.queries import (
     PromptAssembled,
     PromptSpec,
     QueryEmbedded,
-    QueryFailed,
+    RequestFailed,
     QueryReceived,
     ResponseGenerated,
 )
@@ -29,7 +29,7 @@ __all__ = [
     "PromptAssembled",
     "PromptSpec",
     "QueryEmbedded",
-    "QueryFailed",
+    "RequestFailed",
     "QueryReceived",
     "ResponseGenerated",
     "TransientError",

@@ -14,7 +14,7 @@ from schemas.queries import (
     ContextRetrieved,
     PromptAssembled,
     QueryEmbedded,
-    QueryFailed,
+    RequestFailed,
     QueryReceived,
     ResponseGenerated,
 )
@@ -25,7 +25,7 @@ EVENTS: tuple[type[BaseModel], ...] = (
     QueryEmbedded,
     ContextRetrieved,
     ResponseGenerated,
-    QueryFailed,
+    RequestFailed,
     DocumentSubmitted,
     DocumentIndexed,
     DeadLetter,

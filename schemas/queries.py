@@ -84,10 +84,10 @@ class ResponseGenerated(Event):
     latency_ms: Timings = Field(default_factory=dict)
 
 
-class QueryFailed(Event):
-    """A query was dead-lettered: the client gets this instead of waiting for a timeout."""
+class RequestFailed(Event):
+    """A query or document was dead-lettered: the client gets this, not a timeout."""
 
-    event_type: Literal["QueryFailed"] = "QueryFailed"
+    event_type: Literal["RequestFailed"] = "RequestFailed"
     stage: Identifier
     error_type: Identifier
     reason: str

@@ -1,0 +1,200 @@
+"""The async Client SDK: publish questions and documents, await the matching replies.
+
+One consumer per Client reads the reply topics from the moment the Client starts (manual
+assignment at the end offsets, so no group join delays the first answer) and resolves
+the waiting futures by trace id. Concurrent asks share it and never block each other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from connectors.kafka import KafkaSettings, Publisher, librdkafka_config
+from schemas import (
+    DocumentIndexed,
+    DocumentSubmitted,
+    QueryReceived,
+    RequestFailed,
+    ResponseGenerated,
+    encode,
+    new_id,
+)
+from schemas.errors import LLMOpsError, PermanentError, TransientError
+
+Reply = ResponseGenerated | DocumentIndexed | RequestFailed
+_replies: TypeAdapter[Reply] = TypeAdapter(Reply)
+
+
+class ClientSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    timeout_s: float = Field(default=60.0, gt=0, description="How long ask() waits for a reply.")
+
+
+class HasClientSettings(Protocol):
+    @property
+    def kafka(self) -> KafkaSettings: ...
+
+    @property
+    def client(self) -> ClientSettings: ...
+
+
+class RequestError(LLMOpsError):
+    """The pipeline dead-lettered this request; `failure` says where and why."""
+
+    def __init__(self, failure: RequestFailed) -> None:
+        super().__init__(f"{failure.stage} failed ({failure.error_type}): {failure.reason}")
+        self.failure = failure
+
+
+class Client:
+    def __init__(self, settings: HasClientSettings, producer_name: str = "client") -> None:
+        self._kafka = settings.kafka
+        self._timeout = settings.client.timeout_s
+        self._name = producer_name
+        self._publisher = Publisher(settings.kafka, client_id=f"{producer_name}-{new_id()[:8]}")
+        self._consumer: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.aio import AIOConsumer
+
+        self._consumer = AIOConsumer(
+            librdkafka_config(
+                self._kafka,
+                **{
+                    "group.id": f"llmops-client-{new_id()}",
+                    "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 10,
+                },
+            ),
+            max_workers=2,
+        )
+        topics = [self._kafka.topics.responses, self._kafka.topics.indexed]
+        metadata = await self._consumer.list_topics(timeout=10)
+        assignment = []
+        for topic in topics:
+            if topic not in metadata.topics or metadata.topics[topic].error is not None:
+                raise PermanentError(
+                    f"topic {topic} does not exist on {self._kafka.bootstrap_servers}: "
+                    "is the stack up (`llmops up`) and bootstrapped?"
+                )
+            for partition in metadata.topics[topic].partitions:
+                _, high = await self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
+                assignment.append(TopicPartition(topic, partition, high))
+        await self._consumer.assign(assignment)
+        await self._publisher.start()
+        self._reader = asyncio.create_task(self._read_replies(), name="llmops-client-replies")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        await self._publisher.stop()
+        if self._consumer is not None:
+            await self._consumer.close()
+            self._consumer = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(TransientError("client stopped"))
+
+    async def ask(
+        self,
+        question: str,
+        tenant: str = "default",
+        *,
+        top_k: int | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+    ) -> ResponseGenerated:
+        """Publish a QueryReceived and await its ResponseGenerated.
+
+        Raises RequestError when the pipeline rejected the query, TimeoutError when no
+        reply came within `timeout` seconds."""
+        query = QueryReceived(
+            trace_id=new_id(), tenant=tenant, producer=self._name,
+            question=question, top_k=top_k, user=user,
+        )
+        reply = await self._request(self._kafka.topics.queries, [query], timeout)
+        assert isinstance(reply[0], ResponseGenerated)
+        return reply[0]
+
+    async def ingest(
+        self,
+        documents: Iterable[DocumentSubmitted | Mapping[str, Any]],
+        tenant: str = "default",
+        *,
+        timeout: float | None = None,
+        on_indexed: Callable[[DocumentIndexed], None] | None = None,
+    ) -> list[DocumentIndexed]:
+        """Publish documents and await their DocumentIndexed replies, in input order.
+
+        Mappings need `doc_id` and `text` (`title`, `source` optional)."""
+        events = [
+            d if isinstance(d, DocumentSubmitted)
+            else DocumentSubmitted(trace_id=new_id(), tenant=tenant, producer=self._name, **d)
+            for d in documents
+        ]
+        replies = await self._request(self._kafka.topics.documents, events, timeout, on_indexed)
+        return [r for r in replies if isinstance(r, DocumentIndexed)]
+
+    async def _request(
+        self,
+        topic: str,
+        events: list[Any],
+        timeout: float | None,
+        on_reply: Callable[[Any], None] | None = None,
+    ) -> list[Reply]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for event in events:
+            future: asyncio.Future[Reply] = loop.create_future()
+            if on_reply is not None:
+                future.add_done_callback(
+                    lambda f: on_reply(f.result()) if not f.exception() else None
+                )
+            self._pending[event.trace_id] = future
+            futures.append(future)
+        try:
+            await self._publisher.publish(
+                topic, [(e.trace_id.encode(), encode(e)) for e in events]
+            )
+            async with asyncio.timeout(timeout or self._timeout):
+                replies = await asyncio.gather(*futures)
+        finally:
+            for event in events:
+                self._pending.pop(event.trace_id, None)
+        for reply in replies:
+            if isinstance(reply, RequestFailed):
+                raise RequestError(reply)
+        return list(replies)
+
+    async def _read_replies(self) -> None:
+        while True:
+            for message in await self._consumer.consume(num_messages=500, timeout=0.1):
+                if message.error() is not None:
+                    continue
+                try:
+                    reply = _replies.validate_json(message.value())
+                except ValidationError:
+                    continue  # not ours to judge: the pipeline dead-letters bad events
+                future = self._pending.get(reply.trace_id)
+                if future is not None and not future.done():
+                    future.set_result(reply)

@@ -1,0 +1,180 @@
+"""Kafka on the client side: settings (with SASL/SSL passed to every client), topic
+names and specs, the admin bootstrap and a small awaitable producer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from schemas.errors import PermanentError, TransientError
+
+
+class TopicNames(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    queries: str = "llmops.queries"
+    prompts: str = "llmops.prompts"
+    embeddings: str = "llmops.embeddings"
+    contexts: str = "llmops.contexts"
+    responses: str = "llmops.responses"
+    documents: str = "llmops.documents"
+    indexed: str = "llmops.indexed"
+    deadletter: str = "llmops.deadletter"
+
+
+class KafkaSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Comma-separated host:port list."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle for SSL brokers.")
+    partitions: int = Field(default=4, ge=1, description="Partitions of each pipeline topic.")
+    replication_factor: int = Field(default=1, ge=1)
+    topics: TopicNames = TopicNames()
+
+
+def librdkafka_config(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
+    """confluent-kafka configuration, security included."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "security.protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism:
+        conf["sasl.mechanism"] = settings.sasl_mechanism
+    if settings.sasl_username is not None:
+        conf["sasl.username"] = settings.sasl_username
+    if settings.sasl_password is not None:
+        conf["sasl.password"] = settings.sasl_password.get_secret_value()
+    if settings.ssl_cafile is not None:
+        conf["ssl.ca.location"] = str(settings.ssl_cafile)
+    conf.update(extra)
+    return conf
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec], timeout: float = 30) -> list[str]:
+    """Create the topics that do not exist yet; return the names created. Idempotent."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(librdkafka_config(settings))
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise TransientError(f"broker {settings.bootstrap_servers} unreachable: {exc}") from exc
+    wanted = [
+        NewTopic(
+            s.name,
+            num_partitions=s.partitions,
+            replication_factor=settings.replication_factor,
+            config=s.config,
+        )
+        for s in specs
+        if s.name not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, future in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise PermanentError(f"cannot create topic {name}: {exc}") from exc
+    return created
+
+
+def wait_for_broker(settings: KafkaSettings, timeout: float) -> None:
+    """Block until the broker answers a metadata request."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(librdkafka_config(settings))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=2)
+            return
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"broker {settings.bootstrap_servers} did not answer in {timeout:.0f}s"
+                ) from exc
+            time.sleep(0.2)
+
+
+def group_is_serving(settings: KafkaSettings, group_id: str, topics: Iterable[str]) -> bool:
+    """True when the consumer group is stable and every partition of `topics` is assigned."""
+    from confluent_kafka import ConsumerGroupState, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(librdkafka_config(settings))
+    try:
+        described = admin.describe_consumer_groups([group_id], request_timeout=5)[group_id].result()
+        metadata = admin.list_topics(timeout=5)
+    except KafkaException:
+        return False
+    if described.state != ConsumerGroupState.STABLE:
+        return False
+    assigned = {
+        (tp.topic, tp.partition)
+        for member in described.members
+        for tp in (member.assignment.topic_partitions if member.assignment else [])
+    }
+    for topic in topics:
+        meta = metadata.topics.get(topic)
+        if meta is None or any((topic, p) not in assigned for p in meta.partitions):
+            return False
+    return True
+
+
+class Publisher:
+    """An awaitable producer: `publish` returns once the broker has the messages."""
+
+    def __init__(self, settings: KafkaSettings, client_id: str) -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._producer: Any = None
+
+    async def start(self) -> None:
+        from confluent_kafka.aio import AIOProducer
+
+        self._producer = AIOProducer(
+            librdkafka_config(
+                self._settings,
+                **{"client.id": self._client_id, "linger.ms": 2, "enable.idempotence": True},
+            )
+        )
+
+    async def publish(self, topic: str, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        """Send (key, value) pairs and wait for the broker's acknowledgement of each."""
+        futures = [await self._producer.produce(topic, value=v, key=k) for k, v in messages]
+        await self._producer.flush()
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise TransientError(f"{len(failed)} of {len(messages)} messages not delivered: {failed[0]}")
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.flush()
+            await self._producer.close()
+            self._producer = None

@@ -1,0 +1,196 @@
+"""Generation backends. `extractive` (default) answers from the retrieved passages alone,
+with citations and no network; `openai` calls any OpenAI-compatible Chat Completions
+server (vLLM, TGI, Ollama, llama.cpp server, OpenAI)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from schemas.errors import PermanentError, TransientError
+
+
+class LLMSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    backend: Literal["extractive", "openai"] = "extractive"
+    base_url: str = Field(
+        default="http://127.0.0.1:8000/v1", description="OpenAI-compatible API root (.../v1)."
+    )
+    api_key: SecretStr | None = None
+    model: str = Field(default="extractive", description="Model name sent to the server.")
+    timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout.")
+    max_sentences: int = Field(default=3, ge=1, description="extractive: sentences per answer.")
+
+
+@dataclass(frozen=True)
+class Source:
+    id: str
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    system: str
+    user: str
+    question: str
+    sources: Sequence[Source]
+    temperature: float
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    model: str
+    citations: list[str]
+    usage_details: dict[str, int] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def generate(self, prompt: RenderedPrompt) -> Generation: ...
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n{2,}")
+_STOP = frozenset(
+    "a an and are as at be by can do does for from how i in is it its of on or that the this "
+    "to was what when where which who why will with you your".split()
+)
+
+
+def _terms(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 1 and w not in _STOP}
+
+
+def cited(text: str, sources: Sequence[Source]) -> list[str]:
+    """Ids of the sources that `[n]` markers in `text` point at, in first-cited order."""
+    ids: list[str] = []
+    for n in re.findall(r"\[(\d+)\]", text):
+        i = int(n) - 1
+        if 0 <= i < len(sources) and sources[i].id not in ids:
+            ids.append(sources[i].id)
+    return ids
+
+
+class ExtractiveBackend:
+    """Picks the sentences of the retrieved passages that share the most terms with the
+    question and cites each one. Grounded by construction; it cannot add anything."""
+
+    name = "extractive"
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self._max = settings.max_sentences
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def generate(self, prompt: RenderedPrompt) -> Generation:
+        wanted = _terms(prompt.question)
+        scored = []
+        for rank, source in enumerate(prompt.sources):
+            for position, sentence in enumerate(_SENTENCE_END.split(source.text)):
+                sentence = " ".join(sentence.split())
+                overlap = len(wanted & _terms(sentence))
+                if overlap and len(sentence) > 20:
+                    # More shared terms first; then the better-ranked passage, earlier text.
+                    scored.append((-overlap, rank, position, sentence))
+        picked = sorted(scored)[: self._max]
+        if picked:
+            picked.sort(key=lambda s: (s[1], s[2]))
+            text = " ".join(f"{s[3]} [{s[1] + 1}]" for s in picked)
+        else:
+            text = "None of the indexed passages answers this question."
+        return Generation(
+            text=text,
+            model=self.name,
+            citations=cited(text, prompt.sources),
+            usage_details={
+                "input": len(prompt.user.split()) + len(prompt.system.split()),
+                "output": len(text.split()),
+            },
+        )
+
+
+class OpenAIBackend:
+    """Chat Completions over HTTP. 429, 5xx, timeouts and dropped connections raise
+    TransientError (the runtime retries them with backoff); other errors are permanent."""
+
+    name = "openai"
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self._settings = settings
+        self._session: Any = None
+
+    async def open(self) -> None:
+        import aiohttp
+
+        headers = {"Content-Type": "application/json"}
+        if self._settings.api_key is not None:
+            headers["Authorization"] = f"Bearer {self._settings.api_key.get_secret_value()}"
+        self._session = aiohttp.ClientSession(
+            headers=headers, timeout=aiohttp.ClientTimeout(total=self._settings.timeout_s)
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def generate(self, prompt: RenderedPrompt) -> Generation:
+        import aiohttp
+
+        body = {
+            "model": self._settings.model,
+            "messages": [
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.user},
+            ],
+            "temperature": prompt.temperature,
+            "max_tokens": prompt.max_tokens,
+        }
+        url = self._settings.base_url.rstrip("/") + "/chat/completions"
+        try:
+            async with self._session.post(url, json=body) as response:
+                if response.status == 429 or response.status >= 500:
+                    raise TransientError(f"LLM server answered {response.status}")
+                if response.status >= 400:
+                    detail = (await response.text())[:500]
+                    raise PermanentError(f"LLM server answered {response.status}: {detail}")
+                payload = await response.json(content_type=None)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise TransientError(f"LLM server unreachable or slow: {exc!r}") from exc
+        try:
+            text = payload["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError) as exc:
+            raise PermanentError(f"unexpected Chat Completions payload: {str(payload)[:300]}") from exc
+        usage = payload.get("usage") or {}
+        return Generation(
+            text=text,
+            model=str(payload.get("model") or self._settings.model),
+            citations=cited(text, prompt.sources),
+            usage_details={
+                "input": int(usage.get("prompt_tokens", 0)),
+                "output": int(usage.get("completion_tokens", 0)),
+            },
+        )
+
+
+def build_backend(settings: LLMSettings) -> Backend:
+    if settings.backend == "openai":
+        return OpenAIBackend(settings)
+    return ExtractiveBackend(settings)

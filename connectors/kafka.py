@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -119,31 +119,6 @@ def wait_for_broker(settings: KafkaSettings, timeout: float) -> None:
                     f"broker {settings.bootstrap_servers} did not answer in {timeout:.0f}s"
                 ) from exc
             time.sleep(0.2)
-
-
-def group_is_serving(settings: KafkaSettings, group_id: str, topics: Iterable[str]) -> bool:
-    """True when the consumer group is stable and every partition of `topics` is assigned."""
-    from confluent_kafka import ConsumerGroupState, KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(librdkafka_config(settings))
-    try:
-        described = admin.describe_consumer_groups([group_id], request_timeout=5)[group_id].result()
-        metadata = admin.list_topics(timeout=5)
-    except KafkaException:
-        return False
-    if described.state != ConsumerGroupState.STABLE:
-        return False
-    assigned = {
-        (tp.topic, tp.partition)
-        for member in described.members
-        for tp in (member.assignment.topic_partitions if member.assignment else [])
-    }
-    for topic in topics:
-        meta = metadata.topics.get(topic)
-        if meta is None or any((topic, p) not in assigned for p in meta.partitions):
-            return False
-    return True
 
 
 class Publisher:

@@ -64,6 +64,8 @@ class Backend(Protocol):
 
 _WORD = re.compile(r"[a-z0-9]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n{2,}")
+# Heading underlines (reStructuredText, Markdown setext): not prose, never worth quoting.
+_RULE = re.compile(r"\S*([*=~#^-])\1{3,}\S*")
 _STOP = frozenset(
     "a an and are as at be by can do does for from how i in is it its of on or that the this "
     "to was what when where which who why will with you your".split()
@@ -104,7 +106,7 @@ class ExtractiveBackend:
         scored = []
         for rank, source in enumerate(prompt.sources):
             for position, sentence in enumerate(_SENTENCE_END.split(source.text)):
-                sentence = " ".join(sentence.split())
+                sentence = " ".join(_RULE.sub(" ", sentence).split())
                 overlap = len(wanted & _terms(sentence))
                 if overlap and len(sentence) > 20:
                     # More shared terms first; then the better-ranked passage, earlier text.

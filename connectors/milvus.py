@@ -63,9 +63,8 @@ def tenant_filter(tenant: str) -> str:
 class MilvusStore:
     """Open with `open()`; the constructor does no I/O."""
 
-    def __init__(self, settings: MilvusSettings, dim: int) -> None:
+    def __init__(self, settings: MilvusSettings) -> None:
         self._settings = settings
-        self._dim = dim
         self._client: Any = None
 
     def open(self) -> None:
@@ -84,8 +83,9 @@ class MilvusStore:
             self._client.close()
             self._client = None
 
-    def ensure_collection(self) -> bool:
-        """Create the collection and its index if missing; True when created."""
+    def ensure_collection(self, dim: int) -> bool:
+        """Create the collection and its index for `dim`-sized vectors if missing; True when
+        created. An explicit bootstrap step: searching and upserting never create it."""
         from pymilvus import DataType
 
         client, name = self._client, self._settings.collection
@@ -98,7 +98,7 @@ class MilvusStore:
         schema.add_field("chunk", DataType.INT64)
         schema.add_field("title", DataType.VARCHAR, max_length=1_000)
         schema.add_field("text", DataType.VARCHAR, max_length=_TEXT_LIMIT)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dim)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         index = client.prepare_index_params()
         params: dict[str, Any] = {}
         if self._settings.index_type == "HNSW":

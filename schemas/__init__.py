@@ -11,8 +11,8 @@ from schemas.queries import (
     PromptAssembled,
     PromptSpec,
     QueryEmbedded,
-    RequestFailed,
     QueryReceived,
+    RequestFailed,
     ResponseGenerated,
 )
 

@@ -14,8 +14,8 @@ from schemas.queries import (
     ContextRetrieved,
     PromptAssembled,
     QueryEmbedded,
-    RequestFailed,
     QueryReceived,
+    RequestFailed,
     ResponseGenerated,
 )
 

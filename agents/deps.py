@@ -1,0 +1,62 @@
+"""What handlers may use. Built by the composition root; opened once per worker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from agents.config import PipelineSettings
+from connectors.llm import Backend
+from connectors.milvus import Chunk, Hit
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def open(self) -> None: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class PassageStore(Protocol):
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def upsert(self, chunks: Sequence[Chunk]) -> None: ...
+
+    def search(
+        self, vectors: Sequence[Sequence[float]], tenant: str, top_k: int
+    ) -> list[list[Hit]]: ...
+
+
+@dataclass
+class Dependencies:
+    pipeline: PipelineSettings
+    embedder: Embedder
+    store: PassageStore
+    llm: Backend
+    _opened: bool = False
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def ready(self) -> None:
+        """Open every client once; each agent awaits this before its first event."""
+        async with self._lock:
+            if self._opened:
+                return
+            await asyncio.to_thread(self.embedder.open)
+            await asyncio.to_thread(self.store.open)
+            await self.llm.open()
+            self._opened = True
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._opened:
+                await self.llm.close()
+                await asyncio.to_thread(self.store.close)
+                self._opened = False

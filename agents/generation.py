@@ -1,0 +1,45 @@
+"""Generation: render the prompt with the retrieved passages and ask the LLM backend."""
+
+from __future__ import annotations
+
+from string import Template
+
+from agents.deps import Dependencies
+from connectors.llm import RenderedPrompt, Source
+from schemas import ContextRetrieved, ResponseGenerated
+from schemas.errors import PermanentError
+
+STAGE = "generation"
+
+
+def render(event: ContextRetrieved) -> RenderedPrompt:
+    """Fill the template once, with the context; user text is a value, never a template."""
+    spec = event.prompt
+    sources = [Source(id=p.id, title=p.title, text=p.text) for p in event.passages]
+    context = "\n\n".join(f"[{n}] {s.title}\n{s.text}" for n, s in enumerate(sources, start=1))
+    try:
+        user = Template(spec.template).substitute(spec.variables, context=context)
+    except (KeyError, ValueError) as exc:
+        raise PermanentError(f"template {spec.template_id}@{spec.template_version}: {exc!r}") from exc
+    return RenderedPrompt(
+        system=spec.system, user=user, question=spec.variables.get("question", ""),
+        sources=sources, temperature=spec.temperature, max_tokens=spec.max_tokens,
+    )
+
+
+async def handle(event: ContextRetrieved, deps: Dependencies) -> ResponseGenerated:
+    prompt = render(event)
+    generation = await deps.llm.generate(prompt)
+    return event.follow(
+        ResponseGenerated,
+        STAGE,
+        question=prompt.question,
+        answer=generation.text,
+        citations=generation.citations,
+        passages=event.passages,
+        model=generation.model,
+        template_id=event.prompt.template_id,
+        template_version=event.prompt.template_version,
+        usage_details=generation.usage_details,
+        latency_ms=event.latency_ms,
+    )

@@ -1,0 +1,179 @@
+"""The one runtime that turns a handler into an agent: decode -> handle -> emit (always
+with the trace id as key) -> dead-letter. Errors are caught per event inside the loop:
+permanent ones are dead-lettered at once, transient ones retried with bounded backoff
+first. A request that fails also gets a RequestFailed reply, so no client waits for a
+timeout. Nothing here knows which stage it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas import DeadLetter, Event, RequestFailed, decode, encode, new_id
+from schemas.envelope import TENANT_PATTERN
+from schemas.errors import InvalidEvent, LLMOpsError, TransientError
+
+log = logging.getLogger(__name__)
+
+In = TypeVar("In", bound=Event)
+Out = TypeVar("Out", bound=Event)
+D = TypeVar("D")
+# A batch handler returns one result per input, in order: an event to emit, None for
+# nothing to emit, or the exception that this input failed with.
+Result = Event | None | BaseException
+BatchHandler = Callable[[Sequence[Any], Any], Awaitable[Sequence[Result]]]
+
+
+class RuntimeSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    batch_max: int = Field(default=64, ge=1, description="Events per micro-batch.")
+    batch_within_s: float = Field(
+        default=0.005, gt=0, description="Longest wait to fill a micro-batch (adds latency)."
+    )
+    max_attempts: int = Field(default=4, ge=1, description="Tries before a transient error dead-letters.")
+    backoff_s: float = Field(default=0.2, ge=0, description="First retry delay; doubles each time.")
+    backoff_max_s: float = Field(default=5.0, ge=0)
+
+
+def per_event(handler: Callable[[In, D], Awaitable[Out | None]]) -> BatchHandler:
+    """Run a one-event handler over a batch, concurrently, one result per event."""
+
+    async def batch(events: Sequence[In], deps: D) -> Sequence[Result]:
+        results = await asyncio.gather(*(handler(e, deps) for e in events), return_exceptions=True)
+        for r in results:
+            if isinstance(r, asyncio.CancelledError):
+                raise r
+        return results
+
+    batch.__name__ = getattr(handler, "__name__", "handler")
+    batch.__module__ = getattr(handler, "__module__", __name__)
+    return batch
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One consumed message, as the runtime needs it (faust's EventT adapts to this)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class StageRunner:
+    name: str
+    input_model: type[Event]
+    handler: BatchHandler
+    deps: Any
+    emit: Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
+    dead_letter: Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
+    reply: Callable[[bytes, bytes], Awaitable[Awaitable[Any]]] | None
+    settings: RuntimeSettings
+
+    async def process(self, batch: Sequence[Incoming]) -> None:
+        """Handle one micro-batch; returns once every output is acknowledged by the broker,
+        so the caller may commit the batch's offsets."""
+        deliveries: list[Awaitable[Any]] = []
+        pending: list[tuple[Incoming, Event]] = []
+        for message in batch:
+            try:
+                pending.append((message, decode(message.value, self.input_model)))
+            except InvalidEvent as exc:
+                deliveries += await self._fail(message, None, exc, attempts=1)
+        attempt = 1
+        while pending:
+            started = time.perf_counter()
+            results = await self._call([event for _, event in pending])
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            retry: list[tuple[Incoming, Event]] = []
+            for (message, event), result in zip(pending, results, strict=True):
+                if isinstance(result, TransientError) and attempt < self.settings.max_attempts:
+                    retry.append((message, event))
+                elif isinstance(result, BaseException):
+                    deliveries += await self._fail(message, event, result, attempts=attempt)
+                elif result is not None:
+                    result = _with_timing(result, event, self.name, elapsed_ms)
+                    deliveries.append(await self.emit(result.trace_id.encode(), encode(result)))
+            pending = retry
+            if pending:
+                delay = min(self.settings.backoff_s * 2 ** (attempt - 1), self.settings.backoff_max_s)
+                log.warning("%s: retrying %d event(s) in %.2fs", self.name, len(pending), delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+        await asyncio.gather(*deliveries)
+
+    async def _call(self, events: list[Event]) -> Sequence[Result]:
+        try:
+            results = await self.handler(events, self.deps)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the whole batch failed; each event carries the error
+            return [exc] * len(events)
+        if len(results) != len(events):
+            error = RuntimeError(f"{self.name} returned {len(results)} results for {len(events)} events")
+            return [error] * len(events)
+        return results
+
+    async def _fail(
+        self, message: Incoming, event: Event | None, error: BaseException, attempts: int
+    ) -> list[Awaitable[Any]]:
+        permanent = not isinstance(error, TransientError)
+        if not isinstance(error, LLMOpsError):  # not raised on purpose: a bug to look at
+            log.error("%s: unexpected %r", self.name, error, exc_info=error)
+        known_trace, tenant = _identify(message, event)
+        trace_id = known_trace or new_id()
+        letter = DeadLetter(
+            trace_id=trace_id, tenant=tenant, producer=self.name, stage=self.name,
+            topic=message.topic, partition=message.partition, offset=message.offset,
+            key=message.key, original=message.value or b"", error_type=type(error).__name__,
+            reason=str(error)[:2_000] or repr(error), attempts=attempts, permanent=permanent,
+        )
+        log.warning(
+            "%s: dead-lettered %s@%d:%d (%s: %s)", self.name, message.topic,
+            message.partition, message.offset, letter.error_type, letter.reason[:200],
+        )
+        sent = [await self.dead_letter(trace_id.encode(), encode(letter))]
+        if self.reply is not None and known_trace is not None:
+            failed = RequestFailed(
+                trace_id=trace_id, tenant=tenant, producer=self.name, stage=self.name,
+                error_type=letter.error_type, reason=letter.reason,
+            )
+            sent.append(await self.reply(trace_id.encode(), encode(failed)))
+        return sent
+
+
+def _with_timing(result: Event, source: Event, stage: str, elapsed_ms: float) -> Event:
+    if "latency_ms" not in type(result).model_fields:
+        return result
+    timings = dict(getattr(source, "latency_ms", {}))
+    timings[stage] = round(elapsed_ms, 3)
+    return result.model_copy(update={"latency_ms": timings})
+
+
+def _identify(message: Incoming, event: Event | None) -> tuple[str | None, str]:
+    """The trace id and tenant of a failed message, recovered from raw JSON if need be, so
+    the client still hears about it; None when the message names no usable trace id."""
+    if event is not None:
+        return event.trace_id, event.tenant
+    try:
+        raw = json.loads(message.value or b"")
+    except (ValueError, UnicodeDecodeError):
+        raw = None
+    trace_id = raw.get("trace_id") if isinstance(raw, dict) else None
+    tenant = raw.get("tenant") if isinstance(raw, dict) else None
+    if not isinstance(tenant, str) or not re.fullmatch(TENANT_PATTERN, tenant):
+        tenant = "default"
+    if isinstance(trace_id, str) and 0 < len(trace_id) <= 128:
+        return trace_id, tenant
+    return None, tenant

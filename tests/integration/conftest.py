@@ -1,0 +1,74 @@
+"""Integration fixtures: the real embedded stack (Tansu, Milvus Lite server, faust worker,
+ONNX model) and, when Java is present, the same pipeline on Apache Kafka."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connectors.embedder import OnnxEmbedder
+from tests.integration.apache_kafka import ApacheKafka, java_available
+from topology.settings import Settings
+from topology.stack import LocalStack
+
+REQUIRE_KAFKA = os.environ.get("LLMOPS_REQUIRE_APACHE_KAFKA") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    settings = Settings()
+    if not (settings.embedding.model_dir / "model.onnx").is_file():
+        pytest.fail(f"no ONNX model in {settings.embedding.model_dir}: run `make model` first")
+    return settings
+
+
+@pytest.fixture(scope="session")
+def embedder(base_settings: Settings) -> OnnxEmbedder:
+    model = OnnxEmbedder(base_settings.embedding)
+    model.open()
+    return model
+
+
+def _stack_settings(base: Settings, data_dir: Path) -> Settings:
+    stack = base.stack.model_copy(update={"data_dir": data_dir, "broker_port": 0, "milvus_port": 0})
+    return base.model_copy(update={"stack": stack})
+
+
+@pytest.fixture(scope="session")
+def tansu_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with LocalStack(_stack_settings(base_settings, tmp_path_factory.mktemp("tansu"))) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def kafka_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    if not java_available():
+        if REQUIRE_KAFKA:
+            pytest.fail("LLMOPS_REQUIRE_APACHE_KAFKA=1 but java or mvn is missing")
+        pytest.skip("Apache Kafka tier skipped: no java/mvn on this machine")
+    kafka = ApacheKafka(tmp_path_factory.mktemp("kafka"))
+    kafka.start()
+    try:
+        settings = _stack_settings(base_settings, tmp_path_factory.mktemp("kafka-stack"))
+        settings = settings.model_copy(
+            update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": kafka.bootstrap})}
+        )
+        with LocalStack(settings, broker=False) as stack:
+            yield stack
+    finally:
+        kafka.stop()
+
+
+@pytest.fixture(scope="session", params=["tansu", "kafka"])
+def stack(request: pytest.FixtureRequest) -> LocalStack:
+    """The same tests on both brokers."""
+    return request.getfixturevalue(f"{request.param}_stack")

@@ -30,9 +30,7 @@ class PassageStore(Protocol):
 
     def upsert(self, chunks: Sequence[Chunk]) -> None: ...
 
-    def search(
-        self, vectors: Sequence[Sequence[float]], tenant: str, top_k: int
-    ) -> list[list[Hit]]: ...
+    def search(self, vectors: Sequence[Sequence[float]], tenant: str, top_k: int) -> list[list[Hit]]: ...
 
 
 @dataclass

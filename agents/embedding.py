@@ -11,16 +11,18 @@ from schemas import PromptAssembled, QueryEmbedded
 STAGE = "embedding"
 
 
-async def handle_batch(
-    events: Sequence[PromptAssembled], deps: Dependencies
-) -> list[QueryEmbedded]:
+async def handle_batch(events: Sequence[PromptAssembled], deps: Dependencies) -> list[QueryEmbedded]:
     texts = [e.prompt.retrieval_text for e in events]
     # ONNX Runtime releases the GIL: a thread keeps the worker's heartbeats going.
     vectors = await asyncio.to_thread(deps.embedder.embed, texts)
     return [
         e.follow(
-            QueryEmbedded, STAGE, prompt=e.prompt, vector=v.tolist(),
-            embedding_model=deps.embedder.name, latency_ms=e.latency_ms,
+            QueryEmbedded,
+            STAGE,
+            prompt=e.prompt,
+            vector=v.tolist(),
+            embedding_model=deps.embedder.name,
+            latency_ms=e.latency_ms,
         )
         for e, v in zip(events, vectors, strict=True)
     ]

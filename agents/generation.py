@@ -22,8 +22,12 @@ def render(event: ContextRetrieved) -> RenderedPrompt:
     except (KeyError, ValueError) as exc:
         raise PermanentError(f"template {spec.template_id}@{spec.template_version}: {exc!r}") from exc
     return RenderedPrompt(
-        system=spec.system, user=user, question=spec.variables.get("question", ""),
-        sources=sources, temperature=spec.temperature, max_tokens=spec.max_tokens,
+        system=spec.system,
+        user=user,
+        question=spec.variables.get("question", ""),
+        sources=sources,
+        temperature=spec.temperature,
+        max_tokens=spec.max_tokens,
     )
 
 

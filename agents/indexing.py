@@ -28,21 +28,23 @@ def chunk_id(tenant: str, doc_id: str, index: int) -> str:
     return hashlib.sha256(f"{tenant}\x00{doc_id}\x00{index}".encode()).hexdigest()[:32]
 
 
-async def handle_batch(
-    events: Sequence[DocumentSubmitted], deps: Dependencies
-) -> list[DocumentIndexed]:
+async def handle_batch(events: Sequence[DocumentSubmitted], deps: Dependencies) -> list[DocumentIndexed]:
     cfg = deps.pipeline
     pieces = [chunk_words(e.text, cfg.chunk_words, cfg.chunk_overlap) for e in events]
     # The title is embedded with each chunk: it often carries the words a question uses.
-    texts = [f"{e.title}\n{p}" if e.title else p for e, ps in zip(events, pieces) for p in ps]
+    texts = [f"{e.title}\n{p}" if e.title else p for e, ps in zip(events, pieces, strict=True) for p in ps]
     vectors = await asyncio.to_thread(deps.embedder.embed, texts)
     chunks, row = [], 0
     for event, parts in zip(events, pieces, strict=True):
         for index, text in enumerate(parts):
             chunks.append(
                 Chunk(
-                    id=chunk_id(event.tenant, event.doc_id, index), tenant=event.tenant,
-                    doc_id=event.doc_id, chunk=index, title=event.title, text=text,
+                    id=chunk_id(event.tenant, event.doc_id, index),
+                    tenant=event.tenant,
+                    doc_id=event.doc_id,
+                    chunk=index,
+                    title=event.title,
+                    text=text,
                     vector=vectors[row].tolist(),
                 )
             )

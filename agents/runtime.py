@@ -134,20 +134,38 @@ class StageRunner:
         known_trace, tenant = _identify(message, event)
         trace_id = known_trace or new_id()
         letter = DeadLetter(
-            trace_id=trace_id, tenant=tenant, producer=self.name, stage=self.name,
-            topic=message.topic, partition=message.partition, offset=message.offset,
-            key=message.key, original=message.value or b"", error_type=type(error).__name__,
-            reason=str(error)[:2_000] or repr(error), attempts=attempts, permanent=permanent,
+            trace_id=trace_id,
+            tenant=tenant,
+            producer=self.name,
+            stage=self.name,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            original=message.value or b"",
+            error_type=type(error).__name__,
+            reason=str(error)[:2_000] or repr(error),
+            attempts=attempts,
+            permanent=permanent,
         )
         log.warning(
-            "%s: dead-lettered %s@%d:%d (%s: %s)", self.name, message.topic,
-            message.partition, message.offset, letter.error_type, letter.reason[:200],
+            "%s: dead-lettered %s@%d:%d (%s: %s)",
+            self.name,
+            message.topic,
+            message.partition,
+            message.offset,
+            letter.error_type,
+            letter.reason[:200],
         )
         sent = [await self.dead_letter(trace_id.encode(), encode(letter))]
         if self.reply is not None and known_trace is not None:
             failed = RequestFailed(
-                trace_id=trace_id, tenant=tenant, producer=self.name, stage=self.name,
-                error_type=letter.error_type, reason=letter.reason,
+                trace_id=trace_id,
+                tenant=tenant,
+                producer=self.name,
+                stage=self.name,
+                error_type=letter.error_type,
+                reason=letter.reason,
             )
             sent.append(await self.reply(trace_id.encode(), encode(failed)))
         return sent

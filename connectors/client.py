@@ -69,7 +69,7 @@ class Client:
         await self.stop()
 
     async def start(self) -> None:
-        from confluent_kafka import TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
         from confluent_kafka.aio import AIOConsumer
 
         self._consumer = AIOConsumer(
@@ -84,7 +84,15 @@ class Client:
             max_workers=2,
         )
         topics = [self._kafka.topics.responses, self._kafka.topics.indexed]
-        metadata = await self._consumer.list_topics(timeout=10)
+        try:
+            metadata = await self._consumer.list_topics(timeout=10)
+        except KafkaException as exc:
+            await self._consumer.close()
+            self._consumer = None
+            raise TransientError(
+                f"Kafka at {self._kafka.bootstrap_servers} unreachable ({exc.args[0].str()}): "
+                "is the stack up (`llmops up`)?"
+            ) from exc
         assignment = []
         for topic in topics:
             if topic not in metadata.topics or metadata.topics[topic].error is not None:
@@ -129,8 +137,12 @@ class Client:
         Raises RequestError when the pipeline rejected the query, TimeoutError when no
         reply came within `timeout` seconds."""
         query = QueryReceived(
-            trace_id=new_id(), tenant=tenant, producer=self._name,
-            question=question, top_k=top_k, user=user,
+            trace_id=new_id(),
+            tenant=tenant,
+            producer=self._name,
+            question=question,
+            top_k=top_k,
+            user=user,
         )
         reply = await self._request(self._kafka.topics.queries, [query], timeout)
         assert isinstance(reply[0], ResponseGenerated)
@@ -148,7 +160,8 @@ class Client:
 
         Mappings need `doc_id` and `text` (`title`, `source` optional)."""
         events = [
-            d if isinstance(d, DocumentSubmitted)
+            d
+            if isinstance(d, DocumentSubmitted)
             else DocumentSubmitted(trace_id=new_id(), tenant=tenant, producer=self._name, **d)
             for d in documents
         ]
@@ -167,15 +180,11 @@ class Client:
         for event in events:
             future: asyncio.Future[Reply] = loop.create_future()
             if on_reply is not None:
-                future.add_done_callback(
-                    lambda f: on_reply(f.result()) if not f.exception() else None
-                )
+                future.add_done_callback(lambda f: on_reply(f.result()) if not f.exception() else None)
             self._pending[event.trace_id] = future
             futures.append(future)
         try:
-            await self._publisher.publish(
-                topic, [(e.trace_id.encode(), encode(e)) for e in events]
-            )
+            await self._publisher.publish(topic, [(e.trace_id.encode(), encode(e)) for e in events])
             async with asyncio.timeout(timeout or self._timeout):
                 replies = await asyncio.gather(*futures)
         finally:
@@ -188,7 +197,12 @@ class Client:
 
     async def _read_replies(self) -> None:
         while True:
-            for message in await self._consumer.consume(num_messages=500, timeout=0.1):
+            # consume() waits its full timeout unless num_messages arrive: wait for one,
+            # then drain what is already there, so a reply is handed over at once.
+            messages = await self._consumer.consume(num_messages=1, timeout=0.2)
+            if messages:
+                messages += await self._consumer.consume(num_messages=500, timeout=0)
+            for message in messages:
                 if message.error() is not None:
                     continue
                 try:

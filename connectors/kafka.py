@@ -4,6 +4,7 @@ names and specs, the admin bootstrap and a small awaitable producer."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,9 +32,7 @@ class TopicNames(BaseModel):
 class KafkaSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    bootstrap_servers: str = Field(
-        default="127.0.0.1:9092", description="Comma-separated host:port list."
-    )
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Comma-separated host:port list.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -49,6 +48,8 @@ def librdkafka_config(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "security.protocol": settings.security_protocol,
+        # librdkafka logs through Python logging, not straight to stderr.
+        "logger": logging.getLogger("librdkafka"),
     }
     if settings.sasl_mechanism:
         conf["sasl.mechanism"] = settings.sasl_mechanism

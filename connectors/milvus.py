@@ -72,9 +72,7 @@ class MilvusStore:
 
         token = self._settings.token.get_secret_value() if self._settings.token else ""
         try:
-            self._client = MilvusClient(
-                uri=self._settings.uri, token=token, timeout=self._settings.timeout_s
-            )
+            self._client = MilvusClient(uri=self._settings.uri, token=token, timeout=self._settings.timeout_s)
         except Exception as exc:  # pymilvus raises several unrelated types on connect
             raise TransientError(f"Milvus at {self._settings.uri} unreachable: {exc}") from exc
 
@@ -110,8 +108,13 @@ class MilvusStore:
     def upsert(self, chunks: Sequence[Chunk]) -> None:
         rows = [
             {
-                "id": c.id, "tenant": c.tenant, "doc_id": c.doc_id, "chunk": c.chunk,
-                "title": c.title[:1_000], "text": c.text[:_TEXT_LIMIT], "vector": list(c.vector),
+                "id": c.id,
+                "tenant": c.tenant,
+                "doc_id": c.doc_id,
+                "chunk": c.chunk,
+                "title": c.title[:1_000],
+                "text": c.text[:_TEXT_LIMIT],
+                "vector": list(c.vector),
             }
             for c in chunks
         ]
@@ -137,8 +140,12 @@ class MilvusStore:
         return [
             [
                 Hit(
-                    id=str(hit["id"]), doc_id=hit["entity"]["doc_id"], chunk=int(hit["entity"]["chunk"]),
-                    title=hit["entity"]["title"], text=hit["entity"]["text"], score=float(hit["distance"]),
+                    id=str(hit["id"]),
+                    doc_id=hit["entity"]["doc_id"],
+                    chunk=int(hit["entity"]["chunk"]),
+                    title=hit["entity"]["title"],
+                    text=hit["entity"]["text"],
+                    score=float(hit["distance"]),
                 )
                 for hit in hits
             ]
@@ -148,7 +155,9 @@ class MilvusStore:
     def count(self, tenant: str | None = None) -> int:
         expr = tenant_filter(tenant) if tenant else ""
         rows = self._call(
-            "query", collection_name=self._settings.collection, filter=expr,
+            "query",
+            collection_name=self._settings.collection,
+            filter=expr,
             output_fields=["count(*)"],
         )
         return int(rows[0]["count(*)"])

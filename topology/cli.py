@@ -39,6 +39,8 @@ def main(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # connection retries are librdkafka's business; errors reach us anyway
+        logging.getLogger("librdkafka").setLevel(logging.CRITICAL)
 
 
 def run_command(coro: Any) -> Any:
@@ -69,8 +71,8 @@ def up(data_dir: Path | None, broker_port: int | None, milvus_port: int | None) 
 
     settings = load_settings()
     overrides = {
-        k: v for k, v in
-        {"data_dir": data_dir, "broker_port": broker_port, "milvus_port": milvus_port}.items()
+        k: v
+        for k, v in {"data_dir": data_dir, "broker_port": broker_port, "milvus_port": milvus_port}.items()
         if v is not None
     }
     settings = settings.model_copy(update={"stack": settings.stack.model_copy(update=overrides)})
@@ -119,8 +121,10 @@ def bootstrap_command() -> None:
     except LLMOpsError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"topics created: {', '.join(report.topics_created) or 'none (all existed)'}")
-    click.echo(f"collection {settings.milvus.collection}: "
-               f"{'created' if report.collection_created else 'exists'} (dim {report.dim})")
+    click.echo(
+        f"collection {settings.milvus.collection}: "
+        f"{'created' if report.collection_created else 'exists'} (dim {report.dim})"
+    )
 
 
 @main.command()
@@ -155,8 +159,10 @@ def format_response(response: Any, end_to_end_ms: float) -> str:
         lines.append(f"  {used}[{n}] {p.title} (chunk {p.chunk}) score {p.score:.3f}  id {p.id}")
     stages = " | ".join(f"{k} {v:.1f}" for k, v in response.latency_ms.items())
     lines.append(f"  latency ms: {stages} | end-to-end {end_to_end_ms:.1f}")
-    lines.append(f"  trace {response.trace_id} | prompt {response.template_id}@"
-                 f"{response.template_version} | model {response.model}")
+    lines.append(
+        f"  trace {response.trace_id} | prompt {response.template_id}@"
+        f"{response.template_version} | model {response.model}"
+    )
     return "\n".join(lines)
 
 
@@ -203,8 +209,9 @@ def ingest(file: Path, tenant: str, timeout: float) -> None:
         with tqdm(total=len(documents), unit="doc", desc="indexed") as bar:
             async with Client(settings, producer_name="cli") as client:
                 indexed = await client.ingest(documents, timeout=timeout, on_indexed=lambda _: bar.update())
-        click.echo(f"{len(indexed)} documents, {sum(d.chunks for d in indexed)} chunks indexed "
-                   f"for tenant {tenant}")
+        click.echo(
+            f"{len(indexed)} documents, {sum(d.chunks for d in indexed)} chunks indexed for tenant {tenant}"
+        )
 
     run_command(go())
 
@@ -236,23 +243,28 @@ def demo(keep: Path | None) -> None:
         click.echo("starting the embedded stack (Tansu broker, Milvus Lite server, faust worker)...")
         try:
             with LocalStack(settings.model_copy(update={"stack": stack_cfg})) as stack:
-                click.echo(f"ready in {stack.timings['ready_s']:.1f}s "
-                           f"(worker joined after {stack.timings['worker_ready_s']:.1f}s)")
+                click.echo(
+                    f"ready in {stack.timings['ready_s']:.1f}s "
+                    f"(worker joined after {stack.timings['worker_ready_s']:.1f}s)"
+                )
                 run_command(_demo(stack.settings, Client, python_reference(), QUESTIONS, SOURCE))
         except LLMOpsError as exc:
             raise click.ClickException(str(exc)) from exc
 
 
-async def _demo(settings: Settings, client_cls: Any, docs: list[dict[str, Any]],
-                questions: tuple[str, ...], source: str) -> None:
+async def _demo(
+    settings: Settings, client_cls: Any, docs: list[dict[str, Any]], questions: tuple[str, ...], source: str
+) -> None:
     from tqdm import tqdm
 
     async with client_cls(settings, producer_name="demo") as client:
         started = time.perf_counter()
         with tqdm(total=len(docs), unit="doc", desc=f"indexing {source}") as bar:
             indexed = await client.ingest(docs, timeout=600, on_indexed=lambda _: bar.update())
-        click.echo(f"indexed {len(indexed)} documents as {sum(d.chunks for d in indexed)} chunks "
-                   f"in {time.perf_counter() - started:.1f}s\n")
+        click.echo(
+            f"indexed {len(indexed)} documents as {sum(d.chunks for d in indexed)} chunks "
+            f"in {time.perf_counter() - started:.1f}s\n"
+        )
         for question in questions:
             began = time.perf_counter()
             response = await client.ask(question)

@@ -32,24 +32,61 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prompting", "queries", QueryReceived, "prompts", PromptAssembled,
-          per_event(prompting.handle), replies_to="responses"),
-    Stage("embedding", "prompts", PromptAssembled, "embeddings", QueryEmbedded,
-          embedding.handle_batch, replies_to="responses"),
-    Stage("retrieval", "embeddings", QueryEmbedded, "contexts", ContextRetrieved,
-          retrieval.handle_batch, replies_to="responses"),
-    Stage("generation", "contexts", ContextRetrieved, "responses", ResponseGenerated,
-          per_event(generation.handle), replies_to="responses"),
-    Stage("indexing", "documents", DocumentSubmitted, "indexed", DocumentIndexed,
-          indexing.handle_batch, replies_to="indexed"),
+    Stage(
+        "prompting",
+        "queries",
+        QueryReceived,
+        "prompts",
+        PromptAssembled,
+        per_event(prompting.handle),
+        replies_to="responses",
+    ),
+    Stage(
+        "embedding",
+        "prompts",
+        PromptAssembled,
+        "embeddings",
+        QueryEmbedded,
+        embedding.handle_batch,
+        replies_to="responses",
+    ),
+    Stage(
+        "retrieval",
+        "embeddings",
+        QueryEmbedded,
+        "contexts",
+        ContextRetrieved,
+        retrieval.handle_batch,
+        replies_to="responses",
+    ),
+    Stage(
+        "generation",
+        "contexts",
+        ContextRetrieved,
+        "responses",
+        ResponseGenerated,
+        per_event(generation.handle),
+        replies_to="responses",
+    ),
+    Stage(
+        "indexing",
+        "documents",
+        DocumentSubmitted,
+        "indexed",
+        DocumentIndexed,
+        indexing.handle_batch,
+        replies_to="indexed",
+    ),
 )
 
 # Who publishes onto the topics that no stage produces.
 ENTRY_POINTS = (("client", "queries", QueryReceived), ("client", "documents", DocumentSubmitted))
 
 
-def mermaid(names: TopicNames = TopicNames()) -> str:
+def mermaid(names: TopicNames | None = None) -> str:
     """The stage graph as a Mermaid flowchart (the README embeds this output)."""
+    if names is None:
+        names = TopicNames()
 
     def topic(field: str) -> str:
         return f'{field}[["{getattr(names, field)}"]]'

@@ -29,7 +29,8 @@ class WorkerSettings(BaseModel):
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
     fetch_max_wait_ms: int = Field(
-        default=10, ge=1,
+        default=10,
+        ge=1,
         description="Longest a fetch waits for data. Tansu holds fetches this long even when "
         "data arrives, so every hop can cost this much there; Kafka answers at once.",
     )

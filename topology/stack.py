@@ -58,15 +58,11 @@ class LocalStack:
         self.data_dir = cfg.data_dir.resolve()
         self.broker_port = cfg.broker_port or free_port()
         self.milvus_port = cfg.milvus_port or free_port()
-        bootstrap_servers = (
-            f"127.0.0.1:{self.broker_port}" if broker else settings.kafka.bootstrap_servers
-        )
+        bootstrap_servers = f"127.0.0.1:{self.broker_port}" if broker else settings.kafka.bootstrap_servers
         self.settings = settings.model_copy(
             update={
                 "kafka": settings.kafka.model_copy(update={"bootstrap_servers": bootstrap_servers}),
-                "milvus": settings.milvus.model_copy(
-                    update={"uri": f"http://127.0.0.1:{self.milvus_port}"}
-                ),
+                "milvus": settings.milvus.model_copy(update={"uri": f"http://127.0.0.1:{self.milvus_port}"}),
             }
         )
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -98,14 +94,34 @@ class LocalStack:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         if self._with_broker:
             listener = f"tcp://127.0.0.1:{self.broker_port}"
-            self._spawn("broker", [
-                tansu_binary(), "broker", "--listener-url", listener,
-                "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/",
-            ])
-        self._spawn("milvus", [
-            sys.executable, "-m", "milvus_lite", "server", "--data-dir",
-            str(self.data_dir / "milvus"), "--host", "127.0.0.1", "--port", str(self.milvus_port),
-        ])
+            self._spawn(
+                "broker",
+                [
+                    tansu_binary(),
+                    "broker",
+                    "--listener-url",
+                    listener,
+                    "--advertised-listener-url",
+                    listener,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+            )
+        self._spawn(
+            "milvus",
+            [
+                sys.executable,
+                "-m",
+                "milvus_lite",
+                "server",
+                "--data-dir",
+                str(self.data_dir / "milvus"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.milvus_port),
+            ],
+        )
         wait_for_broker(self.settings.kafka, timeout)
         self._wait_for_milvus(timeout)
         report = bootstrap(self.settings)
@@ -145,8 +161,9 @@ class LocalStack:
 
     def stop(self) -> None:
         """Workers first (they commit and leave the group), then Milvus, then the broker."""
-        for name in sorted(self._procs, key=lambda n: ("broker", "milvus").index(n) + 1
-                           if n in ("broker", "milvus") else 0):
+        for name in sorted(
+            self._procs, key=lambda n: ("broker", "milvus").index(n) + 1 if n in ("broker", "milvus") else 0
+        ):
             self.stop_process(name)
         for handle in self._logs:
             handle.close()

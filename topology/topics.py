@@ -13,7 +13,8 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
 
     def spec(name: str, retention_days: int) -> TopicSpec:
         return TopicSpec(
-            name, partitions,
+            name,
+            partitions,
             {"cleanup.policy": "delete", "retention.ms": str(retention_days * DAY_MS)},
         )
 

@@ -7,7 +7,7 @@ for the full wait, which made every hop cost up to 1.5 s (a 4-hop query took 2.9
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as driver
@@ -17,7 +17,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka reads this when the consumer starts (it builds its Fetcher then).
-        consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms
+        consumer._fetch_max_wait_ms = cast("PipelineApp", self.app).fetch_max_wait_ms
         return consumer
 
 

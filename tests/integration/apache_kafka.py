@@ -35,8 +35,14 @@ def fetch_jars() -> Path:
     libs = CACHE / f"kafka-{VERSION}" / "libs"
     if not (libs / f"kafka_2.13-{VERSION}.jar").is_file():
         subprocess.run(  # noqa: S603
-            ["mvn", "-q", "-f", str(POM), "dependency:copy-dependencies",  # noqa: S607
-             f"-DoutputDirectory={libs}"],
+            [
+                "mvn",
+                "-q",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",  # noqa: S607
+                f"-DoutputDirectory={libs}",
+            ],
             check=True,
         )
     return libs
@@ -54,34 +60,42 @@ class ApacheKafka:
         libs = fetch_jars()
         self.workdir.mkdir(parents=True, exist_ok=True)
         props = self.workdir / "server.properties"
-        props.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            f"log.dirs={self.workdir / 'data'}",
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "group.initial.rebalance.delay.ms=0",
-            "num.partitions=1",
-        ]) + "\n")
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={self.workdir / 'data'}",
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "num.partitions=1",
+                ]
+            )
+            + "\n"
+        )
         log4j = self.workdir / "log4j2.xml"
         log4j.write_text(LOG4J2)
-        java = ["java", "-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={log4j}",
-                "-cp", f"{libs}/*"]
+        java = ["java", "-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(  # noqa: S603
             [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         log = (self.workdir / "kafka.log").open("ab")
-        self._proc = subprocess.Popen([*java, "kafka.Kafka", str(props)],  # noqa: S603
-                                      stdout=log, stderr=subprocess.STDOUT)
+        self._proc = subprocess.Popen(
+            [*java, "kafka.Kafka", str(props)],  # noqa: S603
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait(timeout)
 
     def _wait(self, timeout: float) -> None:

@@ -13,9 +13,12 @@ from schemas.errors import PermanentError, TransientError
 from topology.stack import free_port
 
 PROMPT = RenderedPrompt(
-    system="cite", user="Passages: ... Question: q", question="q",
+    system="cite",
+    user="Passages: ... Question: q",
+    question="q",
     sources=[Source(id="p1", title="t", text="x"), Source(id="p2", title="t", text="y")],
-    temperature=0.0, max_tokens=50,
+    temperature=0.0,
+    max_tokens=50,
 )
 
 
@@ -29,11 +32,13 @@ async def server() -> AsyncIterator[tuple[str, list[dict], dict]]:
         await asyncio.sleep(behaviour["delay"])
         if behaviour["status"] != 200:
             return web.json_response({"error": "nope"}, status=behaviour["status"])
-        return web.json_response({
-            "model": "served-model",
-            "choices": [{"message": {"role": "assistant", "content": "It is y [2]."}}],
-            "usage": {"prompt_tokens": 31, "completion_tokens": 5},
-        })
+        return web.json_response(
+            {
+                "model": "served-model",
+                "choices": [{"message": {"role": "assistant", "content": "It is y [2]."}}],
+                "usage": {"prompt_tokens": 31, "completion_tokens": 5},
+            }
+        )
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
@@ -46,8 +51,9 @@ async def server() -> AsyncIterator[tuple[str, list[dict], dict]]:
 
 
 async def backend(url: str, timeout: float = 5.0) -> OpenAIBackend:
-    b = OpenAIBackend(LLMSettings(backend="openai", base_url=url, model="m", api_key="sk-test",
-                                  timeout_s=timeout))
+    b = OpenAIBackend(
+        LLMSettings(backend="openai", base_url=url, model="m", api_key="sk-test", timeout_s=timeout)
+    )
     await b.open()
     return b
 
@@ -66,8 +72,10 @@ async def test_reads_answer_usage_and_citations(server):
     assert (body["model"], body["max_tokens"], seen[0]["auth"]) == ("m", 50, "Bearer sk-test")
 
 
-@pytest.mark.parametrize(("status", "error"), [(429, TransientError), (503, TransientError),
-                                               (400, PermanentError), (401, PermanentError)])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(429, TransientError), (503, TransientError), (400, PermanentError), (401, PermanentError)],
+)
 async def test_status_codes_map_to_retryable_or_not(server, status, error):
     url, _, behaviour = server
     behaviour["status"] = status

@@ -31,9 +31,15 @@ def tenant(label: str) -> str:
 def dead_letters(stack: LocalStack, match: bytes, timeout: float = 30) -> list[DeadLetter]:
     """Dead letters whose original bytes contain `match`, read from the topic's start."""
     topic = stack.settings.kafka.topics.deadletter
-    consumer = Consumer(librdkafka_config(stack.settings.kafka, **{
-        "group.id": f"test-{uuid.uuid4().hex}", "enable.auto.commit": False,
-    }))
+    consumer = Consumer(
+        librdkafka_config(
+            stack.settings.kafka,
+            **{
+                "group.id": f"test-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+            },
+        )
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
@@ -88,8 +94,10 @@ async def test_ingesting_the_same_documents_twice_changes_nothing(stack: LocalSt
 
 async def test_concurrent_asks_share_one_client_and_each_gets_its_own_answer(stack: LocalStack):
     owner = tenant("many")
-    questions = [f"How does the {name} statement work? ({i})" for i, name in
-                 enumerate(["with", "assert", "while", "for", "try"] * 4)]
+    questions = [
+        f"How does the {name} statement work? ({i})"
+        for i, name in enumerate(["with", "assert", "while", "for", "try"] * 4)
+    ]
     async with Client(stack.settings) as client:
         await client.ingest(docs("with", "assert", "while", "for", "try"), tenant=owner)
         answers = await asyncio.gather(*(client.ask(q, tenant=owner) for q in questions))
@@ -101,8 +109,13 @@ async def test_bad_input_is_dead_lettered_and_the_pipeline_keeps_serving(stack: 
     owner = tenant("bad")
     marker = uuid.uuid4().hex.encode()
     garbage = b"\xff\xfe not json " + marker
-    wrong_type = (b'{"trace_id": "t-' + marker + b'", "producer": "x", "tenant": "' + owner.encode()
-                  + b'", "question": 42}')
+    wrong_type = (
+        b'{"trace_id": "t-'
+        + marker
+        + b'", "producer": "x", "tenant": "'
+        + owner.encode()
+        + b'", "question": 42}'
+    )
     publisher = Publisher(stack.settings.kafka, client_id="test-bad-input")
     await publisher.start()
     try:

@@ -5,17 +5,20 @@ from connectors.llm import ExtractiveBackend, LLMSettings, RenderedPrompt, Sourc
 
 def prompt(question, *texts):
     sources = [Source(id=f"p{i}", title=f"t{i}", text=t) for i, t in enumerate(texts)]
-    return RenderedPrompt(system="s", user="u " * 5, question=question, sources=sources,
-                          temperature=0.0, max_tokens=10)
+    return RenderedPrompt(
+        system="s", user="u " * 5, question=question, sources=sources, temperature=0.0, max_tokens=10
+    )
 
 
 async def test_answer_quotes_matching_sentences_and_cites_them():
     backend = ExtractiveBackend(LLMSettings())
-    result = await backend.generate(prompt(
-        "What does a lambda expression create?",
-        "Unrelated text about loops and iteration here.",
-        "A lambda expression creates an anonymous function object. Other words follow here.",
-    ))
+    result = await backend.generate(
+        prompt(
+            "What does a lambda expression create?",
+            "Unrelated text about loops and iteration here.",
+            "A lambda expression creates an anonymous function object. Other words follow here.",
+        )
+    )
     assert "anonymous function object. [2]" in result.text
     assert result.citations == ["p1"]
     assert result.usage_details["output"] == len(result.text.split())

@@ -56,8 +56,17 @@ def test_tenant_alphabet_is_closed(tenant):
 def test_dead_letter_carries_original_bytes_through_json():
     original = b"\x00\xff not json"
     letter = DeadLetter(
-        trace_id="t", producer="p", stage="s", topic="q", partition=1, offset=7,
-        original=original, error_type="InvalidEvent", reason="r", attempts=1, permanent=True,
+        trace_id="t",
+        producer="p",
+        stage="s",
+        topic="q",
+        partition=1,
+        offset=7,
+        original=original,
+        error_type="InvalidEvent",
+        reason="r",
+        attempts=1,
+        permanent=True,
     )
     assert json.loads(encode(letter))["original"] != original.decode("latin-1")
     assert decode(encode(letter), DeadLetter).original == original

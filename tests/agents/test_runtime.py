@@ -1,0 +1,166 @@
+"""The runtime's contract, with fake topics: decode -> handle -> emit with key ->
+dead-letter, retries for transient errors, replies for failed requests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from agents.runtime import Incoming, RuntimeSettings, StageRunner, per_event
+from schemas import DeadLetter, PromptAssembled, PromptSpec, QueryReceived, RequestFailed, decode, encode
+from schemas.errors import PermanentError, TransientError
+
+SPEC = PromptSpec(
+    template_id="t",
+    template_version="1",
+    system="s",
+    template="$question",
+    variables={"question": "q"},
+    retrieval_text="q",
+    top_k=1,
+    temperature=0,
+    max_tokens=5,
+)
+
+
+class Topic:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+
+    async def send(self, key: bytes, value: bytes):
+        self.sent.append((key, value))
+
+        async def delivered() -> None:
+            return None
+
+        return delivered()
+
+
+def message(value: bytes | None, offset: int = 0) -> Incoming:
+    return Incoming(topic="queries", partition=2, offset=offset, key=b"k", value=value)
+
+
+def query(trace: str, question: str = "q") -> bytes:
+    return encode(QueryReceived(trace_id=trace, producer="test", question=question, tenant="acme"))
+
+
+def runner(handler, attempts: int = 3) -> tuple[StageRunner, Topic, Topic, Topic]:
+    out, dlq, replies = Topic(), Topic(), Topic()
+    stage = StageRunner(
+        name="prompting",
+        input_model=QueryReceived,
+        handler=handler,
+        deps=None,
+        emit=out.send,
+        dead_letter=dlq.send,
+        reply=replies.send,
+        settings=RuntimeSettings(max_attempts=attempts, backoff_s=0.001),
+    )
+    return stage, out, dlq, replies
+
+
+async def assemble(event: QueryReceived, deps: object) -> PromptAssembled:
+    if event.question == "bad":
+        raise PermanentError("question refused")
+    return event.follow(PromptAssembled, "prompting", prompt=SPEC)
+
+
+async def test_good_events_are_emitted_keyed_by_trace_with_stage_latency():
+    stage, out, dlq, _ = runner(per_event(assemble))
+    await stage.process([message(query("t1")), message(query("t2"))])
+    assert [k for k, _ in out.sent] == [b"t1", b"t2"]
+    emitted = decode(out.sent[0][1], PromptAssembled)
+    assert emitted.trace_id == "t1" and emitted.tenant == "acme"
+    assert emitted.latency_ms["prompting"] >= 0
+    assert dlq.sent == []
+
+
+async def test_undecodable_bytes_are_dead_lettered_and_the_batch_goes_on():
+    stage, out, dlq, replies = runner(per_event(assemble))
+    await stage.process([message(b"\x00garbage", offset=5), message(query("t3"), offset=6)])
+    assert [k for k, _ in out.sent] == [b"t3"]
+    letter = decode(dlq.sent[0][1], DeadLetter)
+    assert (letter.original, letter.key, letter.topic, letter.partition, letter.offset) == (
+        b"\x00garbage",
+        b"k",
+        "queries",
+        2,
+        5,
+    )
+    assert letter.error_type == "InvalidEvent" and letter.permanent and letter.attempts == 1
+    assert replies.sent == []  # no trace id to reply to
+
+
+async def test_schema_violation_with_a_trace_id_gets_a_reply():
+    stage, _, dlq, replies = runner(per_event(assemble))
+    await stage.process([message(b'{"trace_id": "t9", "tenant": "acme", "question": 7}')])
+    failure = decode(replies.sent[0][1], RequestFailed)
+    assert (replies.sent[0][0], failure.trace_id, failure.tenant) == (b"t9", "t9", "acme")
+    assert decode(dlq.sent[0][1], DeadLetter).trace_id == "t9"
+
+
+async def test_permanent_errors_are_not_retried():
+    calls = []
+
+    async def handler(event, deps):
+        calls.append(event.trace_id)
+        return await assemble(event, deps)
+
+    stage, out, dlq, replies = runner(per_event(handler))
+    await stage.process([message(query("t4", "bad")), message(query("t5"))])
+    assert calls == ["t4", "t5"]
+    assert decode(dlq.sent[0][1], DeadLetter).reason == "question refused"
+    assert decode(replies.sent[0][1], RequestFailed).stage == "prompting"
+    assert [k for k, _ in out.sent] == [b"t5"]
+
+
+async def test_transient_errors_are_retried_then_succeed():
+    failures = {"t6": 2}
+
+    async def flaky(event, deps):
+        if failures.get(event.trace_id, 0) > 0:
+            failures[event.trace_id] -= 1
+            raise TransientError("busy")
+        return await assemble(event, deps)
+
+    stage, out, dlq, _ = runner(per_event(flaky), attempts=3)
+    await stage.process([message(query("t6")), message(query("t7"))])
+    assert sorted(k for k, _ in out.sent) == [b"t6", b"t7"]
+    assert dlq.sent == []
+
+
+async def test_transient_errors_dead_letter_after_the_last_attempt():
+    async def down(event, deps):
+        raise TransientError("still down")
+
+    stage, out, dlq, replies = runner(per_event(down), attempts=3)
+    await stage.process([message(query("t8"))])
+    letter = decode(dlq.sent[0][1], DeadLetter)
+    assert (letter.attempts, letter.permanent, letter.error_type) == (3, False, "TransientError")
+    assert out.sent == [] and len(replies.sent) == 1
+
+
+async def test_a_crashing_batch_handler_dead_letters_its_batch_without_stopping():
+    async def broken(events: Sequence[QueryReceived], deps):
+        raise ZeroDivisionError("bug")
+
+    stage, out, dlq, _ = runner(broken)
+    await stage.process([message(query("a")), message(query("b"))])
+    assert [decode(v, DeadLetter).error_type for _, v in dlq.sent] == ["ZeroDivisionError"] * 2
+
+
+async def test_a_handler_returning_the_wrong_number_of_results_is_caught():
+    async def short(events, deps):
+        return []
+
+    stage, _, dlq, _ = runner(short)
+    await stage.process([message(query("a"))])
+    assert "returned 0 results for 1 events" in decode(dlq.sent[0][1], DeadLetter).reason
+
+
+@pytest.mark.parametrize("value", [None, b"", b"[]", b"null", b'"string"'])
+async def test_odd_payloads_never_escape_the_runtime(value):
+    stage, _, dlq, _ = runner(per_event(assemble))
+    await stage.process([message(value)])
+    assert decode(dlq.sent[0][1], DeadLetter).error_type == "InvalidEvent"

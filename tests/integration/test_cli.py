@@ -1,0 +1,100 @@
+"""The CLI as a newcomer uses it: --help everywhere, ingest and ask against a running stack."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from topology.cli import main
+from topology.stack import LocalStack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def llmops(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "topology.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def all_commands(group=main, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from all_commands(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("command", list(all_commands()), ids=" ".join)
+def test_every_command_explains_itself(command):
+    result = llmops(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout and len(result.stdout.splitlines()) > 3
+
+
+def test_ingest_then_ask_from_the_command_line(tansu_stack: LocalStack, tmp_path: Path):
+    tenant = f"cli-{uuid.uuid4().hex[:6]}"
+    corpus = tmp_path / "corpus.jsonl"
+    sample = llmops("sample-corpus")
+    assert sample.returncode == 0
+    rows = [json.loads(line) for line in sample.stdout.splitlines()]
+    corpus.write_text("\n".join(json.dumps(r) for r in rows if r["title"] in {"lambda", "with"}) + "\n")
+
+    env = tansu_stack.env()
+    ingested = llmops("ingest", str(corpus), "--tenant", tenant, env=env)
+    assert ingested.returncode == 0, ingested.stderr
+    assert "2 documents" in ingested.stdout and tenant in ingested.stdout
+
+    asked = llmops("ask", "What is a lambda expression?", "--tenant", tenant, env=env)
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout.startswith("Q: What is a lambda expression?")
+    assert "*[1] lambda" in asked.stdout and "latency ms: prompting" in asked.stdout
+
+    as_json = llmops("ask", "What is a lambda expression?", "--tenant", tenant, "--json", env=env)
+    assert json.loads(as_json.stdout)["event_type"] == "ResponseGenerated"
+
+
+def test_ingest_refuses_a_bad_file_and_sends_nothing(tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"doc_id": "a", "text": "fine"}\n{"doc_id": "b"}\n')
+    result = llmops("ingest", str(bad))
+    assert result.returncode != 0
+    assert "nothing was sent" in result.stderr and "bad.jsonl:2" in result.stderr
+
+
+def test_ask_without_a_stack_fails_with_a_clear_message(tmp_path: Path):
+    from topology.stack import free_port
+
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LLMOPS_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "HOME": str(Path.home()),
+    }
+    result = llmops("ask", "anyone there?", "--timeout", "3", env=env, timeout=60)
+    assert result.returncode == 1
+    assert "Error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compose_file_is_valid():
+    if shutil.which("docker-compose") is None:
+        pytest.skip("Debian's docker-compose is not installed: compose file not validated")
+    result = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker" / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "apache/kafka:4.1.2" in result.stdout

@@ -105,7 +105,7 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
             topic(stage.consumes),
         )
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode stub: async receivers
     async def close_clients(sender: Any, *_: Any, signal: Any, **__: Any) -> None:
         await deps.close()
 

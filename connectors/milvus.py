@@ -29,6 +29,12 @@ class MilvusSettings(BaseModel):
     hnsw_ef_construction: int = Field(default=200, ge=8)
     search_ef: int = Field(default=64, ge=1, description="HNSW ef at search time (>= top_k).")
     timeout_s: float = Field(default=10.0, gt=0)
+    keepalive_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="gRPC keepalive ping interval. Milvus Lite's server keeps gRPC's default "
+        "policy and drops (too_many_pings) a client that pings idle more often than every 5 min.",
+    )
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,15 @@ class MilvusStore:
 
         token = self._settings.token.get_secret_value() if self._settings.token else ""
         try:
-            self._client = MilvusClient(uri=self._settings.uri, token=token, timeout=self._settings.timeout_s)
+            self._client = MilvusClient(
+                uri=self._settings.uri,
+                token=token,
+                timeout=self._settings.timeout_s,
+                grpc_options={
+                    "grpc.keepalive_time_ms": int(self._settings.keepalive_s * 1000),
+                    "grpc.keepalive_permit_without_calls": False,
+                },
+            )
         except Exception as exc:  # pymilvus raises several unrelated types on connect
             raise TransientError(f"Milvus at {self._settings.uri} unreachable: {exc}") from exc
 

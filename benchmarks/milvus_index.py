@@ -1,0 +1,172 @@
+"""Which Milvus index the retrieval stage should use, measured on real text.
+
+    python -m benchmarks.milvus_index --data ../shared/data/scifact [--runs 3]
+
+Embeds a BEIR corpus (title and text joined by a space) and its test queries with our
+ONNX embedder, loads them into a Milvus Lite server per index type, and reports, against
+exact numpy search in the same run: recall@10, nDCG@10 on the qrels, the latency of a
+one-query search call (p50/p95) and the per-query cost when many queries share one call
+(as the retrieval agent batches them). Prints JSON and a table; medians over --runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from connectors.embedder import OnnxEmbedder
+from connectors.milvus import Chunk, MilvusSettings, MilvusStore
+from topology.settings import Settings
+from topology.stack import free_port
+
+INDEXES = ("FLAT", "HNSW", "AUTOINDEX")
+
+
+def load_beir(directory: Path) -> tuple[list[str], list[str], list[str], list[str], dict[str, set[str]]]:
+    corpus = [json.loads(line) for line in (directory / "corpus.jsonl").open()]
+    queries = {q["_id"]: q["text"] for q in map(json.loads, (directory / "queries.jsonl").open())}
+    qrels: dict[str, set[str]] = {}
+    for line in (directory / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        qid, did, score = line.split("\t")
+        if int(score) > 0:
+            qrels.setdefault(qid, set()).add(did)
+    qids = sorted(qrels)
+    doc_ids = [d["_id"] for d in corpus]
+    texts = [f"{d.get('title', '')} {d['text']}".strip() for d in corpus]
+    return doc_ids, texts, qids, [queries[q] for q in qids], qrels
+
+
+def ndcg10(ranked: list[str], relevant: set[str]) -> float:
+    dcg = sum(1 / math.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in relevant)
+    ideal = sum(1 / math.log2(i + 2) for i in range(min(len(relevant), 10)))
+    return dcg / ideal
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, required=True, help="BEIR directory (corpus.jsonl, ...)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=64, help="queries per search call when batched")
+    args = parser.parse_args()
+
+    doc_ids, texts, qids, questions, qrels = load_beir(args.data)
+    embedder = OnnxEmbedder(Settings().embedding)
+    embedder.open()
+    started = time.perf_counter()
+    docs = embedder.embed(texts)
+    embed_s = time.perf_counter() - started
+    queries = embedder.embed(questions)
+    exact = np.argsort(-(queries @ docs.T), axis=1)[:, :10]
+
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        server = subprocess.Popen(  # noqa: S603
+            [
+                sys.executable,
+                "-m",
+                "milvus_lite",
+                "server",
+                "--data-dir",
+                tmp,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(3)
+            for index in INDEXES:
+                store = MilvusStore(
+                    MilvusSettings(
+                        uri=f"http://127.0.0.1:{port}", collection=f"bench_{index.lower()}", index_type=index
+                    )
+                )
+                store.open()
+                store.ensure_collection(docs.shape[1])
+                for s in range(0, len(docs), 1000):
+                    store.upsert(
+                        [
+                            Chunk(
+                                id=doc_ids[i],
+                                tenant="bench",
+                                doc_id=doc_ids[i],
+                                chunk=0,
+                                title="",
+                                text="",
+                                vector=docs[i],
+                            )
+                            for i in range(s, min(s + 1000, len(docs)))
+                        ]
+                    )
+                store.search(queries[:1], "bench", 10)  # builds/loads the index
+                single, batched, found = [], [], []
+                for _ in range(args.runs):
+                    t_single = []
+                    for q in queries[:50]:
+                        t = time.perf_counter()
+                        store.search([q], "bench", 10)
+                        t_single.append((time.perf_counter() - t) * 1000)
+                    single.append(t_single)
+                    t = time.perf_counter()
+                    found = []
+                    for s in range(0, len(queries), args.batch):
+                        found += store.search(queries[s : s + args.batch], "bench", 10)
+                    batched.append((time.perf_counter() - t) * 1000 / len(queries))
+                store.close()
+                position = {d: i for i, d in enumerate(doc_ids)}
+                recall = statistics.mean(
+                    len({position[h.doc_id] for h in hits} & set(exact[i].tolist())) / 10
+                    for i, hits in enumerate(found)
+                )
+                quality = statistics.mean(
+                    ndcg10([h.doc_id for h in hits], qrels[qids[i]]) for i, hits in enumerate(found)
+                )
+                results[index] = {
+                    "recall_at_10": recall,
+                    "ndcg_at_10": quality,
+                    "single_p50_ms": statistics.median(statistics.median(r) for r in single),
+                    "single_p95_ms": statistics.median(sorted(r)[int(0.95 * (len(r) - 1))] for r in single),
+                    "batched_ms_per_query": statistics.median(batched),
+                }
+        finally:
+            server.terminate()
+            server.wait()
+    exact_ndcg = statistics.mean(ndcg10([doc_ids[j] for j in exact[i]], qrels[q]) for i, q in enumerate(qids))
+    report = {
+        "documents": len(docs),
+        "queries": len(queries),
+        "embed_docs_per_s": len(docs) / embed_s,
+        "exact_ndcg_at_10": exact_ndcg,
+        "indexes": results,
+    }
+    print(json.dumps(report, indent=2))
+    flat = results["FLAT"]["batched_ms_per_query"]
+    print(f"\n{len(docs)} docs, {len(queries)} queries; exact search nDCG@10 {exact_ndcg:.4f}")
+    print(
+        f"{'index':<10}{'recall@10':>10}{'nDCG@10':>9}{'1-query p50/p95 ms':>22}"
+        f"{'batched ms/query':>18}{'vs FLAT':>9}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:<10}{r['recall_at_10']:>10.3f}{r['ndcg_at_10']:>9.4f}"
+            f"{r['single_p50_ms']:>13.1f} / {r['single_p95_ms']:<6.1f}"
+            f"{r['batched_ms_per_query']:>18.2f}{r['batched_ms_per_query'] / flat:>8.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -118,7 +118,10 @@ class StageRunner:
             results = await self.handler(events, self.deps)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the whole batch failed; each event carries the error
+        except Exception as exc:  # the whole batch failed
+            if len(events) > 1 and not isinstance(exc, TransientError):
+                # One poison event must not sink its batch-mates: find it by going one by one.
+                return [result for event in events for result in await self._call([event])]
             return [exc] * len(events)
         if len(results) != len(events):
             error = RuntimeError(f"{self.name} returned {len(results)} results for {len(events)} events")

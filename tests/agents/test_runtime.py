@@ -150,6 +150,18 @@ async def test_a_crashing_batch_handler_dead_letters_its_batch_without_stopping(
     assert [decode(v, DeadLetter).error_type for _, v in dlq.sent] == ["ZeroDivisionError"] * 2
 
 
+async def test_a_poison_event_does_not_sink_its_batch():
+    async def picky(events: Sequence[QueryReceived], deps):
+        if any(e.question == "bad" for e in events):
+            raise PermanentError("batch contains a bad one")
+        return [e.follow(PromptAssembled, "prompting", prompt=SPEC) for e in events]
+
+    stage, out, dlq, _ = runner(picky)
+    await stage.process([message(query("a")), message(query("b", "bad")), message(query("c"))])
+    assert [k for k, _ in out.sent] == [b"a", b"c"]
+    assert [decode(v, DeadLetter).trace_id for _, v in dlq.sent] == ["b"]
+
+
 async def test_a_handler_returning_the_wrong_number_of_results_is_caught():
     async def short(events, deps):
         return []

@@ -24,11 +24,18 @@ class MilvusSettings(BaseModel):
     uri: str = Field(default="http://127.0.0.1:19530", description="Milvus (or Lite server) URI.")
     token: SecretStr | None = Field(default=None, description="user:password or API key.")
     collection: str = "passages"
-    index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = "HNSW"
+    # Measured on SciFact (5,183 docs, benchmarks/milvus_index.py): FLAT is exact and the fastest
+    # there (11 ms a call, 1.1 ms a query batched; HNSW 16 ms, 1.25 ms, recall 0.994).
+    index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = "FLAT"
     hnsw_m: int = Field(default=16, ge=4)
     hnsw_ef_construction: int = Field(default=200, ge=8)
     search_ef: int = Field(default=64, ge=1, description="HNSW ef at search time (>= top_k).")
     timeout_s: float = Field(default=10.0, gt=0)
+    seal_after_upsert: bool = Field(
+        default=True,
+        description="Flush after each upsert batch. Milvus Lite searches unsealed rows by brute "
+        "force in Python: at 5k rows one search took 175 ms unsealed, 16 ms sealed.",
+    )
     keepalive_s: float = Field(
         default=300.0,
         gt=0,
@@ -134,6 +141,8 @@ class MilvusStore:
         ]
         if rows:
             self._call("upsert", collection_name=self._settings.collection, data=rows)
+            if self._settings.seal_after_upsert:
+                self._call("flush", collection_name=self._settings.collection)
 
     def search(self, vectors: Sequence[Sequence[float]], tenant: str, top_k: int) -> list[list[Hit]]:
         """One search call for many query vectors of one tenant; one hit list per vector."""

@@ -135,7 +135,7 @@ class StageRunner:
         if not isinstance(error, LLMOpsError):  # not raised on purpose: a bug to look at
             log.error("%s: unexpected %r", self.name, error, exc_info=error)
         known_trace, tenant = _identify(message, event)
-        trace_id = known_trace or new_id()
+        trace_id = known_trace if known_trace is not None else new_id()
         letter = DeadLetter(
             trace_id=trace_id,
             tenant=tenant,

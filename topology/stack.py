@@ -160,10 +160,9 @@ class LocalStack:
         return self.data_dir / "logs" / f"{name}.log"
 
     def stop(self) -> None:
-        """Workers first (they commit and leave the group), then Milvus, then the broker."""
-        for name in sorted(
-            self._procs, key=lambda n: ("broker", "milvus").index(n) + 1 if n in ("broker", "milvus") else 0
-        ):
+        """Reverse start order: workers first (they commit and leave the group), then
+        Milvus, then the broker."""
+        for name in reversed(list(self._procs)):
             self.stop_process(name)
         for handle in self._logs:
             handle.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -98,3 +99,56 @@ def test_compose_file_is_valid():
     )
     assert result.returncode == 0, result.stderr
     assert "apache/kafka:4.1.2" in result.stdout
+
+
+def test_up_serves_until_interrupted_and_leaves_nothing_running(tmp_path: Path):
+    import signal
+    import socket
+    import time
+
+    from topology.stack import free_port
+
+    broker, milvus = free_port(), free_port()
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "topology.cli",
+            "up",
+            "--broker-port",
+            str(broker),
+            "--milvus-port",
+            str(milvus),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            lines.append(line)
+            if "Press Ctrl-C" in line or not line:
+                break
+        assert any("Press Ctrl-C" in x for x in lines), lines
+        env = {
+            **os.environ,
+            "LLMOPS_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{broker}",
+            "LLMOPS_MILVUS__URI": f"http://127.0.0.1:{milvus}",
+        }
+        asked = llmops("ask", "anything indexed?", "--tenant", "nobody", env=env)
+        assert asked.returncode == 0, asked.stderr
+        assert "None of the indexed passages" in asked.stdout
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    for port in (broker, milvus):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"

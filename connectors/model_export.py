@@ -49,7 +49,8 @@ def export(out_dir: Path, source: Path | None = None, force: bool = False) -> Pa
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        staging = Path(tmp)
+        staging = Path(tmp) / "model"
+        staging.mkdir()
         dummy = torch.ones((2, 8), dtype=torch.int64)
         with torch.no_grad():
             torch.onnx.export(
@@ -72,5 +73,4 @@ def export(out_dir: Path, source: Path | None = None, force: bool = False) -> Pa
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)  # atomic: a half-written export is never used
-        staging.mkdir()  # so TemporaryDirectory's cleanup finds what it made
     return out_dir

@@ -231,14 +231,13 @@ def sample_corpus() -> None:
 def demo(keep: Path | None) -> None:
     """Start the embedded stack, index the sample corpus, ask sample questions, print the
     answers with their passages and per-stage latency, and stop everything."""
-    from connectors.client import Client
-    from topology.samples import QUESTIONS, SOURCE, python_reference
     from topology.stack import LocalStack
 
     settings = load_settings()
     with tempfile.TemporaryDirectory(prefix="llmops-demo-") as tmp:
+        data_dir = keep if keep is not None else Path(tmp)
         stack_cfg = settings.stack.model_copy(
-            update={"data_dir": keep or Path(tmp), "broker_port": 0, "milvus_port": 0}
+            update={"data_dir": data_dir, "broker_port": 0, "milvus_port": 0}
         )
         click.echo("starting the embedded stack (Tansu broker, Milvus Lite server, faust worker)...")
         try:
@@ -247,25 +246,27 @@ def demo(keep: Path | None) -> None:
                     f"ready in {stack.timings['ready_s']:.1f}s "
                     f"(worker joined after {stack.timings['worker_ready_s']:.1f}s)"
                 )
-                run_command(_demo(stack.settings, Client, python_reference(), QUESTIONS, SOURCE))
+                run_command(_demo(stack.settings))
         except LLMOpsError as exc:
             raise click.ClickException(str(exc)) from exc
 
 
-async def _demo(
-    settings: Settings, client_cls: Any, docs: list[dict[str, Any]], questions: tuple[str, ...], source: str
-) -> None:
+async def _demo(settings: Settings) -> None:
     from tqdm import tqdm
 
-    async with client_cls(settings, producer_name="demo") as client:
+    from connectors.client import Client
+    from topology.samples import QUESTIONS, SOURCE, python_reference
+
+    docs = python_reference()
+    async with Client(settings, producer_name="demo") as client:
         started = time.perf_counter()
-        with tqdm(total=len(docs), unit="doc", desc=f"indexing {source}") as bar:
+        with tqdm(total=len(docs), unit="doc", desc=f"indexing {SOURCE}") as bar:
             indexed = await client.ingest(docs, timeout=600, on_indexed=lambda _: bar.update())
         click.echo(
             f"indexed {len(indexed)} documents as {sum(d.chunks for d in indexed)} chunks "
             f"in {time.perf_counter() - started:.1f}s\n"
         )
-        for question in questions:
+        for question in QUESTIONS:
             began = time.perf_counter()
             response = await client.ask(question)
             click.echo(format_response(response, (time.perf_counter() - began) * 1000) + "\n")

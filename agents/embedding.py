@@ -15,6 +15,7 @@ async def handle_batch(events: Sequence[PromptAssembled], deps: Dependencies) ->
     texts = [e.prompt.retrieval_text for e in events]
     # ONNX Runtime releases the GIL: a thread keeps the worker's heartbeats going.
     vectors = await asyncio.to_thread(deps.embedder.embed, texts)
+    tokens = deps.embedder.count_tokens(texts)
     return [
         e.follow(
             QueryEmbedded,
@@ -22,7 +23,8 @@ async def handle_batch(events: Sequence[PromptAssembled], deps: Dependencies) ->
             prompt=e.prompt,
             vector=v.tolist(),
             embedding_model=deps.embedder.name,
+            input_tokens=n,
             latency_ms=e.latency_ms,
         )
-        for e, v in zip(events, vectors, strict=True)
+        for e, v, n in zip(events, vectors, tokens, strict=True)
     ]

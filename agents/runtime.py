@@ -13,11 +13,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas import DeadLetter, Event, RequestFailed, decode, encode, new_id
+from agents.telemetry import TelemetrySettings, report
+from schemas import DeadLetter, Event, RequestFailed, decode, encode, new_id, utc_now
 from schemas.envelope import TENANT_PATTERN
 from schemas.errors import InvalidEvent, LLMOpsError, TransientError
 
@@ -80,17 +82,21 @@ class StageRunner:
     dead_letter: Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
     reply: Callable[[bytes, bytes], Awaitable[Awaitable[Any]]] | None
     settings: RuntimeSettings
+    # Where StageCompleted reports go (the telemetry topic); None: not reported.
+    telemetry: Callable[[bytes, bytes], Awaitable[Awaitable[Any]]] | None = None
+    telemetry_settings: TelemetrySettings = TelemetrySettings()
 
     async def process(self, batch: Sequence[Incoming]) -> None:
         """Handle one micro-batch; returns once every output is acknowledged by the broker,
         so the caller may commit the batch's offsets."""
         deliveries: list[Awaitable[Any]] = []
         pending: list[tuple[Incoming, Event]] = []
+        started_at = utc_now()
         for message in batch:
             try:
                 pending.append((message, decode(message.value, self.input_model)))
             except InvalidEvent as exc:
-                deliveries += await self._fail(message, None, exc, attempts=1)
+                deliveries += await self._fail(message, None, exc, 1, started_at)
         attempt = 1
         while pending:
             started = time.perf_counter()
@@ -101,10 +107,13 @@ class StageRunner:
                 if isinstance(result, TransientError) and attempt < self.settings.max_attempts:
                     retry.append((message, event))
                 elif isinstance(result, BaseException):
-                    deliveries += await self._fail(message, event, result, attempts=attempt)
+                    deliveries += await self._fail(message, event, result, attempt, started_at)
                 elif result is not None:
                     result = _with_timing(result, event, self.name, elapsed_ms)
                     deliveries.append(await self.emit(result.trace_id.encode(), encode(result)))
+                    deliveries += await self._report(event, result, event.trace_id, event.tenant, started_at)
+                else:
+                    deliveries += await self._report(event, None, event.trace_id, event.tenant, started_at)
             pending = retry
             if pending:
                 delay = min(self.settings.backoff_s * 2 ** (attempt - 1), self.settings.backoff_max_s)
@@ -129,38 +138,18 @@ class StageRunner:
         return results
 
     async def _fail(
-        self, message: Incoming, event: Event | None, error: BaseException, attempts: int
+        self,
+        message: Incoming,
+        event: Event | None,
+        error: BaseException,
+        attempts: int,
+        started_at: datetime,
     ) -> list[Awaitable[Any]]:
-        permanent = not isinstance(error, TransientError)
-        if not isinstance(error, LLMOpsError):  # not raised on purpose: a bug to look at
-            log.error("%s: unexpected %r", self.name, error, exc_info=error)
-        known_trace, tenant = _identify(message, event)
-        trace_id = known_trace if known_trace is not None else new_id()
-        letter = DeadLetter(
-            trace_id=trace_id,
-            tenant=tenant,
-            producer=self.name,
-            stage=self.name,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            original=message.value or b"",
-            error_type=type(error).__name__,
-            reason=str(error)[:2_000] or repr(error),
-            attempts=attempts,
-            permanent=permanent,
-        )
-        log.warning(
-            "%s: dead-lettered %s@%d:%d (%s: %s)",
-            self.name,
-            message.topic,
-            message.partition,
-            message.offset,
-            letter.error_type,
-            letter.reason[:200],
-        )
+        letter = dead_letter_for(self.name, message, event, error, attempts)
+        known_trace = _identify(message, event)[0]
+        trace_id, tenant = letter.trace_id, letter.tenant
         sent = [await self.dead_letter(trace_id.encode(), encode(letter))]
+        sent += await self._report(event, error, trace_id, tenant, started_at)
         if self.reply is not None and known_trace is not None:
             failed = RequestFailed(
                 trace_id=trace_id,
@@ -172,6 +161,56 @@ class StageRunner:
             )
             sent.append(await self.reply(trace_id.encode(), encode(failed)))
         return sent
+
+    async def _report(
+        self,
+        source: Event | None,
+        outcome: Event | BaseException | None,
+        trace_id: str,
+        tenant: str,
+        started_at: datetime,
+    ) -> list[Awaitable[Any]]:
+        if self.telemetry is None or not self.telemetry_settings.enabled:
+            return []
+        stage_report = report(
+            self.name, source, outcome, started_at, utc_now(), trace_id, tenant, self.telemetry_settings
+        )
+        return [await self.telemetry(trace_id.encode(), encode(stage_report))]
+
+
+def dead_letter_for(
+    stage: str, message: Incoming, event: Event | None, error: BaseException, attempts: int
+) -> DeadLetter:
+    """The dead letter for a message that failed: original bytes, where it came from,
+    why, and after how many attempts. Logged, since a person will have to look."""
+    if not isinstance(error, LLMOpsError):  # not raised on purpose: a bug to look at
+        log.error("%s: unexpected %r", stage, error, exc_info=error)
+    known_trace, tenant = _identify(message, event)
+    letter = DeadLetter(
+        trace_id=known_trace if known_trace is not None else new_id(),
+        tenant=tenant,
+        producer=stage,
+        stage=stage,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        original=message.value or b"",
+        error_type=type(error).__name__,
+        reason=str(error)[:2_000] or repr(error),
+        attempts=attempts,
+        permanent=not isinstance(error, TransientError),
+    )
+    log.warning(
+        "%s: dead-lettered %s@%d:%d (%s: %s)",
+        stage,
+        message.topic,
+        message.partition,
+        message.offset,
+        letter.error_type,
+        letter.reason[:200],
+    )
+    return letter
 
 
 def _with_timing(result: Event, source: Event, stage: str, elapsed_ms: float) -> Event:

@@ -23,7 +23,8 @@ from schemas import (
     encode,
     new_id,
 )
-from schemas.errors import LLMOpsError, PermanentError, TransientError
+from schemas.errors import InvalidEvent, LLMOpsError, PermanentError, TransientError
+from schemas.feedback import FeedbackReceived, FeedbackType
 
 Reply = ResponseGenerated | DocumentIndexed | RequestFailed
 _replies: TypeAdapter[Reply] = TypeAdapter(Reply)
@@ -136,14 +137,17 @@ class Client:
 
         Raises RequestError when the pipeline rejected the query, TimeoutError when no
         reply came within `timeout` seconds."""
-        query = QueryReceived(
-            trace_id=new_id(),
-            tenant=tenant,
-            producer=self._name,
-            question=question,
-            top_k=top_k,
-            user=user,
-        )
+        try:
+            query = QueryReceived(
+                trace_id=new_id(),
+                tenant=tenant,
+                producer=self._name,
+                question=question,
+                top_k=top_k,
+                user=user,
+            )
+        except ValidationError as exc:
+            raise InvalidEvent(f"invalid question: {_first_error(exc)}") from exc
         reply = await self._request(self._kafka.topics.queries, [query], timeout)
         assert isinstance(reply[0], ResponseGenerated)
         return reply[0]
@@ -167,6 +171,36 @@ class Client:
         ]
         replies = await self._request(self._kafka.topics.documents, events, timeout, on_indexed)
         return [r for r in replies if isinstance(r, DocumentIndexed)]
+
+    async def feedback(
+        self,
+        trace_id: str,
+        value: bool | float | str,
+        data_type: FeedbackType = "BOOLEAN",
+        *,
+        name: str = "user",
+        comment: str = "",
+        user: str | None = None,
+        tenant: str = "default",
+    ) -> FeedbackReceived:
+        """Rate an answer (by the trace id of its ResponseGenerated): thumbs as BOOLEAN,
+        stars or scores as NUMERIC, labels as CATEGORICAL. Returns once the broker has it;
+        the analytics process stores it with the trace's prompt version and model."""
+        try:
+            event = FeedbackReceived(
+                trace_id=trace_id,
+                tenant=tenant,
+                producer=self._name,
+                name=name,
+                data_type=data_type,
+                value=value,
+                comment=comment,
+                user=user,
+            )
+        except ValidationError as exc:
+            raise InvalidEvent(f"invalid feedback: {_first_error(exc)}") from exc
+        await self._publisher.publish(self._kafka.topics.feedback, [(trace_id.encode(), encode(event))])
+        return event
 
     async def _request(
         self,
@@ -212,3 +246,9 @@ class Client:
                 future = self._pending.get(reply.trace_id)
                 if future is not None and not future.done():
                     future.set_result(reply)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"])
+    return f"{where}: {error['msg']}" if where else error["msg"]

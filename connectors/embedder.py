@@ -116,6 +116,10 @@ class OnnxEmbedder:
         assert out is not None
         return out
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text costs the model (after truncation), for telemetry."""
+        return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
+
     def _run(self, encodings: list[Any]) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), width), dtype=np.int64)

@@ -27,6 +27,8 @@ class TopicNames(BaseModel):
     documents: str = "llmops.documents"
     indexed: str = "llmops.indexed"
     deadletter: str = "llmops.deadletter"
+    telemetry: str = "llmops.telemetry"
+    feedback: str = "llmops.feedback"
 
 
 class KafkaSettings(BaseModel):

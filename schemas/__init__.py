@@ -5,6 +5,7 @@ from schemas.deadletter import DeadLetter
 from schemas.documents import DocumentIndexed, DocumentSubmitted
 from schemas.envelope import Event, new_id, utc_now
 from schemas.errors import InvalidEvent, LLMOpsError, PermanentError, TransientError
+from schemas.feedback import FeedbackReceived
 from schemas.queries import (
     ContextRetrieved,
     Passage,
@@ -15,6 +16,7 @@ from schemas.queries import (
     RequestFailed,
     ResponseGenerated,
 )
+from schemas.telemetry import StageCompleted
 
 __all__ = [
     "ContextRetrieved",
@@ -22,6 +24,7 @@ __all__ = [
     "DocumentIndexed",
     "DocumentSubmitted",
     "Event",
+    "FeedbackReceived",
     "InvalidEvent",
     "LLMOpsError",
     "Passage",
@@ -32,6 +35,7 @@ __all__ = [
     "RequestFailed",
     "QueryReceived",
     "ResponseGenerated",
+    "StageCompleted",
     "TransientError",
     "decode",
     "encode",

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from schemas.deadletter import DeadLetter
 from schemas.documents import DocumentIndexed, DocumentSubmitted
+from schemas.feedback import FeedbackReceived
 from schemas.queries import (
     ContextRetrieved,
     PromptAssembled,
@@ -18,6 +19,7 @@ from schemas.queries import (
     RequestFailed,
     ResponseGenerated,
 )
+from schemas.telemetry import StageCompleted
 
 EVENTS: tuple[type[BaseModel], ...] = (
     QueryReceived,
@@ -28,6 +30,8 @@ EVENTS: tuple[type[BaseModel], ...] = (
     RequestFailed,
     DocumentSubmitted,
     DocumentIndexed,
+    StageCompleted,
+    FeedbackReceived,
     DeadLetter,
 )
 

@@ -50,6 +50,7 @@ class QueryEmbedded(Event):
     prompt: PromptSpec
     vector: list[float] = Field(min_length=1)
     embedding_model: Identifier
+    input_tokens: int = Field(default=0, ge=0)
     latency_ms: Timings = Field(default_factory=dict)
 
 

@@ -88,6 +88,7 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
         return send
 
     deadletter = topic("deadletter")
+    telemetry = topic("telemetry")
     for stage in STAGES:
         register(
             app,
@@ -101,6 +102,8 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
                 dead_letter=sender(deadletter),
                 reply=sender(topic(stage.replies_to)),
                 settings=worker.runtime,
+                telemetry=sender(telemetry),
+                telemetry_settings=settings.telemetry,
             ),
             topic(stage.consumes),
         )
@@ -120,18 +123,12 @@ def register(app: faust.App, stage: Stage, runner: StageRunner, source: faust.To
         # take_events (faust-streaming >= 0.11) is missing from StreamT's stub.
         batches = cast(Any, stream).take_events(runtime.batch_max, within=runtime.batch_within_s)
         async for events in batches:
-            await runner.process(
-                [
-                    Incoming(
-                        topic=e.message.topic,
-                        partition=e.message.partition,
-                        offset=e.message.offset,
-                        key=e.message.key,
-                        value=e.message.value,
-                    )
-                    for e in events
-                ]
-            )
+            await runner.process([incoming(e) for e in events])
 
     agent.__name__ = stage.name
     app.agent(source, name=stage.name)(agent)
+
+
+def incoming(event: faust.EventT) -> Incoming:
+    m = event.message
+    return Incoming(topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, value=m.value)

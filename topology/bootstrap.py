@@ -1,14 +1,18 @@
-"""The explicit set-up step: topics and the passage collection. Safe to run again."""
+"""The explicit set-up step: topics, the passage collection and the analytics DDL. Safe
+to run again."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
+from connectors.clickhouse import ClickHouseSettings, open_store
 from connectors.embedder import OnnxEmbedder
 from connectors.kafka import ensure_topics
+from connectors.migrations import apply
 from connectors.milvus import MilvusStore
 from topology.settings import Settings
-from topology.topics import topic_specs
+from topology.topics import analytics_app_id, leader_topic, topic_specs
 
 
 @dataclass(frozen=True)
@@ -16,10 +20,23 @@ class BootstrapReport:
     topics_created: list[str]
     collection_created: bool
     dim: int
+    ddl_applied: list[str] | None  # None: left to the analytics process
 
 
-def bootstrap(settings: Settings) -> BootstrapReport:
-    created = ensure_topics(settings.kafka, topic_specs(settings.kafka))
+async def apply_ddl(clickhouse: ClickHouseSettings) -> list[str]:
+    store = open_store(clickhouse)
+    await store.open()
+    try:
+        return await apply(store, clickhouse.ddl_dir)
+    finally:
+        await store.close()
+
+
+def bootstrap(settings: Settings, *, analytics: bool = True) -> BootstrapReport:
+    """`analytics=False` leaves the DDL to the analytics process, which applies it when it
+    starts (the local stack does that: a chDB directory opens in one process only)."""
+    leaders = (leader_topic(analytics_app_id(settings.worker.app_id)),)
+    created = ensure_topics(settings.kafka, topic_specs(settings.kafka, leaders))
     embedder = OnnxEmbedder(settings.embedding)
     embedder.open()  # the collection's vector size is the model's
     store = MilvusStore(settings.milvus)
@@ -28,4 +45,7 @@ def bootstrap(settings: Settings) -> BootstrapReport:
         made = store.ensure_collection(embedder.dim)
     finally:
         store.close()
-    return BootstrapReport(topics_created=created, collection_created=made, dim=embedder.dim)
+    applied = asyncio.run(apply_ddl(settings.clickhouse)) if analytics else None
+    return BootstrapReport(
+        topics_created=created, collection_created=made, dim=embedder.dim, ddl_applied=applied
+    )

@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from pydantic import ValidationError
@@ -59,11 +59,16 @@ def run_command(coro: Any) -> Any:
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where Milvus Lite keeps data.")
 @click.option("--broker-port", type=int, help="Kafka port of the embedded broker (default 9092).")
 @click.option("--milvus-port", type=int, help="Port of the Milvus Lite server (default 19530).")
-def up(data_dir: Path | None, broker_port: int | None, milvus_port: int | None) -> None:
+@click.option("--analytics-port", type=int, help="Port of the analytics query service (default 6066).")
+def up(
+    data_dir: Path | None, broker_port: int | None, milvus_port: int | None, analytics_port: int | None
+) -> None:
     """Run the embedded stack in the foreground until Ctrl-C.
 
     Starts the Tansu broker and the Milvus Lite server as subprocesses, creates the
-    topics and the collection, and starts a faust worker. In another shell,
+    topics and the collection, starts the analytics process (telemetry and feedback into
+    chDB under --data-dir, and the query service that `llmops report` reads) and a faust
+    worker. In another shell,
     `llmops ingest FILE.jsonl` and `llmops ask "..."` talk to it with the default
     settings. The broker keeps topics in memory: a restart empties them (Milvus data
     stays in --data-dir)."""
@@ -76,6 +81,10 @@ def up(data_dir: Path | None, broker_port: int | None, milvus_port: int | None) 
         if v is not None
     }
     settings = settings.model_copy(update={"stack": settings.stack.model_copy(update=overrides)})
+    if analytics_port is not None:
+        settings = settings.model_copy(
+            update={"analytics": settings.analytics.model_copy(update={"port": analytics_port})}
+        )
     stopping = False
 
     def request_stop(*_: object) -> None:
@@ -88,6 +97,7 @@ def up(data_dir: Path | None, broker_port: int | None, milvus_port: int | None) 
         with LocalStack(settings) as stack:
             click.echo(f"broker   {stack.settings.kafka.bootstrap_servers}")
             click.echo(f"milvus   {stack.settings.milvus.uri}")
+            click.echo(f"analytics {stack.settings.analytics.url} ({stack.settings.clickhouse.path})")
             click.echo(f"logs     {stack.data_dir / 'logs'}")
             click.echo(f"ready in {stack.timings['ready_s']:.1f}s. Press Ctrl-C to stop.")
             while not stopping:
@@ -110,9 +120,25 @@ def worker() -> None:
     faust.Worker(app, loglevel=settings.worker.log_level, quiet=True).execute_from_commandline()
 
 
+@main.command()
+def analytics() -> None:
+    """Run the analytics process: the telemetry sink, the feedback agent and the query
+    service that `llmops report`, `llmops trace` and `Analytics` read through. With chDB
+    (the default) exactly one runs, since the directory opens in one process only; with a
+    ClickHouse server (LLMOPS_CLICKHOUSE__URL) run as many as you like."""
+    import faust
+
+    from topology.analytics_app import create_analytics_app
+
+    settings = load_settings()
+    app = create_analytics_app(settings)
+    faust.Worker(app, loglevel=settings.worker.log_level, quiet=True).execute_from_commandline()
+
+
 @main.command("bootstrap")
 def bootstrap_command() -> None:
-    """Create the topics and the Milvus collection if missing (safe to repeat)."""
+    """Create the topics and the Milvus collection if missing, and apply the analytics
+    DDL files that are not applied yet (docker/clickhouse/NNN_*.sql). Safe to repeat."""
     from topology.bootstrap import bootstrap
 
     settings = load_settings()
@@ -125,6 +151,8 @@ def bootstrap_command() -> None:
         f"collection {settings.milvus.collection}: "
         f"{'created' if report.collection_created else 'exists'} (dim {report.dim})"
     )
+    applied = report.ddl_applied or []
+    click.echo(f"analytics DDL applied: {', '.join(applied) or 'none (up to date)'}")
 
 
 @main.command()
@@ -216,6 +244,129 @@ def ingest(file: Path, tenant: str, timeout: float) -> None:
     run_command(go())
 
 
+def window_option(f: Any) -> Any:
+    return click.option("--since", default="24h", show_default=True, help="How far back: 90s, 15m, 24h, 7d.")(
+        f
+    )
+
+
+def open_analytics(settings: Settings) -> Any:
+    from connectors.analytics import Analytics
+
+    return Analytics.connect(settings.clickhouse, settings.analytics)
+
+
+@main.command()
+@window_option
+@click.option("--tenant", default="", help="Only this tenant (default: all).")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a page with charts.",
+)
+def report(since: str, tenant: str, html_path: Path | None) -> None:
+    """Latency percentiles, requests and errors per stage, tokens and cost per tenant and
+    model, and feedback per prompt version, from ClickHouse. Reads through the running
+    stack's analytics service, or opens the analytics store itself when none runs."""
+    from topology import report as rendering
+
+    try:
+        window = rendering.parse_window(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    settings = load_settings()
+
+    async def go() -> Any:
+        analytics = await open_analytics(settings)
+        try:
+            return await rendering.collect(analytics, window, tenant, label=since)
+        finally:
+            await analytics.close()
+
+    data = run_command(go())
+    click.echo(rendering.text(data), nl=False)
+    if html_path is not None:
+        html_path.write_text(rendering.html(data))
+        click.echo(f"\nwrote {html_path}")
+
+
+@main.command()
+@click.argument("trace_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def trace(trace_id: str, as_json: bool) -> None:
+    """One request's timeline: each stage with its latency, tokens and cost, the passages
+    retrieved with their scores, the answer, and any feedback."""
+    from topology.report import trace_text
+
+    settings = load_settings()
+
+    async def go() -> Any:
+        analytics = await open_analytics(settings)
+        try:
+            return await analytics.trace(trace_id)
+        finally:
+            await analytics.close()
+
+    stages, feedback = run_command(go())
+    if as_json:
+        click.echo(json.dumps({"stages": stages.dicts(), "feedback": feedback.dicts()}, indent=2))
+    else:
+        click.echo(trace_text(trace_id, stages, feedback), nl=False)
+
+
+@main.command()
+@click.argument("trace_id")
+@click.argument("value")
+@click.option(
+    "--type",
+    "data_type",
+    type=click.Choice(["BOOLEAN", "NUMERIC", "CATEGORICAL"], case_sensitive=False),
+    default="BOOLEAN",
+    show_default=True,
+    help="BOOLEAN: true/false (thumbs); NUMERIC: a number in the configured range; CATEGORICAL: a label.",
+)
+@click.option("--name", default="user", show_default=True, help="What is rated.")
+@click.option("--comment", default="", help="Free text.")
+@click.option("--user", help="Who rates.")
+@click.option("--tenant", default="default", show_default=True, help="The tenant of the rated trace.")
+def feedback(
+    trace_id: str, value: str, data_type: str, name: str, comment: str, user: str | None, tenant: str
+) -> None:
+    """Rate the answer of TRACE_ID (printed by `llmops ask --json` as trace_id):
+    `llmops feedback TRACE_ID true`, `llmops feedback TRACE_ID 4 --type numeric`."""
+    from connectors.client import Client
+    from schemas.feedback import FeedbackType
+
+    kind = data_type.upper()
+    parsed: bool | float | str = value
+    if kind == "BOOLEAN":
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no", "up", "down"):
+            raise click.BadParameter("BOOLEAN feedback is true or false", param_hint="VALUE")
+        parsed = value.lower() in ("true", "1", "yes", "up")
+    elif kind == "NUMERIC":
+        try:
+            parsed = float(value)
+        except ValueError:
+            raise click.BadParameter("NUMERIC feedback is a number", param_hint="VALUE") from None
+    settings = load_settings()
+
+    async def go() -> None:
+        async with Client(settings, producer_name="cli") as client:
+            event = await client.feedback(
+                trace_id,
+                parsed,
+                cast(FeedbackType, kind),
+                name=name,
+                comment=comment,
+                user=user,
+                tenant=tenant,
+            )
+        click.echo(f"feedback {event.event_id} sent for trace {trace_id}")
+
+    run_command(go())
+
+
 @main.command("sample-corpus")
 def sample_corpus() -> None:
     """Write the sample corpus (Python language reference topics, PSF licence) as JSON
@@ -238,6 +389,11 @@ def demo(keep: Path | None) -> None:
         data_dir = keep if keep is not None else Path(tmp)
         stack_cfg = settings.stack.model_copy(
             update={"data_dir": data_dir, "broker_port": 0, "milvus_port": 0}
+        )
+        # The analytics store outlives the demo (`llmops report` reads it afterwards).
+        clickhouse = settings.clickhouse.model_copy(update={"path": settings.clickhouse.path.resolve()})
+        settings = settings.model_copy(
+            update={"clickhouse": clickhouse, "analytics": settings.analytics.model_copy(update={"port": 0})}
         )
         click.echo("starting the embedded stack (Tansu broker, Milvus Lite server, faust worker)...")
         try:

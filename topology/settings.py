@@ -10,7 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.config import PipelineSettings
+from agents.feedback import FeedbackSettings
 from agents.runtime import RuntimeSettings
+from agents.sink import SinkSettings
+from agents.telemetry import TelemetrySettings
+from connectors.analytics import ServiceSettings
+from connectors.clickhouse import ClickHouseSettings
 from connectors.client import ClientSettings
 from connectors.embedder import EmbeddingSettings
 from connectors.kafka import KafkaSettings
@@ -64,3 +69,8 @@ class Settings(BaseSettings):
     client: ClientSettings = ClientSettings()
     worker: WorkerSettings = WorkerSettings()
     stack: StackSettings = StackSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    analytics: ServiceSettings = ServiceSettings()
+    sink: SinkSettings = SinkSettings()
+    feedback: FeedbackSettings = FeedbackSettings()

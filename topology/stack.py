@@ -1,7 +1,8 @@
 """The embedded stack: the Tansu broker and the Milvus Lite server as subprocesses, the
-bootstrap step, and a faust worker. `llmops up` keeps it in the foreground; `llmops demo`
-and the integration tests start and stop it. Production points the same code at Kafka
-and Milvus by configuration instead."""
+bootstrap step, the analytics process (owner of the chDB directory) and a faust worker.
+`llmops up` keeps it in the foreground; `llmops demo` and the integration tests start
+and stop it. Production points the same code at Kafka, Milvus and ClickHouse by
+configuration instead."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from connectors.analytics import ServiceStore
 from connectors.client import Client
 from connectors.kafka import wait_for_broker
 from connectors.milvus import MilvusStore
@@ -58,16 +60,26 @@ class LocalStack:
         self.data_dir = cfg.data_dir.resolve()
         self.broker_port = cfg.broker_port or free_port()
         self.milvus_port = cfg.milvus_port or free_port()
+        self.analytics_port = settings.analytics.port or free_port()
         bootstrap_servers = f"127.0.0.1:{self.broker_port}" if broker else settings.kafka.bootstrap_servers
         self.settings = settings.model_copy(
             update={
                 "kafka": settings.kafka.model_copy(update={"bootstrap_servers": bootstrap_servers}),
                 "milvus": settings.milvus.model_copy(update={"uri": f"http://127.0.0.1:{self.milvus_port}"}),
+                "analytics": settings.analytics.model_copy(update={"port": self.analytics_port}),
+                "clickhouse": settings.clickhouse.model_copy(update={"path": self._analytics_dir(settings)}),
             }
         )
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
         self.timings: dict[str, float] = {}
+
+    def _analytics_dir(self, settings: Settings) -> Path:
+        """The chDB directory: LLMOPS_CLICKHOUSE__PATH when set, else inside the stack's
+        data directory. Absolute, so every process means the same one whatever its cwd."""
+        clickhouse = settings.clickhouse
+        path = clickhouse.path if "path" in clickhouse.model_fields_set else self.data_dir / "analytics"
+        return path.expanduser().resolve()
 
     def __enter__(self) -> LocalStack:
         try:
@@ -86,6 +98,8 @@ class LocalStack:
             **os.environ,
             "LLMOPS_KAFKA__BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
             "LLMOPS_MILVUS__URI": self.settings.milvus.uri,
+            "LLMOPS_ANALYTICS__PORT": str(self.analytics_port),
+            "LLMOPS_CLICKHOUSE__PATH": str(self.settings.clickhouse.path),
         }
 
     def start(self) -> None:
@@ -124,9 +138,12 @@ class LocalStack:
         )
         wait_for_broker(self.settings.kafka, timeout)
         self._wait_for_milvus(timeout)
-        report = bootstrap(self.settings)
+        # The analytics process applies the DDL itself: it is the store's one owner.
+        report = bootstrap(self.settings, analytics=False)
         log.info("bootstrap: %s", report)
         self.timings["dependencies_s"] = time.monotonic() - began
+        self._spawn("analytics", [sys.executable, "-m", "topology.cli", "analytics"])
+        self._wait_for_analytics(timeout)
         if self._with_worker:
             self.start_worker()
         self.timings["ready_s"] = time.monotonic() - began
@@ -160,8 +177,8 @@ class LocalStack:
         return self.data_dir / "logs" / f"{name}.log"
 
     def stop(self) -> None:
-        """Reverse start order: workers first (they commit and leave the group), then
-        Milvus, then the broker."""
+        """Reverse start order: workers first (they commit and leave the group), then the
+        analytics process (it stores what is in flight), then Milvus, then the broker."""
         for name in reversed(list(self._procs)):
             self.stop_process(name)
         for handle in self._logs:
@@ -191,6 +208,28 @@ class LocalStack:
         for name, proc in self._procs.items():
             if proc.poll() is not None:
                 raise StackError(f"{name} exited with {proc.returncode}; see {self.log_path(name)}")
+
+    def _wait_for_analytics(self, timeout: float) -> None:
+        asyncio.run(self._probe_analytics(timeout))
+
+    async def _probe_analytics(self, timeout: float) -> None:
+        service = ServiceStore(self.settings.analytics.model_copy(update={"timeout_s": 2.0}))
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self._check_alive()
+                try:
+                    await service.health()
+                    return
+                except TransientError:
+                    if time.monotonic() > deadline:
+                        raise StackError(
+                            f"analytics service not answering after {timeout:.0f}s; "
+                            f"see {self.log_path('analytics')}"
+                        ) from None
+                    await asyncio.sleep(0.3)
+        finally:
+            await service.close()
 
     def _wait_for_milvus(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -8,7 +8,19 @@ from connectors.kafka import KafkaSettings, TopicSpec
 DAY_MS = 24 * 3600 * 1000
 
 
-def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
+def analytics_app_id(app_id: str) -> str:
+    """The analytics process's faust app (and consumer group) beside the pipeline's."""
+    return f"{app_id}-analytics"
+
+
+def leader_topic(app_id: str) -> str:
+    """The topic whose one partition makes its holder the faust app's leader."""
+    return f"{app_id}-__assignor-__leader"
+
+
+def topic_specs(kafka: KafkaSettings, leader_topics: tuple[str, ...] = ()) -> list[TopicSpec]:
+    """`leader_topics`: faust apps that elect a leader (for a timer that must run once)
+    need a one-partition topic each; with topic declaration off, bootstrap makes it."""
     names, partitions = kafka.topics, kafka.partitions
 
     def spec(name: str, retention_days: int) -> TopicSpec:
@@ -26,6 +38,12 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         spec(names.responses, 7),
         spec(names.documents, 7),
         spec(names.indexed, 7),
+        spec(names.telemetry, 7),
+        spec(names.feedback, 30),
         # Dead letters wait for a person: keep them longest.
         spec(names.deadletter, 30),
+        *(
+            TopicSpec(name, 1, {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)})
+            for name in leader_topics
+        ),
     ]

@@ -22,6 +22,9 @@ class FakeEmbedder:
     def embed(self, texts):
         return np.array([[len(t), 1.0, 0.0] for t in texts], dtype=np.float32)
 
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
 
 class FakeStore:
     def __init__(self) -> None:

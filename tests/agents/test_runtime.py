@@ -3,12 +3,23 @@ dead-letter, retries for transient errors, replies for failed requests."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
 
 from agents.runtime import Incoming, RuntimeSettings, StageRunner, per_event
-from schemas import DeadLetter, PromptAssembled, PromptSpec, QueryReceived, RequestFailed, decode, encode
+from agents.telemetry import TelemetrySettings
+from schemas import (
+    DeadLetter,
+    PromptAssembled,
+    PromptSpec,
+    QueryReceived,
+    RequestFailed,
+    StageCompleted,
+    decode,
+    encode,
+)
 from schemas.errors import PermanentError, TransientError
 
 SPEC = PromptSpec(
@@ -176,3 +187,29 @@ async def test_odd_payloads_never_escape_the_runtime(value):
     stage, _, dlq, _ = runner(per_event(assemble))
     await stage.process([message(value)])
     assert decode(dlq.sent[0][1], DeadLetter).error_type == "InvalidEvent"
+
+
+async def test_every_handled_event_is_reported_once_with_its_outcome():
+    telemetry = Topic()
+    stage, out, dlq, _ = runner(per_event(assemble))
+    stage = dataclasses.replace(stage, telemetry=telemetry.send)
+    await stage.process([message(query("ok")), message(query("no", "bad")), message(b"{not json", offset=3)])
+    reports = [decode(v, StageCompleted) for _, v in telemetry.sent]
+    assert len(reports) == 3
+    by_trace = {r.trace_id: r for r in reports}
+    assert by_trace["ok"].status == "ok" and by_trace["ok"].stage == "prompting"
+    assert by_trace["ok"].template_version == "1" and by_trace["ok"].question == "q"
+    assert by_trace["no"].status == "error" and by_trace["no"].error_class == "PermanentError"
+    undecodable = [r for r in reports if r.trace_id not in ("ok", "no")]
+    assert undecodable[0].error_class == "InvalidEvent"
+    assert all(r.ended_at >= r.started_at and r.latency_ms >= 0 for r in reports)
+
+
+async def test_telemetry_can_be_switched_off():
+    telemetry = Topic()
+    stage, *_ = runner(per_event(assemble))
+    stage = dataclasses.replace(
+        stage, telemetry=telemetry.send, telemetry_settings=TelemetrySettings(enabled=False)
+    )
+    await stage.process([message(query("ok"))])
+    assert telemetry.sent == []

@@ -40,7 +40,16 @@ def embedder(base_settings: Settings) -> OnnxEmbedder:
 
 def _stack_settings(base: Settings, data_dir: Path) -> Settings:
     stack = base.stack.model_copy(update={"data_dir": data_dir, "broker_port": 0, "milvus_port": 0})
-    return base.model_copy(update={"stack": stack})
+    analytics = base.analytics.model_copy(update={"port": 0})
+    # Without LLMOPS_CLICKHOUSE__PATH the stack keeps its chDB directory in data_dir.
+    return base.model_copy(update={"stack": stack, "analytics": analytics})
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one chDB directory this test process may open (chDB opens one path per
+    process); tests keep apart by database."""
+    return tmp_path_factory.mktemp("chdb")
 
 
 @pytest.fixture(scope="session")

@@ -108,7 +108,7 @@ def test_up_serves_until_interrupted_and_leaves_nothing_running(tmp_path: Path):
 
     from topology.stack import free_port
 
-    broker, milvus = free_port(), free_port()
+    broker, milvus, analytics = free_port(), free_port(), free_port()
     up = subprocess.Popen(
         [
             sys.executable,
@@ -121,6 +121,8 @@ def test_up_serves_until_interrupted_and_leaves_nothing_running(tmp_path: Path):
             str(milvus),
             "--data-dir",
             str(tmp_path),
+            "--analytics-port",
+            str(analytics),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -144,11 +146,34 @@ def test_up_serves_until_interrupted_and_leaves_nothing_running(tmp_path: Path):
         asked = llmops("ask", "anything indexed?", "--tenant", "nobody", env=env)
         assert asked.returncode == 0, asked.stderr
         assert "None of the indexed passages" in asked.stdout
+        # While the stack runs, the report reads through its analytics service...
+        env["LLMOPS_ANALYTICS__PORT"] = str(analytics)
+        report = wait_for_report(env, "nobody")
+        assert "(analytics: service)" in report
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
     finally:
         if up.poll() is None:
             up.kill()
-    for port in (broker, milvus):
+    # ...and afterwards it opens the chDB directory the stack left in --data-dir.
+    env["LLMOPS_CLICKHOUSE__PATH"] = str(tmp_path / "analytics")
+    after = llmops("report", "--tenant", "nobody", env=env)
+    assert after.returncode == 0, after.stderr
+    assert "(analytics: chdb)" in after.stdout
+    assert after.stdout.split("Latency")[1].count("prompting") == 1
+    for port in (broker, milvus, analytics):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+
+
+def wait_for_report(env: dict[str, str], tenant: str, timeout: float = 30) -> str:
+    """`llmops report` once the sink (about one write a second) has stored the trace."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = llmops("report", "--tenant", tenant, env=env)
+        assert result.returncode == 0, result.stderr
+        if "generation" in result.stdout or time.monotonic() > deadline:
+            return result.stdout
+        time.sleep(1)

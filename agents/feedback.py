@@ -1,0 +1,108 @@
+"""Feedback: check a rating against the configured rules, and store it with the prompt
+version, model and tenant of the trace it rates. Feedback may arrive before the trace's
+telemetry: it is stored with trace_seen = false, and `LINK_SQL`, run on a timer by the
+analytics process, links it once the trace shows up."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from connectors.clickhouse import AnalyticsStore
+from schemas.errors import PermanentError
+from schemas.feedback import FeedbackReceived
+
+STAGE = "feedback"
+
+
+class FeedbackSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    numeric_min: float = Field(default=0.0, description="Lowest NUMERIC value accepted.")
+    numeric_max: float = Field(default=5.0, description="Highest NUMERIC value accepted (1-5 stars fit).")
+    categories: tuple[str, ...] = Field(
+        default=(), description="CATEGORICAL labels accepted; empty accepts any label."
+    )
+    link_every_s: float = Field(default=5.0, gt=0, description="How often unlinked feedback is linked.")
+
+
+def check(event: FeedbackReceived, settings: FeedbackSettings) -> None:
+    if event.data_type == "NUMERIC":
+        value = float(event.value)
+        if not settings.numeric_min <= value <= settings.numeric_max:
+            raise PermanentError(
+                f"NUMERIC feedback {value} is outside [{settings.numeric_min}, {settings.numeric_max}] "
+                "(LLMOPS_FEEDBACK__NUMERIC_MIN / _MAX)"
+            )
+    if event.data_type == "CATEGORICAL" and settings.categories and event.value not in settings.categories:
+        raise PermanentError(
+            f"CATEGORICAL feedback {event.value!r} is not one of {list(settings.categories)}"
+        )
+
+
+# A trace's prompt version and model, from its telemetry; same tenant only, so feedback
+# never links to another tenant's trace. SOURCE is the set of trace ids to look at.
+_FACTS = """
+SELECT trace_id, tenant,
+       anyIf(template_id, template_id != '') AS template_id,
+       anyIf(template_version, template_version != '') AS template_version,
+       anyIf(model, stage = 'generation') AS model
+FROM telemetry
+WHERE trace_id IN SOURCE
+GROUP BY trace_id, tenant
+"""
+TRACE_FACTS = _FACTS.replace("SOURCE", "{traces:Array(String)}")
+
+
+async def rows(
+    events: Sequence[FeedbackReceived], store: AnalyticsStore, settings: FeedbackSettings
+) -> list[dict[str, Any] | BaseException]:
+    found = await store.query(TRACE_FACTS, {"traces": sorted({e.trace_id for e in events})})
+    facts = {(r["trace_id"], r["tenant"]): r for r in found.dicts()}
+    out: list[dict[str, Any] | BaseException] = []
+    for event in events:
+        try:
+            check(event, settings)
+        except PermanentError as exc:
+            out.append(exc)
+            continue
+        trace = facts.get((event.trace_id, event.tenant))
+        out.append(
+            {
+                "event_id": event.event_id,
+                "trace_id": event.trace_id,
+                "tenant": event.tenant,
+                "occurred_at": event.occurred_at,
+                "name": event.name,
+                "data_type": event.data_type,
+                "score": event.score,
+                "category": event.value if isinstance(event.value, str) else "",
+                "comment": event.comment,
+                "user": event.user or "",
+                "trace_seen": trace is not None,
+                "template_id": trace["template_id"] if trace else "",
+                "template_version": trace["template_version"] if trace else "",
+                "model": trace["model"] if trace else "",
+                "revision": 0,
+            }
+        )
+    return out
+
+
+# Re-insert unlinked feedback whose trace has arrived, linked, with a higher revision.
+# The rollup's view counts only linked rows, so each rating is counted once, when linked.
+_UNLINKED = "(SELECT trace_id FROM feedback FINAL WHERE NOT trace_seen)"
+LINK_SQL = f"""
+INSERT INTO feedback (event_id, trace_id, tenant, occurred_at, name, data_type, score, category,
+                      comment, user, trace_seen, template_id, template_version, model, revision)
+SELECT f.event_id, f.trace_id, f.tenant, f.occurred_at, f.name, f.data_type, f.score, f.category,
+       f.comment, f.user, true, t.template_id, t.template_version, t.model, f.revision + 1
+FROM (SELECT * FROM feedback FINAL WHERE NOT trace_seen) AS f
+INNER JOIN ({_FACTS.replace("SOURCE", _UNLINKED)}) AS t ON f.trace_id = t.trace_id AND f.tenant = t.tenant
+"""  # noqa: S608  (constants only; no value is spliced in)
+
+
+async def link(store: AnalyticsStore) -> None:
+    await store.command(LINK_SQL)

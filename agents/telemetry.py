@@ -1,0 +1,131 @@
+"""StageCompleted reports: what a stage did with one event, built from the event it
+took, what it made of it (an output event or an exception) and when. Stage facts come
+from the output's type, so handlers report nothing themselves."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas import (
+    ContextRetrieved,
+    DocumentIndexed,
+    Event,
+    PromptAssembled,
+    QueryEmbedded,
+    ResponseGenerated,
+)
+from schemas.telemetry import StageCompleted
+
+log = logging.getLogger(__name__)
+
+
+class ModelPrice(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    input_per_mtok: float = Field(default=0.0, ge=0, description="USD per million input tokens.")
+    output_per_mtok: float = Field(default=0.0, ge=0, description="USD per million output tokens.")
+
+
+# List prices (USD per million tokens) as published by the vendors in 2026; local models
+# cost nothing per token. Override or extend with LLMOPS_TELEMETRY__PRICES='{"m": {...}}'.
+DEFAULT_PRICES = {
+    "extractive": ModelPrice(),
+    "all-MiniLM-L6-v2": ModelPrice(),
+    "gpt-4o-mini": ModelPrice(input_per_mtok=0.15, output_per_mtok=0.60),
+    "gpt-4o": ModelPrice(input_per_mtok=2.50, output_per_mtok=10.00),
+    "gpt-4.1-mini": ModelPrice(input_per_mtok=0.40, output_per_mtok=1.60),
+}
+
+
+class TelemetrySettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    enabled: bool = Field(default=True, description="Emit StageCompleted for every event of every stage.")
+    prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+
+def priced(
+    prices: dict[str, ModelPrice], model: str, input_tokens: int, output_tokens: int
+) -> tuple[float, bool]:
+    """(cost in USD, whether the model has a price); an unknown model costs 0, flagged."""
+    price = prices.get(model)
+    if price is None:
+        return 0.0, False
+    return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6, True
+
+
+def facts(source: Event | None, output: Event | None) -> dict[str, object]:
+    """Model, tokens, prompt and stage facts, from whichever events carry them."""
+    found: dict[str, object] = {}
+    for event in (source, output):
+        prompt = getattr(event, "prompt", None)
+        if prompt is not None:
+            found.update(template_id=prompt.template_id, template_version=prompt.template_version)
+    match output:
+        case PromptAssembled(prompt=p):
+            found["question"] = p.variables.get("question", "")
+        case QueryEmbedded():
+            found.update(model=output.embedding_model, input_tokens=output.input_tokens)
+        case ContextRetrieved(passages=passages):
+            found.update(passage_ids=[p.id for p in passages], passage_scores=[p.score for p in passages])
+        case ResponseGenerated():
+            found.update(
+                model=output.model,
+                template_id=output.template_id,
+                template_version=output.template_version,
+                input_tokens=output.usage_details.get("input", 0),
+                output_tokens=output.usage_details.get("output", 0),
+                question=output.question,
+                answer=output.answer,
+                citations=list(output.citations),
+            )
+        case DocumentIndexed():
+            pass
+    return found
+
+
+def report(
+    stage: str,
+    source: Event | None,
+    outcome: Event | BaseException | None,
+    started_at: datetime,
+    ended_at: datetime,
+    trace_id: str,
+    tenant: str,
+    settings: TelemetrySettings,
+) -> StageCompleted:
+    output = outcome if isinstance(outcome, Event) else None
+    found = facts(source, output)
+    model = str(found.get("model", ""))
+    tokens_in, tokens_out = int(found.get("input_tokens", 0)), int(found.get("output_tokens", 0))  # type: ignore[call-overload]
+    cost, known = priced(settings.prices, model, tokens_in, tokens_out) if model else (0.0, True)
+    if not known:
+        log.debug("no price for model %r: cost recorded as 0, priced=false", model)
+    return StageCompleted(
+        trace_id=trace_id,
+        tenant=tenant,
+        producer=stage,
+        stage=stage,
+        started_at=started_at,
+        ended_at=ended_at,
+        latency_ms=max((ended_at - started_at).total_seconds() * 1000, 0.0),
+        status="error" if isinstance(outcome, BaseException) else "ok",
+        error_class=type(outcome).__name__ if isinstance(outcome, BaseException) else "",
+        cost_usd=cost,
+        priced=known,
+        **found,
+    )
+
+
+# Envelope fields the telemetry table has no column for.
+_NOT_STORED = {"event_type", "schema_version", "occurred_at"}
+
+
+async def rows(events: Sequence[StageCompleted], store: object) -> list[dict[str, Any]]:
+    """Telemetry rows are the events as they are (the sink's RowBuilder)."""
+    return [event.model_dump(exclude=_NOT_STORED) for event in events]

@@ -1,0 +1,37 @@
+"""What every stage reports about every event it handled: one StageCompleted per event
+per stage, on the telemetry topic. The analytics sink stores these rows as they are."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AwareDatetime, Field
+
+from schemas.envelope import Event, Identifier
+
+
+class StageCompleted(Event):
+    """`trace_id` is the request's; `event_id` is this report's own (the sink's
+    idempotency key). Token, model and stage facts are empty where a stage has none."""
+
+    event_type: Literal["StageCompleted"] = "StageCompleted"
+    stage: Identifier
+    started_at: AwareDatetime
+    ended_at: AwareDatetime
+    latency_ms: float = Field(ge=0)
+    status: Literal["ok", "error"]
+    error_class: str = ""
+    model: str = ""
+    model_version: str = ""
+    template_id: str = ""
+    template_version: str = ""
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    priced: bool = Field(default=True, description="False when the model has no price in the table.")
+    # Stage facts. retrieval: the top-k passages; generation: the answer and citations.
+    passage_ids: list[str] = Field(default_factory=list)
+    passage_scores: list[float] = Field(default_factory=list)
+    question: str = ""
+    answer: str = ""
+    citations: list[str] = Field(default_factory=list)

@@ -1,0 +1,136 @@
+"""The analytics process's sink on a real broker and real chDB, run in this process so
+the test can take the store down: nothing is committed while it is down, every event
+lands exactly once when it is back, and a full redelivery changes no count."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from connectors.clickhouse import AnalyticsStore, ChdbStore, ClickHouseSettings
+from connectors.kafka import Publisher, TopicSpec, ensure_topics, librdkafka_config
+from connectors.migrations import apply
+from schemas import encode
+from tests.integration.analytics_fixtures import stage_event
+from topology.analytics_app import create_analytics_app
+from topology.settings import Settings
+from topology.stack import LocalStack, free_port
+from topology.topics import analytics_app_id, leader_topic
+
+N = 300
+
+
+def isolated(stack: LocalStack, chdb_dir: Path, app_id: str) -> Settings:
+    """The stack's broker, with topics, group, port and database of this test's own."""
+    uid = uuid.uuid4().hex[:8]
+    base = stack.settings
+    topics = base.kafka.topics.model_copy(
+        update={"telemetry": f"telemetry-{uid}", "feedback": f"feedback-{uid}", "deadletter": f"dead-{uid}"}
+    )
+    return base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(update={"topics": topics}),
+            "worker": base.worker.model_copy(update={"app_id": app_id}),
+            "analytics": base.analytics.model_copy(update={"port": free_port()}),
+            "clickhouse": ClickHouseSettings(path=chdb_dir, database=f"sink_{uid}"),
+            "sink": base.sink.model_copy(update={"batch_max": 50, "batch_within_s": 0.2, "backoff_s": 0.2}),
+        }
+    )
+
+
+def committed(settings: Settings, app_id: str) -> int:
+    """Offsets the faust group has committed on the telemetry topic, summed."""
+    topic = settings.kafka.topics.telemetry
+    consumer = Consumer(librdkafka_config(settings.kafka, **{"group.id": analytics_app_id(app_id)}))
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
+    finally:
+        consumer.close()
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.3)
+
+
+async def count(store: AnalyticsStore, sql: str) -> int:
+    return int((await store.query(sql)).rows[0][0] or 0)
+
+
+async def run_sink(
+    settings: Settings, store: AnalyticsStore, app_id: str, body: Callable[[], Awaitable[None]]
+) -> None:
+    app_settings = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"app_id": app_id})}
+    )
+    ensure_topics(settings.kafka, [TopicSpec(leader_topic(analytics_app_id(app_id)), 1, {})])
+    app = create_analytics_app(app_settings, store)
+    await app.start()
+    try:
+        await body()
+    finally:
+        await app.stop()
+
+
+async def test_a_store_outage_delays_rows_but_loses_and_doubles_none(tansu_stack, chdb_dir):
+    settings = isolated(tansu_stack, chdb_dir, f"sink-{uuid.uuid4().hex[:6]}")
+    topics = settings.kafka.topics
+    ensure_topics(
+        settings.kafka,
+        [
+            TopicSpec(t, settings.kafka.partitions, {})
+            for t in (topics.telemetry, topics.feedback, topics.deadletter)
+        ],
+    )
+    store = ChdbStore(settings.clickhouse)
+    await store.open()
+    await apply(store, settings.clickhouse.ddl_dir)
+    events = [stage_event(f"trace-{i % 37}", "generation", float(i % 50), model="gpt") for i in range(N)]
+    first_group = settings.worker.app_id
+
+    async def outage_then_recovery() -> None:
+        await store.command("DETACH TABLE telemetry")  # the store refuses every write
+        publisher = Publisher(settings.kafka, client_id="test-sink")
+        await publisher.start()
+        await publisher.publish(topics.telemetry, [(e.trace_id.encode(), encode(e)) for e in events])
+        await publisher.stop()
+        await asyncio.sleep(5)  # the sink keeps trying and backing off meanwhile
+        assert committed(settings, first_group) == 0, "offsets committed for rows not stored"
+        await store.command("ATTACH TABLE telemetry")
+        await until(lambda: _equals(store, "SELECT count() FROM telemetry", N))
+        await until(lambda: _committed_all(settings, first_group))
+
+    try:
+        await run_sink(settings, store, first_group, outage_then_recovery)
+        assert await count(store, "SELECT count() FROM telemetry") == N
+        assert await count(store, "SELECT sum(events) FROM stage_minutes") == N
+
+        # A new group reads the topic from the start: every event delivered again.
+        second_group = f"{first_group}-again"
+
+        async def redelivery() -> None:
+            await until(lambda: _committed_all(settings, second_group))
+
+        await run_sink(settings, store, second_group, redelivery)
+        assert await count(store, "SELECT count() FROM telemetry") == N
+        assert await count(store, "SELECT sum(events) FROM stage_minutes") == N
+        assert await count(store, "SELECT sum(events) FROM cost_days") == N
+    finally:
+        await store.command(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+        await store.close()
+
+
+async def _equals(store: AnalyticsStore, sql: str, expected: int) -> bool:
+    return await count(store, sql) == expected
+
+
+async def _committed_all(settings: Settings, app_id: str) -> bool:
+    return await asyncio.to_thread(committed, settings, app_id) == N

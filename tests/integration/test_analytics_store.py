@@ -1,0 +1,178 @@
+"""The analytics store for real: DDL versioning, idempotent writes and rollups, feedback
+linking, the named queries and bound parameters. On chDB always; on a ClickHouse server
+too when LLMOPS_CLICKHOUSE__URL is set (skipped, saying so, otherwise)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from agents import feedback, telemetry
+from agents.feedback import FeedbackSettings
+from agents.sink import insert_new
+from connectors.analytics import Analytics
+from connectors.clickhouse import AnalyticsStore, ClickHouseSettings, QueryFailed
+from connectors.migrations import apply
+from schemas import FeedbackReceived
+from schemas.errors import PermanentError
+from tests.integration.analytics_fixtures import opened, stage_event, store_settings
+
+DAY = timedelta(days=1)
+
+
+@pytest.fixture(params=["chdb", "server"])
+def settings(request: pytest.FixtureRequest, chdb_dir: Path) -> ClickHouseSettings:
+    return store_settings(request.param, chdb_dir)
+
+
+@pytest.fixture
+async def store(settings: ClickHouseSettings) -> AsyncIterator[AnalyticsStore]:
+    async for s in opened(settings):
+        yield s
+
+
+async def count(store: AnalyticsStore, sql: str) -> int:
+    return int((await store.query(sql)).rows[0][0] or 0)
+
+
+def trace(n: int, tenant: str = "acme") -> list:
+    """One question's four stages, with tokens and cost on generation."""
+    return [
+        stage_event(f"t{n}", "prompting", 1 + n, tenant=tenant, template_id="rag", template_version="2"),
+        stage_event(f"t{n}", "embedding", 10 + n, tenant=tenant, model="minilm", input_tokens=5),
+        stage_event(
+            f"t{n}", "retrieval", 20 + n, tenant=tenant, passage_ids=["a", "b"], passage_scores=[0.9, 0.5]
+        ),
+        stage_event(
+            f"t{n}",
+            "generation",
+            100 + n,
+            tenant=tenant,
+            model="gpt",
+            input_tokens=100,
+            output_tokens=10,
+            cost_usd=0.001,
+            template_id="rag",
+            template_version="2",
+            answer=f"answer {n}",
+        ),
+    ]
+
+
+async def write(store: AnalyticsStore, events: list) -> int:
+    return await insert_new(store, "telemetry", await telemetry.rows(events, store))
+
+
+async def test_ddl_is_applied_once_checked_and_extended_by_new_files(store, settings, tmp_path):
+    assert await apply(store, settings.ddl_dir) == []
+    assert await count(store, "SELECT count() FROM schema_migrations") == 3
+    ddl = tmp_path / "ddl"
+    shutil.copytree(settings.ddl_dir, ddl)
+    (ddl / "004_extra.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS extra (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
+    )
+    assert await apply(store, ddl) == ["004_extra.sql"]
+    (ddl / "001_telemetry.sql").write_text((ddl / "001_telemetry.sql").read_text() + "\n-- edited\n")
+    with pytest.raises(PermanentError, match="changed after it was applied"):
+        await apply(store, ddl)
+
+
+async def test_a_redelivered_batch_changes_no_count_raw_or_rolled_up(store):
+    batch = [e for n in range(5) for e in trace(n)]
+    assert await write(store, batch) == 20
+    assert await write(store, batch) == 0  # the same batch again
+    assert await write(store, batch[5:12] + [batch[3], batch[3]]) == 0  # overlapping, with a repeat
+    assert await count(store, "SELECT count() FROM telemetry") == 20  # no FINAL: no duplicate stored
+    assert await count(store, "SELECT sum(events) FROM stage_minutes") == 20
+    assert await count(store, "SELECT sum(events) FROM cost_days WHERE model = 'gpt'") == 5
+    more = trace(9)
+    assert await write(store, batch[:4] + more) == 4  # only the new trace lands
+
+
+async def test_named_queries_answer_from_the_rollups_and_the_raw_table(store):
+    await write(store, [e for n in range(10) for e in trace(n)] + trace(0, tenant="beta")[:1])
+    analytics = Analytics(store)
+    latency = {r["stage"]: r for r in (await analytics.latency(DAY, "acme")).dicts()}
+    assert set(latency) == {"prompting", "embedding", "retrieval", "generation"}
+    assert latency["generation"]["events"] == 10 and latency["generation"]["errors"] == 0
+    p50, p95, p99 = latency["generation"]["q"]
+    assert 103 <= p50 <= 106 and p50 <= p95 <= p99 <= 109
+    cost = {(r["tenant"], r["model"]): r for r in (await analytics.cost(DAY)).dicts()}
+    assert cost[("acme", "gpt")]["cost_usd"] == pytest.approx(0.01)
+    assert cost[("acme", "gpt")]["input_tokens"] == 1_000 and cost[("acme", "minilm")]["input_tokens"] == 50
+    slowest = (await analytics.slowest(DAY, 3, "acme")).dicts()
+    assert [r["trace_id"] for r in slowest] == ["t9", "t8", "t7"]
+    stages, rated = await analytics.trace("t3")
+    rows = stages.dicts()
+    assert [r["stage"] for r in rows] == ["prompting", "embedding", "retrieval", "generation"]
+    assert rows[2]["passage_ids"] == ["a", "b"] and rows[3]["answer"] == "answer 3"
+    assert rated.rows == []
+    assert (await analytics.latency(DAY, "nobody")).rows == []
+
+
+async def test_values_are_bound_never_spliced_and_raw_queries_are_read_only(store):
+    await write(store, trace(1))
+    analytics = Analytics(store)
+    hostile = "acme' OR '1'='1"
+    assert (await analytics.latency(DAY, hostile)).rows == []
+    found = await analytics.query(
+        "SELECT count() AS n FROM telemetry WHERE tenant = {t:String}", {"t": hostile}
+    )
+    assert found.rows == [[0]]
+    for sql in ("DROP TABLE telemetry", "SELECT 1; DROP TABLE telemetry"):
+        with pytest.raises(QueryFailed):
+            await analytics.query(sql)
+    assert await count(store, "SELECT count() FROM telemetry") == 4
+    with pytest.raises(QueryFailed):
+        await analytics.query("SELECT no_such_column FROM telemetry")
+
+
+def rating(
+    trace_id: str, value: object, data_type: str = "BOOLEAN", tenant: str = "acme"
+) -> FeedbackReceived:
+    return FeedbackReceived(
+        trace_id=trace_id, tenant=tenant, producer="test", data_type=data_type, value=value
+    )
+
+
+async def store_feedback(store: AnalyticsStore, events: list[FeedbackReceived]) -> list:
+    built = await feedback.rows(events, store, FeedbackSettings())
+    await insert_new(store, "feedback", [r for r in built if isinstance(r, dict)])
+    return built
+
+
+async def test_feedback_is_stored_with_its_traces_prompt_version_and_model(store):
+    await write(store, trace(1))
+    built = await store_feedback(store, [rating("t1", True), rating("t1", 9, "NUMERIC")])
+    assert isinstance(built[1], PermanentError)  # out of range: dead-lettered by the agent
+    row = (await store.query("SELECT * FROM feedback FINAL")).dicts()
+    assert len(row) == 1 and row[0]["trace_seen"] is True
+    assert (row[0]["template_version"], row[0]["model"], row[0]["score"]) == ("2", "gpt", 1)
+    by_version = (await Analytics(store).feedback(DAY)).dicts()
+    assert [(r["template_id"], r["template_version"], r["events"], r["mean_score"]) for r in by_version] == [
+        ("rag", "2", 1, 1)
+    ]
+
+
+async def test_feedback_before_its_trace_is_marked_then_linked_and_counted_once(store):
+    early = [rating("t5", False), rating("t5", 4, "NUMERIC"), rating("t5", True, tenant="other")]
+    await store_feedback(store, early)
+    assert await count(store, "SELECT countIf(NOT trace_seen) FROM feedback FINAL") == 3
+    await store_feedback(store, early)  # redelivered: no change
+    await feedback.link(store)  # nothing to link to yet
+    assert await count(store, "SELECT countIf(trace_seen) FROM feedback FINAL") == 0
+    await write(store, trace(5))
+    await feedback.link(store)
+    await feedback.link(store)  # linking again changes nothing
+    linked = (
+        await store.query("SELECT tenant, trace_seen, template_version FROM feedback FINAL ORDER BY tenant")
+    ).rows
+    # The other tenant's rating of the same trace id is never linked to acme's trace.
+    assert linked == [["acme", True, "2"], ["acme", True, "2"], ["other", False, ""]]
+    assert await count(store, "SELECT sum(events) FROM feedback_days") == 2
+    unlinked = [r for r in (await Analytics(store).feedback(DAY)).dicts() if r["template_id"] == "(unlinked)"]
+    assert [r["events"] for r in unlinked] == [1]

@@ -1,0 +1,168 @@
+"""The analytics process: the one owner of the analytics store. It runs the telemetry
+sink, the feedback agent, the timer that links early feedback to its trace, and the
+query service that other processes read through (a chDB directory opens in one process
+only). Pipeline workers never open the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import faust
+from faust.web import Request, Response, View
+
+from agents import feedback, telemetry
+from agents.sink import SinkRunner
+from connectors.analytics import read_only
+from connectors.clickhouse import AnalyticsStore, QueryFailed, StoreUnavailable, open_store
+from connectors.migrations import apply
+from schemas.feedback import FeedbackReceived
+from schemas.telemetry import StageCompleted
+from topology.app import faust_broker_options, incoming
+from topology.settings import Settings
+from topology.topics import analytics_app_id
+from topology.transport import PipelineApp
+
+log = logging.getLogger(__name__)
+
+
+def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None = None) -> faust.App:
+    owned = given_store is None  # a store passed in is the caller's to close
+    store: AnalyticsStore = given_store if given_store is not None else open_store(settings.clickhouse)
+    worker, service = settings.worker, settings.analytics
+    app = PipelineApp(
+        analytics_app_id(settings.worker.app_id),
+        fetch_max_wait_ms=worker.fetch_max_wait_ms,
+        store="memory://",
+        web_enabled=True,
+        web_bind=service.host,
+        web_host=service.host,
+        web_port=service.port,
+        topic_allow_declare=False,  # topics, the leader topic included, come from bootstrap
+        topic_replication_factor=settings.kafka.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_rebalance_timeout=worker.rebalance_timeout_s,
+        broker_session_timeout=worker.session_timeout_s,
+        broker_heartbeat_interval=worker.heartbeat_interval_s,
+        producer_acks=-1,
+        **faust_broker_options(settings.kafka),
+    )
+
+    def topic(field: str) -> faust.TopicT:
+        return app.topic(
+            getattr(settings.kafka.topics, field),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.kafka.partitions,
+        )
+
+    deadletter = topic("deadletter")
+
+    async def dead_letter(key: bytes, value: bytes) -> Awaitable[Any]:
+        return await deadletter.send(key=key, value=value)
+
+    async def feedback_rows(events: Any, s: AnalyticsStore) -> Any:
+        return await feedback.rows(events, s, settings.feedback)
+
+    opening = asyncio.Lock()
+    opened = False
+
+    async def ready() -> None:
+        """Open the store and apply pending DDL, once; everything here awaits this."""
+        nonlocal opened
+        async with opening:
+            if not opened:
+                await store.open()
+                applied = await apply(store, settings.clickhouse.ddl_dir)
+                if applied:
+                    log.warning("applied analytics DDL: %s", ", ".join(applied))
+                opened = True
+
+    @app.task
+    async def open_at_start() -> None:
+        await ready()
+
+    runners = (
+        (
+            SinkRunner(
+                "telemetry-sink",
+                "telemetry",
+                StageCompleted,
+                telemetry.rows,
+                store,
+                dead_letter,
+                settings.sink,
+            ),
+            "telemetry",
+        ),
+        (
+            SinkRunner(
+                feedback.STAGE, "feedback", FeedbackReceived, feedback_rows, store, dead_letter, settings.sink
+            ),
+            "feedback",
+        ),
+    )
+    for runner, source in runners:
+        register_sink(app, runner, topic(source), ready)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def close_store(sender: Any, *_: Any, **__: Any) -> None:
+        if owned:
+            await store.close()
+
+    # With a ClickHouse server several analytics processes may run; only the group's
+    # leader links feedback, so no rating enters the rollup twice.
+    @app.timer(interval=settings.feedback.link_every_s, on_leader=True)
+    async def link_feedback() -> None:
+        await ready()
+        try:
+            await feedback.link(store)
+        except (StoreUnavailable, QueryFailed) as exc:
+            log.warning("linking feedback failed (will retry): %s", str(exc)[:300])
+
+    @app.page("/health/")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            await ready()
+            return self.json({"ok": True, "backend": store.backend})
+
+    @app.page("/sql/")
+    class Sql(View):
+        async def post(self, request: Request) -> Response:
+            await ready()
+            try:
+                body = await request.json()
+                sql, parameters = body["sql"], body.get("parameters") or {}
+                rows = await store.query(read_only(sql), parameters)
+            except (KeyError, TypeError, ValueError) as exc:
+                return self.error(400, f"expected JSON {{'sql': ..., 'parameters': {{...}}}}: {exc}")
+            except QueryFailed as exc:
+                return self.error(400, str(exc))
+            except StoreUnavailable as exc:
+                return self.error(503, str(exc))
+            return self.json(rows.to_json())
+
+    return app
+
+
+def register_sink(
+    app: faust.App, runner: SinkRunner, source: faust.TopicT, ready: Callable[[], Awaitable[None]]
+) -> None:
+    """An agent that writes batches and acknowledges each batch only after it is stored
+    (noack_take: faust commits offsets only up to acknowledged events)."""
+    settings = runner.settings
+
+    async def agent(stream: faust.StreamT) -> None:
+        await ready()
+        batches = cast(Any, stream).noack_take(settings.batch_max, within=settings.batch_within_s)
+        async for events in batches:
+            await runner.process([incoming(e) for e in events])
+            for event in events:
+                await stream.ack(event)
+
+    agent.__name__ = runner.name.replace("-", "_")
+    app.agent(source, name=runner.name)(agent)

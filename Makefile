@@ -28,6 +28,9 @@ up: model
 
 ## All tests: unit, agents, integration (Tansu and, with Java, Apache Kafka).
 test: model
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium not installed: the HTML report test will be skipped"
 	$(BIN)/pytest
 
 test-unit: install

@@ -1,11 +1,12 @@
 """Feedback: check a rating against the configured rules, and store it with the prompt
 version, model and tenant of the trace it rates. Feedback may arrive before the trace's
-telemetry: it is stored with trace_seen = false, and `LINK_SQL`, run on a timer by the
-analytics process, links it once the trace shows up."""
+telemetry: it is stored with trace_seen = false, and the `Linker` links it once the
+trace shows up."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,7 +26,12 @@ class FeedbackSettings(BaseModel):
     categories: tuple[str, ...] = Field(
         default=(), description="CATEGORICAL labels accepted; empty accepts any label."
     )
-    link_every_s: float = Field(default=5.0, gt=0, description="How often unlinked feedback is linked.")
+    link_every_s: float = Field(
+        default=10.0, gt=0, description="How often the leader sweeps unlinked feedback."
+    )
+    settle_s: int = Field(
+        default=30, ge=0, description="The sweep leaves feedback younger than this to the targeted links."
+    )
 
 
 def check(event: FeedbackReceived, settings: FeedbackSettings) -> None:
@@ -99,10 +105,45 @@ INSERT INTO feedback (event_id, trace_id, tenant, occurred_at, name, data_type, 
                       comment, user, trace_seen, template_id, template_version, model, revision)
 SELECT f.event_id, f.trace_id, f.tenant, f.occurred_at, f.name, f.data_type, f.score, f.category,
        f.comment, f.user, true, t.template_id, t.template_version, t.model, f.revision + 1
-FROM (SELECT * FROM feedback FINAL WHERE NOT trace_seen) AS f
+FROM (
+    SELECT * FROM feedback FINAL
+    WHERE NOT trace_seen
+      AND (empty({{traces:Array(String)}}) OR trace_id IN {{traces:Array(String)}})
+      AND stored_at <= now64(3) - toIntervalSecond({{settle_s:UInt32}})
+) AS f
 INNER JOIN ({_FACTS.replace("SOURCE", _UNLINKED)}) AS t ON f.trace_id = t.trace_id AND f.tenant = t.tenant
 """  # noqa: S608  (constants only; no value is spliced in)
 
 
-async def link(store: AnalyticsStore) -> None:
-    await store.command(LINK_SQL)
+class Linker:
+    """Links feedback to its trace as soon as both are stored, in the one process that
+    holds both (telemetry and feedback are keyed by trace id and co-partitioned, so one
+    analytics process gets both of a trace). A timer on the group leader sweeps up the
+    rest (after a restart, say), only rows older than `settle_s`, so it never races the
+    targeted links; a lock keeps this process's links one at a time."""
+
+    def __init__(self, store: AnalyticsStore, settle_s: int = 30) -> None:
+        self._store = store
+        self._settle_s = settle_s
+        self._lock = asyncio.Lock()
+        self.pending: set[str] = set()
+
+    async def link(self, traces: Iterable[str] = (), *, sweep: bool = False) -> None:
+        parameters = {"traces": sorted(traces), "settle_s": self._settle_s if sweep else 0}
+        if not sweep and not parameters["traces"]:
+            return
+        async with self._lock:
+            await self._store.command(LINK_SQL, parameters)
+
+    async def feedback_stored(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Hook after a feedback batch lands: try to link what arrived unlinked."""
+        unlinked = {r["trace_id"] for r in rows if not r["trace_seen"]}
+        self.pending |= unlinked
+        await self.link(unlinked)  # the trace may have landed since the lookup
+
+    async def telemetry_stored(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Hook after a telemetry batch lands: link feedback that was waiting for it."""
+        arrived = self.pending & {r["trace_id"] for r in rows}
+        if arrived:
+            await self.link(arrived)
+            self.pending -= arrived

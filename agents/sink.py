@@ -65,6 +65,9 @@ class SinkRunner:
     store: AnalyticsStore
     dead_letter: Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
     settings: SinkSettings
+    # Runs after each batch is stored (with all its rows, redelivered ones too). A failure
+    # is logged, not retried: the rows are safe, and what the hook does can be redone.
+    after_write: Callable[[Sequence[Row]], Awaitable[None]] | None = None
 
     async def process(self, batch: Sequence[Incoming]) -> int:
         """Store one batch; returns the number of rows written (redeliveries write none).
@@ -85,6 +88,11 @@ class SinkRunner:
             else:
                 rows.append(row)
         written = await self._until_done("insert", lambda: insert_new(self.store, self.table, rows))
+        if self.after_write is not None and rows:
+            try:
+                await self.after_write(rows)
+            except Exception as exc:
+                log.warning("%s: after-write step failed: %s", self.name, str(exc)[:300])
         await asyncio.gather(*deliveries)
         return written
 

@@ -69,7 +69,7 @@ class Rows:
     @classmethod
     def parse(cls, raw: bytes | str) -> Rows:
         """Rows from ClickHouse's JSONCompact output (both backends produce it)."""
-        if not raw or not str(raw).strip():
+        if not raw.strip():
             return cls([], [], [])
         doc = json.loads(raw)
         meta = doc.get("meta", [])
@@ -116,11 +116,12 @@ class ChdbStore:
     def __init__(self, settings: ClickHouseSettings) -> None:
         self._settings = settings
         self._session: Any = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
+        self._thread: ThreadPoolExecutor | None = None
 
     async def open(self) -> None:
         if self._session is not None:
             return
+        self._thread = self._thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         path = self._settings.path.expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
         database = self._settings.database
@@ -141,13 +142,19 @@ class ChdbStore:
                 s.query(f"SET {name} = {value}")
             return s
 
-        self._session = await self._run(connect)
+        try:
+            self._session = await self._run(connect)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
             await self._run(session.close)
-        self._thread.shutdown(wait=True)
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            thread.shutdown(wait=True)
 
     async def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Rows:
         raw = await self._execute(sql, parameters, fmt="JSONCompact")
@@ -177,6 +184,8 @@ class ChdbStore:
         return await self._run(call)
 
     async def _run(self, fn: Any) -> Any:
+        if self._thread is None:
+            raise StoreUnavailable("the chDB store is not open")
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
 

@@ -86,6 +86,7 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
     async def open_at_start() -> None:
         await ready()
 
+    linker = feedback.Linker(store, settle_s=settings.feedback.settle_s)
     runners = (
         (
             SinkRunner(
@@ -96,12 +97,20 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
                 store,
                 dead_letter,
                 settings.sink,
+                after_write=linker.telemetry_stored,
             ),
             "telemetry",
         ),
         (
             SinkRunner(
-                feedback.STAGE, "feedback", FeedbackReceived, feedback_rows, store, dead_letter, settings.sink
+                feedback.STAGE,
+                "feedback",
+                FeedbackReceived,
+                feedback_rows,
+                store,
+                dead_letter,
+                settings.sink,
+                after_write=linker.feedback_stored,
             ),
             "feedback",
         ),
@@ -114,13 +123,13 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
         if owned:
             await store.close()
 
-    # With a ClickHouse server several analytics processes may run; only the group's
-    # leader links feedback, so no rating enters the rollup twice.
+    # The sweep for feedback no targeted link caught; on the group leader only, so with
+    # several analytics processes (a ClickHouse server) one sweeps.
     @app.timer(interval=settings.feedback.link_every_s, on_leader=True)
     async def link_feedback() -> None:
         await ready()
         try:
-            await feedback.link(store)
+            await linker.link(sweep=True)
         except (StoreUnavailable, QueryFailed) as exc:
             log.warning("linking feedback failed (will retry): %s", str(exc)[:300])
 

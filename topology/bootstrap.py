@@ -4,9 +4,10 @@ to run again."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
-from connectors.clickhouse import ClickHouseSettings, open_store
+from connectors.clickhouse import ClickHouseSettings, StoreUnavailable, open_store
 from connectors.embedder import OnnxEmbedder
 from connectors.kafka import ensure_topics
 from connectors.migrations import apply
@@ -14,13 +15,15 @@ from connectors.milvus import MilvusStore
 from topology.settings import Settings
 from topology.topics import analytics_app_id, leader_topic, topic_specs
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class BootstrapReport:
     topics_created: list[str]
     collection_created: bool
     dim: int
-    ddl_applied: list[str] | None  # None: left to the analytics process
+    ddl_applied: list[str] | None  # None: left to the analytics process (it owns the chDB directory)
 
 
 async def apply_ddl(clickhouse: ClickHouseSettings) -> list[str]:
@@ -45,7 +48,17 @@ def bootstrap(settings: Settings, *, analytics: bool = True) -> BootstrapReport:
         made = store.ensure_collection(embedder.dim)
     finally:
         store.close()
-    applied = asyncio.run(apply_ddl(settings.clickhouse)) if analytics else None
+    applied = None
+    if analytics:
+        try:
+            applied = asyncio.run(apply_ddl(settings.clickhouse))
+        except StoreUnavailable:
+            if settings.clickhouse.url:
+                raise
+            # chDB: a running analytics process holds the directory and applies the DDL itself.
+            log.warning(
+                "analytics store %s is busy: the analytics process applies the DDL", settings.clickhouse.path
+            )
     return BootstrapReport(
         topics_created=created, collection_created=made, dim=embedder.dim, ddl_applied=applied
     )

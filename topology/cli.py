@@ -151,8 +151,13 @@ def bootstrap_command() -> None:
         f"collection {settings.milvus.collection}: "
         f"{'created' if report.collection_created else 'exists'} (dim {report.dim})"
     )
-    applied = report.ddl_applied or []
-    click.echo(f"analytics DDL applied: {', '.join(applied) or 'none (up to date)'}")
+    if report.ddl_applied is None:
+        click.echo(
+            f"analytics DDL: {settings.clickhouse.path} is open in the running analytics process, "
+            "which applies the DDL itself"
+        )
+    else:
+        click.echo(f"analytics DDL applied: {', '.join(report.ddl_applied) or 'none (up to date)'}")
 
 
 @main.command()
@@ -422,10 +427,40 @@ async def _demo(settings: Settings) -> None:
             f"indexed {len(indexed)} documents as {sum(d.chunks for d in indexed)} chunks "
             f"in {time.perf_counter() - started:.1f}s\n"
         )
+        traces = []
         for question in QUESTIONS:
             began = time.perf_counter()
             response = await client.ask(question)
             click.echo(format_response(response, (time.perf_counter() - began) * 1000) + "\n")
+            # Demo feedback, so the report has some: thumbs up when the answer cites a passage.
+            await client.feedback(response.trace_id, bool(response.citations), comment="demo")
+            traces.append(response.trace_id)
+    await _show_report(settings, traces)
+
+
+async def _show_report(settings: Settings, traces: list[str]) -> None:
+    """Wait until the analytics process has stored the demo's last trace and feedback
+    (the sink writes about once a second), then print the report from ClickHouse."""
+    from connectors.analytics import Analytics
+    from topology import report
+
+    analytics = await Analytics.connect(settings.clickhouse, settings.analytics)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stages, rated = await analytics.trace(traces[-1])
+            if len(stages.rows) >= 4 and rated.rows:
+                break
+            await asyncio.sleep(0.5)
+        # The demo's own tenant; the stack's readiness probes ask as another.
+        data = await report.collect(analytics, report.parse_window("1h"), "default", label="hour")
+    finally:
+        await analytics.close()
+    click.echo(report.text(data))
+    click.echo(
+        f"The analytics store stays in {settings.clickhouse.path}: `llmops report`, "
+        f"`llmops report --html report.html` and `llmops trace {traces[-1]}` read it now."
+    )
 
 
 @main.group()

@@ -13,10 +13,12 @@ from schemas import (
     DocumentIndexed,
     DocumentSubmitted,
     Event,
+    FeedbackReceived,
     PromptAssembled,
     QueryEmbedded,
     QueryReceived,
     ResponseGenerated,
+    StageCompleted,
 )
 
 
@@ -80,7 +82,13 @@ STAGES: tuple[Stage, ...] = (
 )
 
 # Who publishes onto the topics that no stage produces.
-ENTRY_POINTS = (("client", "queries", QueryReceived), ("client", "documents", DocumentSubmitted))
+ENTRY_POINTS = (
+    ("client", "queries", QueryReceived),
+    ("client", "documents", DocumentSubmitted),
+    ("client", "feedback", FeedbackReceived),
+)
+# What the analytics process (the store's one owner) consumes; every stage reports to telemetry.
+ANALYTICS_SOURCES = (("telemetry", StageCompleted), ("feedback", FeedbackReceived))
 
 
 def mermaid(names: TopicNames | None = None) -> str:
@@ -98,6 +106,10 @@ def mermaid(names: TopicNames | None = None) -> str:
         lines.append(f"    {topic(stage.consumes)} --> {stage.name}({stage.name})")
         lines.append(f"    {stage.name} -- {stage.output_model.__name__} --> {topic(stage.produces)}")
         lines.append(f"    {stage.name} -. DeadLetter .-> {topic('deadletter')}")
+        lines.append(f"    {stage.name} -. StageCompleted .-> {topic('telemetry')}")
     lines.append(f"    {topic('responses')} --> client")
     lines.append(f"    {topic('indexed')} --> client")
+    for field, _ in ANALYTICS_SOURCES:
+        lines.append(f"    {topic(field)} --> analytics(analytics)")
+    lines.append("    analytics --> clickhouse[(ClickHouse)]")
     return "\n".join(lines) + "\n"

@@ -139,9 +139,12 @@ def rating(
     )
 
 
-async def store_feedback(store: AnalyticsStore, events: list[FeedbackReceived]) -> list:
+async def store_feedback(store: AnalyticsStore, events: list[FeedbackReceived], linker=None) -> list:
     built = await feedback.rows(events, store, FeedbackSettings())
-    await insert_new(store, "feedback", [r for r in built if isinstance(r, dict)])
+    rows = [r for r in built if isinstance(r, dict)]
+    await insert_new(store, "feedback", rows)
+    if linker is not None:
+        await linker.feedback_stored(rows)
     return built
 
 
@@ -158,21 +161,36 @@ async def test_feedback_is_stored_with_its_traces_prompt_version_and_model(store
     ]
 
 
-async def test_feedback_before_its_trace_is_marked_then_linked_and_counted_once(store):
+async def linked_rows(store: AnalyticsStore) -> list:
+    sql = "SELECT tenant, trace_seen, template_version FROM feedback FINAL ORDER BY tenant, trace_seen"
+    return (await store.query(sql)).rows
+
+
+async def test_feedback_before_its_trace_is_marked_then_linked_when_it_lands_and_counted_once(store):
+    linker = feedback.Linker(store)
     early = [rating("t5", False), rating("t5", 4, "NUMERIC"), rating("t5", True, tenant="other")]
-    await store_feedback(store, early)
+    await store_feedback(store, early, linker)
     assert await count(store, "SELECT countIf(NOT trace_seen) FROM feedback FINAL") == 3
-    await store_feedback(store, early)  # redelivered: no change
-    await feedback.link(store)  # nothing to link to yet
-    assert await count(store, "SELECT countIf(trace_seen) FROM feedback FINAL") == 0
-    await write(store, trace(5))
-    await feedback.link(store)
-    await feedback.link(store)  # linking again changes nothing
-    linked = (
-        await store.query("SELECT tenant, trace_seen, template_version FROM feedback FINAL ORDER BY tenant")
-    ).rows
+    assert linker.pending == {"t5"}
+    await store_feedback(store, early, linker)  # redelivered: no change
+    rows = await telemetry.rows(trace(5), store)
+    await insert_new(store, "telemetry", rows)
+    await linker.telemetry_stored(rows)
+    assert linker.pending == set()
+    await linker.link(["t5"])  # linking again changes nothing
+    await linker.link(sweep=True)
     # The other tenant's rating of the same trace id is never linked to acme's trace.
-    assert linked == [["acme", True, "2"], ["acme", True, "2"], ["other", False, ""]]
+    assert await linked_rows(store) == [["acme", True, "2"], ["acme", True, "2"], ["other", False, ""]]
     assert await count(store, "SELECT sum(events) FROM feedback_days") == 2
     unlinked = [r for r in (await Analytics(store).feedback(DAY)).dicts() if r["template_id"] == "(unlinked)"]
     assert [r["events"] for r in unlinked] == [1]
+
+
+async def test_the_sweep_links_what_no_process_remembers_once_it_has_settled(store):
+    await store_feedback(store, [rating("t6", True)])  # stored by a process that then restarted
+    await write(store, trace(6))
+    await feedback.Linker(store, settle_s=3600).link(sweep=True)
+    assert await linked_rows(store) == [["acme", False, ""]]  # too fresh for the sweep
+    await feedback.Linker(store, settle_s=0).link(sweep=True)
+    assert await linked_rows(store) == [["acme", True, "2"]]
+    assert await count(store, "SELECT sum(events) FROM feedback_days") == 1

@@ -10,6 +10,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from connectors.analytics import Analytics
 from connectors.client import Client, RequestError
 from connectors.kafka import Publisher, librdkafka_config
 from connectors.milvus import MilvusStore
@@ -143,3 +144,57 @@ async def test_bad_input_is_dead_lettered_and_the_pipeline_keeps_serving(stack: 
         await client.ingest(docs("lambda"), tenant=owner)
         answer = await client.ask("What is a lambda expression?", tenant=owner)
     assert answer.passages[0].doc_id == "pydoc-lambda"
+
+
+async def test_every_request_leaves_a_trail_that_feedback_joins(stack: LocalStack):
+    owner = tenant("trail")
+    async with Client(stack.settings, producer_name="test") as client:
+        await client.ingest(docs("lambda", "with"), tenant=owner)
+        answer = await client.ask("What is a lambda expression?", tenant=owner)
+        await client.feedback(answer.trace_id, True, tenant=owner, comment="helpful", user="ana")
+        await client.feedback(answer.trace_id, 4, "NUMERIC", name="stars", tenant=owner)
+        await client.feedback(answer.trace_id, 11, "NUMERIC", name="stars", tenant=owner)  # out of range
+        await client.feedback("never-seen-trace", False, tenant=owner)
+        # A producer without our SDK can send a data type we don't know.
+        bad_type = (
+            b'{"event_type": "FeedbackReceived", "trace_id": "%s", "producer": "other-sdk", '
+            b'"tenant": "%s", "data_type": "STARS", "value": 5}' % (answer.trace_id.encode(), owner.encode())
+        )
+        publisher = Publisher(stack.settings.kafka, client_id="test-raw")
+        await publisher.start()
+        await publisher.publish(stack.settings.kafka.topics.feedback, [(answer.trace_id.encode(), bad_type)])
+        await publisher.stop()
+
+    analytics = await Analytics.connect(stack.settings.clickhouse, stack.settings.analytics)
+    try:
+        assert analytics.store.backend == "service"  # the stack owns the chDB directory
+        deadline = time.monotonic() + 60
+        while True:
+            stages, rated = await analytics.trace(answer.trace_id)
+            linked = [f for f in rated.dicts() if f["trace_seen"]]
+            if (len(stages.rows) == 4 and len(linked) == 2) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        rows = {r["stage"]: r for r in stages.dicts()}
+        assert list(rows) == ["prompting", "embedding", "retrieval", "generation"]
+        assert all(
+            r["status"] == "ok" and r["tenant"] == owner and r["latency_ms"] >= 0 for r in rows.values()
+        )
+        assert rows["retrieval"]["passage_ids"] == [p.id for p in answer.passages]
+        assert rows["generation"]["answer"] == answer.answer and rows["generation"]["model"] == answer.model
+        assert rows["generation"]["input_tokens"] == answer.usage_details["input"]
+        assert rows["embedding"]["input_tokens"] > 0
+        assert sorted((f["name"], f["score"]) for f in linked) == [("stars", 4), ("user", 1)]
+        orphan = (
+            await analytics.query(
+                "SELECT trace_seen FROM feedback FINAL WHERE trace_id = {t:String}", {"t": "never-seen-trace"}
+            )
+        ).rows
+        assert orphan == [[False]]
+    finally:
+        await analytics.close()
+
+    out_of_range = dead_letters(stack, b'"value":11')
+    assert out_of_range and "outside [0.0, 5.0]" in out_of_range[0].reason
+    unknown_type = dead_letters(stack, b'"data_type": "STARS"')
+    assert unknown_type and unknown_type[0].stage == "feedback" and "data_type" in unknown_type[0].reason

@@ -24,3 +24,5 @@ def test_python_example_runs(tansu_stack: LocalStack):
     assert result.returncode == 0, result.stderr
     assert "Kafka stores streams of records in topics. [1]" in result.stdout
     assert "('kafka'," in result.stdout
+    assert "('generation'," in result.stdout  # the trace, from ClickHouse
+    assert "['retrieval', 1]" in result.stdout

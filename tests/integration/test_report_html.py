@@ -54,9 +54,16 @@ async def fill(store: AnalyticsStore) -> None:
             latency = (5 + i * 10 + n % 7) * (1 + (n > 80))
             events.append(
                 StageCompleted(
-                    trace_id=f"t{n}", tenant=tenant, producer=stage, stage=stage,
-                    started_at=began, ended_at=began + timedelta(milliseconds=latency),
-                    latency_ms=latency, status="ok", template_id="rag", template_version=version,
+                    trace_id=f"t{n}",
+                    tenant=tenant,
+                    producer=stage,
+                    stage=stage,
+                    started_at=began,
+                    ended_at=began + timedelta(milliseconds=latency),
+                    latency_ms=latency,
+                    status="ok",
+                    template_id="rag",
+                    template_version=version,
                     model="gpt" if stage == "generation" else "",
                     input_tokens=300 if stage == "generation" else 0,
                     output_tokens=40 if stage == "generation" else 0,
@@ -65,8 +72,12 @@ async def fill(store: AnalyticsStore) -> None:
             )
         ratings.append(
             FeedbackReceived(
-                trace_id=f"t{n}", tenant=tenant, producer="test", data_type="BOOLEAN",
-                value=n % 4 != 0, occurred_at=start + timedelta(seconds=5),
+                trace_id=f"t{n}",
+                tenant=tenant,
+                producer="test",
+                data_type="BOOLEAN",
+                value=n % 4 != 0,
+                occurred_at=start + timedelta(seconds=5),
             )
         )
     await insert_new(store, "telemetry", await telemetry.rows(events, store))
@@ -92,7 +103,9 @@ async def test_the_page_renders_every_chart_in_chromium(store, tmp_path):
 
     dom = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     for chart in ("latency", "cost", "tokens", "feedback"):
         assert f'<figure class="chart" id="{chart}">' in dom, f"chart {chart} is missing or empty"
@@ -101,10 +114,18 @@ async def test_the_page_renders_every_chart_in_chromium(store, tmp_path):
     shot = Path(os.environ.get("LLMOPS_REPORT_SCREENSHOT", tmp_path / "report.png"))
     subprocess.run(
         [
-            browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            "--window-size=1600,1200", f"--screenshot={shot}", page.as_uri(),
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1600,1200",
+            f"--screenshot={shot}",
+            page.as_uri(),
         ],
-        capture_output=True, timeout=120, check=True,
+        capture_output=True,
+        timeout=120,
+        check=True,
     )
     colors = {color: count for count, color in Image.open(shot).convert("RGB").getcolors(1 << 24) or []}
     painted = {c: colors.get(tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)), 0) for c in PALETTE[:4]}

@@ -1,0 +1,233 @@
+"""The analytics sink into chDB, and the report queries at scale.
+
+    python -m benchmarks.analytics_sink [--events N] [--single N] [--rows N] [--days D] [--runs 3]
+
+1. Sink throughput: StageCompleted events written through the sink's own path
+   (`insert_new`: the idempotency lookup, then the insert), in batches of the sink's
+   default size, against one insert per event, in the same run. Also the batched path
+   without the lookup, to show what idempotency costs.
+2. Report queries at --rows telemetry rows (spread over --days, generated in SQL so the
+   materialized views fill as in production): the latency of each named query, and the
+   per-stage percentiles computed from the raw table as the baseline the rollup replaces.
+
+Prints JSON and a table; medians of --runs runs. Needs no data directory: the events are
+synthetic; chDB writes to a temporary directory (--workdir to keep it)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from agents import telemetry
+from agents.sink import SinkSettings, insert_new
+from connectors.analytics import Analytics
+from connectors.clickhouse import AnalyticsStore, ChdbStore, ClickHouseSettings
+from connectors.migrations import apply
+from schemas import StageCompleted, utc_now
+from topology.report import text_table
+
+STAGES = ("prompting", "embedding", "retrieval", "generation")
+
+
+def events(n: int) -> list[StageCompleted]:
+    now = utc_now()
+    out = []
+    for i in range(n):
+        stage = STAGES[i % 4]
+        out.append(
+            StageCompleted(
+                trace_id=f"{uuid.uuid4().hex}" if stage == "prompting" else out[-1].trace_id,
+                tenant=f"tenant-{i % 7}",
+                producer=stage,
+                stage=stage,
+                started_at=now,
+                ended_at=now + timedelta(milliseconds=i % 90),
+                latency_ms=float(i % 90),
+                status="ok",
+                model="gpt-4o-mini" if stage == "generation" else "",
+                input_tokens=600 if stage == "generation" else 0,
+                output_tokens=80 if stage == "generation" else 0,
+                cost_usd=0.000138 if stage == "generation" else 0.0,
+                passage_ids=["a1b2c3", "d4e5f6", "a7b8c9", "d0e1f2"] if stage == "retrieval" else [],
+                passage_scores=[0.71, 0.66, 0.61, 0.58] if stage == "retrieval" else [],
+                answer="An answer of about the usual length, with one citation [1]."
+                if stage == "generation"
+                else "",
+            )
+        )
+    return out
+
+
+async def fresh(store: AnalyticsStore, settings: ClickHouseSettings, database: str) -> None:
+    await store.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    await store.command(f"USE {database}")
+    await apply(store, settings.ddl_dir)
+
+
+async def throughput(
+    store: AnalyticsStore, settings: ClickHouseSettings, batch: list, size: int, dedup: bool
+) -> float:
+    await fresh(store, settings, f"bench_{uuid.uuid4().hex[:8]}")
+    rows = await telemetry.rows(batch, store)
+    started = time.perf_counter()
+    for i in range(0, len(rows), size):
+        chunk = rows[i : i + size]
+        if dedup:
+            await insert_new(store, "telemetry", chunk)
+        else:
+            await store.insert("telemetry", chunk)
+    elapsed = time.perf_counter() - started
+    stored = (await store.query("SELECT count() FROM telemetry")).rows[0][0]
+    assert stored == len(rows), (stored, len(rows))
+    return len(rows) / elapsed
+
+
+FILL = """
+INSERT INTO telemetry (event_id, trace_id, tenant, stage, producer, started_at, ended_at, latency_ms,
+    status, error_class, model, template_id, template_version, input_tokens, output_tokens, cost_usd,
+    priced, passage_ids, passage_scores, answer)
+SELECT
+    toString(generateUUIDv4()) AS event_id,
+    concat('trace-', toString(intDiv(number, 4))) AS trace_id,
+    concat('tenant-', toString(intDiv(number, 4) % 20)) AS tenant,
+    ['prompting', 'embedding', 'retrieval', 'generation'][number % 4 + 1] AS stage,
+    stage AS producer,
+    now64(3) - toIntervalMillisecond(intDiv(number, 4) * {spread_ms:UInt64}) AS started_at,
+    started_at + toIntervalMillisecond(latency_ms) AS ended_at,
+    (number * 7919) % 250 + [1, 10, 15, 5][number % 4 + 1] AS latency_ms,
+    if(number % 997 = 0, 'error', 'ok') AS status,
+    if(status = 'error', 'TransientError', '') AS error_class,
+    if(stage = 'generation', ['gpt-4o-mini', 'gpt-4o'][number % 2 + 1], '') AS model,
+    'rag-answer' AS template_id,
+    toString(number % 3 + 1) AS template_version,
+    if(stage = 'generation', 400 + number % 400, 0) AS input_tokens,
+    if(stage = 'generation', 50 + number % 100, 0) AS output_tokens,
+    if(stage = 'generation', (input_tokens * 0.15 + output_tokens * 0.6) / 1e6, 0) AS cost_usd,
+    true AS priced,
+    if(stage = 'retrieval', ['p1', 'p2', 'p3', 'p4'], []) AS passage_ids,
+    if(stage = 'retrieval', [0.7, 0.6, 0.5, 0.4], []) AS passage_scores,
+    if(stage = 'generation', 'An answer of about the usual length, with one citation [1].', '') AS answer
+FROM numbers({rows:UInt64})
+"""
+
+FEEDBACK = """
+INSERT INTO feedback (event_id, trace_id, tenant, occurred_at, name, data_type, score, category, comment,
+    user, trace_seen, template_id, template_version, model, revision)
+SELECT toString(generateUUIDv4()), concat('trace-', toString(number * 10)),
+    concat('tenant-', toString(number * 10 % 20)), now64(3) - toIntervalSecond(number % 604800), 'user',
+    'BOOLEAN', toFloat64(number % 3 != 0), '', '', '', true, 'rag-answer', toString(number % 3 + 1),
+    'gpt-4o-mini', 0
+FROM numbers({rows:UInt64})
+"""
+
+RAW_BASELINE = """
+SELECT stage, count() AS events, countIf(status = 'error') AS errors,
+       quantiles(0.5, 0.95, 0.99)(latency_ms) AS q
+FROM telemetry WHERE started_at >= now64(3) - toIntervalDay(1) GROUP BY stage ORDER BY stage
+"""
+
+
+async def timed(fn, runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+async def main(args: argparse.Namespace) -> dict:
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llmops-bench-"))
+    settings = ClickHouseSettings(path=workdir / "chdb", database="bench")
+    store = ChdbStore(settings)
+    await store.open()
+    batch_size = SinkSettings().batch_max
+    try:
+        batch = events(args.events)
+        single = batch[: args.single]
+        sink = {"batched": [], "batched_no_dedup": [], "one_per_event": []}
+        for _ in range(args.runs):
+            sink["batched"].append(await throughput(store, settings, batch, batch_size, dedup=True))
+            sink["batched_no_dedup"].append(await throughput(store, settings, batch, batch_size, dedup=False))
+            sink["one_per_event"].append(await throughput(store, settings, single, 1, dedup=True))
+        sink_median = {k: statistics.median(v) for k, v in sink.items()}
+
+        await fresh(store, settings, "bench_report")
+        started = time.perf_counter()
+        spread_ms = int(args.days * 86_400_000 / (args.rows / 4))
+        await store.command(FILL, {"rows": args.rows, "spread_ms": spread_ms})
+        await store.command(FEEDBACK, {"rows": args.rows // 40})
+        fill_s = time.perf_counter() - started
+        analytics = Analytics(store)
+        day, week = timedelta(days=1), timedelta(days=7)
+        queries = {
+            "latency (rollup, 24h)": lambda: analytics.latency(day),
+            "latency (raw table, 24h, baseline)": lambda: store.query(RAW_BASELINE),
+            # The buckets the report picks for a day of data (about 60 points per line).
+            "latency over time (rollup, 24h)": lambda: analytics.latency_over_time(day, 1440),
+            "cost per tenant and model (7d)": lambda: analytics.cost(week),
+            "feedback per prompt version (7d)": lambda: analytics.feedback(week),
+            "feedback over time (7d)": lambda: analytics.feedback_over_time(week, 3 * 3600),
+            "slowest traces (24h)": lambda: analytics.slowest(day, 10),
+            "one trace": lambda: analytics.trace("trace-12345"),
+        }
+        query_ms = {name: await timed(fn, args.runs) for name, fn in queries.items()}
+        rollup_rows = (await store.query("SELECT count() FROM stage_minutes")).rows[0][0]
+    finally:
+        await store.close()
+    return {
+        "sink_events_per_s": sink_median,
+        "sink_runs": sink,
+        "batch_size": batch_size,
+        "batched_vs_one_per_event": sink_median["batched"] / sink_median["one_per_event"],
+        "idempotency_cost": 1 - sink_median["batched"] / sink_median["batched_no_dedup"],
+        "telemetry_rows": args.rows,
+        "feedback_rows": args.rows // 40,
+        "days": args.days,
+        "stage_minutes_rows": rollup_rows,
+        "fill_s": fill_s,
+        "query_ms_median": query_ms,
+        "rollup_vs_raw_latency_query": query_ms["latency (raw table, 24h, baseline)"]
+        / query_ms["latency (rollup, 24h)"],
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=20_000, help="events per batched run")
+    parser.add_argument("--single", type=int, default=1_000, help="events per one-insert-per-event run")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="telemetry rows for the query timings")
+    parser.add_argument("--days", type=float, default=1.0, help="the telemetry rows span this many days")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, help="keep chDB data here")
+    result = asyncio.run(main(parser.parse_args()))
+    print(json.dumps(result, indent=2))
+    s = result["sink_events_per_s"]
+    print()
+    print(
+        text_table(
+            ("sink into chDB", "events/s"),
+            [
+                [f"batched ({result['batch_size']}/insert, with idempotency lookup)", round(s["batched"])],
+                ["batched, no lookup", round(s["batched_no_dedup"])],
+                ["one insert per event, with lookup", round(s["one_per_event"])],
+            ],
+        )
+    )
+    print(f"batched / one-per-event: {result['batched_vs_one_per_event']:.0f}x")
+    print()
+    print(
+        text_table(
+            (f"report query at {result['telemetry_rows']:,} telemetry rows", "median ms"),
+            [[k, round(v, 1)] for k, v in result["query_ms_median"].items()],
+        )
+    )

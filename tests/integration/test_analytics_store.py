@@ -69,13 +69,15 @@ async def write(store: AnalyticsStore, events: list) -> int:
 
 async def test_ddl_is_applied_once_checked_and_extended_by_new_files(store, settings, tmp_path):
     assert await apply(store, settings.ddl_dir) == []
-    assert await count(store, "SELECT count() FROM schema_migrations") == 3
+    assert await count(store, "SELECT count() FROM schema_migrations") == len(
+        list(settings.ddl_dir.glob("*.sql"))
+    )
     ddl = tmp_path / "ddl"
     shutil.copytree(settings.ddl_dir, ddl)
-    (ddl / "004_extra.sql").write_text(
+    (ddl / "099_extra.sql").write_text(
         "CREATE TABLE IF NOT EXISTS extra (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
     )
-    assert await apply(store, ddl) == ["004_extra.sql"]
+    assert await apply(store, ddl) == ["099_extra.sql"]
     (ddl / "001_telemetry.sql").write_text((ddl / "001_telemetry.sql").read_text() + "\n-- edited\n")
     with pytest.raises(PermanentError, match="changed after it was applied"):
         await apply(store, ddl)

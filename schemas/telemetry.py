@@ -21,8 +21,9 @@ class StageCompleted(Event):
     latency_ms: float = Field(ge=0)
     status: Literal["ok", "error"]
     error_class: str = ""
+    # The model as its server names it (OpenAI-compatible servers put the version in the
+    # name, e.g. gpt-4o-mini-2024-07-18); the prompt version is template_version.
     model: str = ""
-    model_version: str = ""
     template_id: str = ""
     template_version: str = ""
     input_tokens: int = Field(default=0, ge=0)

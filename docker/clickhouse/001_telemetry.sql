@@ -15,7 +15,6 @@ CREATE TABLE IF NOT EXISTS telemetry
     status LowCardinality(String),
     error_class LowCardinality(String),
     model LowCardinality(String),
-    model_version LowCardinality(String),
     template_id LowCardinality(String),
     template_version LowCardinality(String),
     input_tokens UInt32,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from topology.cli import main
-from topology.stack import LocalStack
+from topology.stack import LocalStack, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +76,6 @@ def test_ingest_refuses_a_bad_file_and_sends_nothing(tmp_path: Path):
 
 
 def test_ask_without_a_stack_fails_with_a_clear_message(tmp_path: Path):
-    from topology.stack import free_port
 
     env = {
         "PATH": "/usr/bin:/bin",
@@ -105,8 +104,6 @@ def test_up_serves_until_interrupted_and_leaves_nothing_running(tmp_path: Path):
     import signal
     import socket
     import time
-
-    from topology.stack import free_port
 
     broker, milvus, analytics = free_port(), free_port(), free_port()
     up = subprocess.Popen(
@@ -177,3 +174,26 @@ def wait_for_report(env: dict[str, str], tenant: str, timeout: float = 30) -> st
         if "generation" in result.stdout or time.monotonic() > deadline:
             return result.stdout
         time.sleep(1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("report", "--since", "1w"), "like 15m or 24h"),
+        (("feedback", "some-trace", "maybe"), "BOOLEAN feedback is true or false"),
+        (("feedback", "some-trace", "lots", "--type", "numeric"), "NUMERIC feedback is a number"),
+        (("feedback", "some-trace", "3", "--type", "stars"), "'stars' is not one of"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_is_sent(args, message):
+    result = llmops(*args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_report_on_a_busy_store_without_its_service_says_what_to_do(tansu_stack: LocalStack):
+    env = {**tansu_stack.env(), "LLMOPS_ANALYTICS__PORT": str(free_port())}  # nobody answers there
+    result = llmops("report", env=env)
+    assert result.returncode == 1
+    assert (
+        "Only one process can open it" in result.stderr and "No analytics service answered" in result.stderr
+    )

@@ -4,6 +4,7 @@ from the output's type, so handlers report nothing themselves."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -46,6 +47,12 @@ class TelemetrySettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     enabled: bool = Field(default=True, description="Emit StageCompleted for every event of every stage.")
+    vector_sample: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of traces whose query embedding is kept for drift checks (about 1.5 KB each).",
+    )
     prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
 
 
@@ -57,6 +64,11 @@ def priced(
     if price is None:
         return 0.0, False
     return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6, True
+
+
+def sampled(trace_id: str, share: float) -> bool:
+    """Deterministic per trace, so a trace is in or out whichever worker reports it."""
+    return int(hashlib.blake2b(trace_id.encode(), digest_size=4).hexdigest(), 16) < share * 2**32
 
 
 def facts(source: Event | None, output: Event | None) -> dict[str, object]:
@@ -71,6 +83,7 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
             found["question"] = p.variables.get("question", "")
         case QueryEmbedded():
             found.update(model=output.embedding_model, input_tokens=output.input_tokens)
+            found["query_vector"] = output.vector
         case ContextRetrieved(passages=passages):
             found.update(passage_ids=[p.id for p in passages], passage_scores=[p.score for p in passages])
         case ResponseGenerated():
@@ -101,6 +114,8 @@ def report(
 ) -> StageCompleted:
     output = outcome if isinstance(outcome, Event) else None
     found = facts(source, output)
+    if "query_vector" in found and not sampled(trace_id, settings.vector_sample):
+        del found["query_vector"]
     model = str(found.get("model", ""))
     tokens_in, tokens_out = int(found.get("input_tokens", 0)), int(found.get("output_tokens", 0))  # type: ignore[call-overload]
     cost, known = priced(settings.prices, model, tokens_in, tokens_out) if model else (0.0, True)

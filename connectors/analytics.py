@@ -293,6 +293,23 @@ class Analytics:
             {**self._window(since, tenant), "limit": limit},
         )
 
+    async def alerts(self, since: timedelta) -> Rows:
+        """Incidents raised in the window, newest first: what, about what, when raised and
+        whether resolved."""
+        return await self.store.query(
+            """
+            SELECT alert_id, argMin(event_type, occurred_at) AS kind, any(check_name) AS check_name,
+                   any(subject) AS subject, min(occurred_at) AS raised_at,
+                   countIf(event_type = 'AlertResolved') > 0 AS resolved,
+                   argMin(message, occurred_at) AS message
+            FROM alerts FINAL
+            GROUP BY alert_id
+            HAVING raised_at >= {since:DateTime64(3, 'UTC')}
+            ORDER BY raised_at DESC
+            """,
+            self._window(since, ""),
+        )
+
     async def trace(self, trace_id: str) -> tuple[Rows, Rows]:
         """One request: its stages in order, and its feedback."""
         stages = await self.store.query(

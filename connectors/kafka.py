@@ -29,6 +29,7 @@ class TopicNames(BaseModel):
     deadletter: str = "llmops.deadletter"
     telemetry: str = "llmops.telemetry"
     feedback: str = "llmops.feedback"
+    alerts: str = "llmops.alerts"
 
 
 class KafkaSettings(BaseModel):

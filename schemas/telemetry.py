@@ -36,3 +36,5 @@ class StageCompleted(Event):
     question: str = ""
     answer: str = ""
     citations: list[str] = Field(default_factory=list)
+    # embedding: the query's vector, for the sampled share of traces (drift checks).
+    query_vector: list[float] = Field(default_factory=list)

@@ -14,10 +14,14 @@ import faust
 from faust.web import Request, Response, View
 
 from agents import feedback, telemetry
+from agents.monitor import Monitor, slack_payload
 from agents.sink import SinkRunner
 from connectors.analytics import read_only
 from connectors.clickhouse import AnalyticsStore, QueryFailed, StoreUnavailable, open_store
 from connectors.migrations import apply
+from connectors.webhook import post
+from schemas import encode
+from schemas.alerts import Alert
 from schemas.feedback import FeedbackReceived
 from schemas.telemetry import StageCompleted
 from topology.app import faust_broker_options, incoming
@@ -80,12 +84,21 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
                 applied = await apply(store, settings.clickhouse.ddl_dir)
                 if applied:
                     log.warning("applied analytics DDL: %s", ", ".join(applied))
+                await monitor.load()
                 opened = True
 
     @app.task
     async def open_at_start() -> None:
         await ready()
 
+    alerts_topic = topic("alerts")
+
+    async def announce(alert: Alert) -> None:
+        delivered = await alerts_topic.send(key=alert.alert_id.encode(), value=encode(alert))
+        await delivered
+        await post(settings.webhook, slack_payload(alert))
+
+    monitor = Monitor(store, settings.monitor, announce)
     linker = feedback.Linker(store, settle_s=settings.feedback.settle_s)
     runners = (
         (
@@ -132,6 +145,17 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
             await linker.link(sweep=True)
         except (StoreUnavailable, QueryFailed) as exc:
             log.warning("linking feedback failed (will retry): %s", str(exc)[:300])
+
+    # Drift, SLO and budget checks, once per closed window, on the group leader only.
+    @app.timer(interval=max(1.0, min(30.0, settings.monitor.window_s / 5)), on_leader=True)
+    async def run_monitor() -> None:
+        if not settings.monitor.enabled:
+            return
+        await ready()
+        try:
+            await monitor.tick()
+        except (StoreUnavailable, QueryFailed) as exc:
+            log.warning("monitor: window not evaluated (%s)", str(exc)[:300])
 
     @app.page("/health/")
     class Health(View):

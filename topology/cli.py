@@ -297,6 +297,31 @@ def report(since: str, tenant: str, html_path: Path | None) -> None:
 
 
 @main.command()
+@window_option
+def alerts(since: str) -> None:
+    """Alerts the monitor raised (drift, SLO, budget), newest first, open or resolved.
+    The monitor runs in the analytics process and checks each closed window
+    (LLMOPS_MONITOR__WINDOW_S, 300 s by default)."""
+    from topology import report as rendering
+
+    try:
+        window = rendering.parse_window(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    settings = load_settings()
+
+    async def go() -> Any:
+        analytics = await open_analytics(settings)
+        try:
+            return await analytics.alerts(window)
+        finally:
+            await analytics.close()
+
+    rows = run_command(go())
+    click.echo(rendering.alerts_table(rows) if rows.rows else f"no alerts in the last {since}")
+
+
+@main.command()
 @click.argument("trace_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 def trace(trace_id: str, as_json: bool) -> None:

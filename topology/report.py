@@ -41,6 +41,7 @@ class ReportData:
     slowest: Rows
     latency_series: Rows
     feedback_series: Rows
+    alerts: Rows
 
 
 async def collect(analytics: Analytics, since: timedelta, tenant: str = "", label: str = "") -> ReportData:
@@ -53,13 +54,14 @@ async def collect(analytics: Analytics, since: timedelta, tenant: str = "", labe
     bucket = max(1, int(span // 60))
     if bucket >= 60:
         bucket = bucket // 60 * 60
-    latency, cost, feedback, slowest, latency_series, feedback_series = await asyncio.gather(
+    latency, cost, feedback, slowest, latency_series, feedback_series, alerts = await asyncio.gather(
         analytics.latency(since, tenant),
         analytics.cost(since, tenant),
         analytics.feedback(since, tenant),
         analytics.slowest(since, 5, tenant),
         analytics.latency_over_time(since, bucket, tenant),
         analytics.feedback_over_time(since, bucket * 3, tenant),  # ratings are sparser
+        analytics.alerts(since),
     )
     return ReportData(
         label or str(since),
@@ -72,6 +74,7 @@ async def collect(analytics: Analytics, since: timedelta, tenant: str = "", labe
         slowest,
         latency_series,
         feedback_series,
+        alerts,
     )
 
 
@@ -130,6 +133,8 @@ def text(data: ReportData) -> str:
     out += ["Tokens and cost per tenant and model", text_table(COST_HEADERS, data.cost.rows), ""]
     out.append("Feedback per prompt version")
     out.append(text_table(FEEDBACK_HEADERS, _feedback_rows(data)) if data.feedback.rows else "(none yet)")
+    out += ["", "Alerts (llmops alerts lists them)"]
+    out.append(alerts_table(data.alerts) if data.alerts.rows else "(none)")
     out += ["", "Slowest traces (llmops trace ID shows one)"]
     out.append(
         text_table(
@@ -138,6 +143,27 @@ def text(data: ReportData) -> str:
         )
     )
     return "\n".join(out) + "\n"
+
+
+ALERT_HEADERS = ("raised", "alert", "check", "subject", "state", "message")
+
+
+def _alert_rows(alerts: Rows) -> list[list[Any]]:
+    return [
+        [
+            r["raised_at"][:19],
+            r["kind"],
+            r["check_name"],
+            r["subject"],
+            "resolved" if r["resolved"] else "OPEN",
+            r["message"],
+        ]
+        for r in alerts.dicts()
+    ]
+
+
+def alerts_table(alerts: Rows) -> str:
+    return text_table(ALERT_HEADERS, _alert_rows(alerts))
 
 
 def _epoch(value: str) -> float:
@@ -167,6 +193,7 @@ def html(data: ReportData) -> str:
         _html_table("Latency, requests and errors per stage", LATENCY_HEADERS, _latency_rows(data)),
         _html_table("Tokens and cost per tenant and model", COST_HEADERS, data.cost.rows),
         _html_table("Feedback per prompt version", FEEDBACK_HEADERS, _feedback_rows(data)),
+        _html_table("Alerts", ALERT_HEADERS, _alert_rows(data.alerts)),
     ]
     scope = f", tenant {escape(data.tenant)}" if data.tenant else ""
     return PAGE.format(

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.config import PipelineSettings
 from agents.feedback import FeedbackSettings
+from agents.monitor import MonitorSettings
 from agents.runtime import RuntimeSettings
 from agents.sink import SinkSettings
 from agents.telemetry import TelemetrySettings
@@ -21,6 +22,7 @@ from connectors.embedder import EmbeddingSettings
 from connectors.kafka import KafkaSettings
 from connectors.llm import LLMSettings
 from connectors.milvus import MilvusSettings
+from connectors.webhook import WebhookSettings
 
 
 class WorkerSettings(BaseModel):
@@ -74,3 +76,5 @@ class Settings(BaseSettings):
     analytics: ServiceSettings = ServiceSettings()
     sink: SinkSettings = SinkSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    webhook: WebhookSettings = WebhookSettings()

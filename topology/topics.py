@@ -40,6 +40,7 @@ def topic_specs(kafka: KafkaSettings, leader_topics: tuple[str, ...] = ()) -> li
         spec(names.indexed, 7),
         spec(names.telemetry, 7),
         spec(names.feedback, 30),
+        spec(names.alerts, 30),
         # Dead letters wait for a person: keep them longest.
         spec(names.deadletter, 30),
         *(

@@ -15,7 +15,8 @@ from confluent_kafka import Consumer, TopicPartition
 from connectors.clickhouse import AnalyticsStore, ChdbStore, ClickHouseSettings
 from connectors.kafka import Publisher, TopicSpec, ensure_topics, librdkafka_config
 from connectors.migrations import apply
-from schemas import encode
+from schemas import decode, encode, utc_now
+from schemas.alerts import Alert, SloBreached
 from tests.integration.analytics_fixtures import stage_event
 from topology.analytics_app import create_analytics_app
 from topology.settings import Settings
@@ -134,3 +135,48 @@ async def _equals(store: AnalyticsStore, sql: str, expected: int) -> bool:
 
 async def _committed_all(settings: Settings, app_id: str) -> bool:
     return await asyncio.to_thread(committed, settings, app_id) == N
+
+
+async def test_the_monitor_on_the_leader_publishes_alerts(tansu_stack, chdb_dir):
+    settings = isolated(tansu_stack, chdb_dir, f"monitor-{uuid.uuid4().hex[:6]}")
+    settings = settings.model_copy(
+        update={
+            "monitor": settings.monitor.model_copy(
+                update={"window_s": 2, "grace_s": 1.5, "slo_p95_ms": {"retrieval": 50.0}, "slo_min_events": 5}
+            )
+        }
+    )
+    topics = settings.kafka.topics
+    names = (topics.telemetry, topics.feedback, topics.deadletter, topics.alerts)
+    ensure_topics(settings.kafka, [TopicSpec(t, settings.kafka.partitions, {}) for t in names])
+    store = ChdbStore(settings.clickhouse)
+    await store.open()
+    await apply(store, settings.clickhouse.ddl_dir)
+    found: list[Alert] = []
+
+    async def slow_retrieval_then_alert() -> None:
+        publisher = Publisher(settings.kafka, client_id="test-monitor")
+        await publisher.start()
+        deadline = time.monotonic() + 60
+        consumer = Consumer(librdkafka_config(settings.kafka, **{"group.id": f"t-{uuid.uuid4().hex}"}))
+        consumer.assign([TopicPartition(topics.alerts, p, 0) for p in range(settings.kafka.partitions)])
+        try:
+            while not found and time.monotonic() < deadline:
+                slow = [stage_event(f"slow-{uuid.uuid4().hex[:6]}", "retrieval", 400.0) for _ in range(10)]
+                slow = [e.model_copy(update={"started_at": utc_now(), "ended_at": utc_now()}) for e in slow]
+                await publisher.publish(topics.telemetry, [(e.trace_id.encode(), encode(e)) for e in slow])
+                for message in await asyncio.to_thread(consumer.consume, 50, 0.5):
+                    if message.error() is None:
+                        found.append(decode(message.value(), SloBreached))
+        finally:
+            consumer.close()
+            await publisher.stop()
+
+    try:
+        await run_sink(settings, store, settings.worker.app_id, slow_retrieval_then_alert)
+        assert found and found[0].check == "latency_slo" and found[0].subject == "retrieval"
+        stored = (await store.query("SELECT count() FROM alerts WHERE check_name = 'latency_slo'")).rows
+        assert stored[0][0] >= 1
+    finally:
+        await store.command(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+        await store.close()

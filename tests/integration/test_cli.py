@@ -147,6 +147,8 @@ def test_up_serves_until_interrupted_and_leaves_nothing_running(tmp_path: Path):
         env["LLMOPS_ANALYTICS__PORT"] = str(analytics)
         report = wait_for_report(env, "nobody")
         assert "(analytics: service)" in report
+        alerts = llmops("alerts", "--since", "1h", env=env)
+        assert alerts.returncode == 0 and "Alerts" not in alerts.stderr, alerts.stderr
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -45,9 +45,15 @@ async def opened(settings: ClickHouseSettings) -> AsyncIterator[AnalyticsStore]:
 
 
 def stage_event(
-    trace: str, stage: str, latency_ms: float, *, tenant: str = "acme", **facts: object
+    trace: str,
+    stage: str,
+    latency_ms: float,
+    *,
+    tenant: str = "acme",
+    started: datetime | None = None,
+    **facts: object,
 ) -> StageCompleted:
-    started = utc_now() - timedelta(seconds=5)
+    started = started or utc_now() - timedelta(seconds=5)
     return StageCompleted(
         trace_id=trace,
         tenant=tenant,

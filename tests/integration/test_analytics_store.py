@@ -17,11 +17,12 @@ from agents.sink import insert_new
 from connectors.analytics import Analytics
 from connectors.clickhouse import AnalyticsStore, ClickHouseSettings, QueryFailed
 from connectors.migrations import apply
-from schemas import FeedbackReceived
+from schemas import FeedbackReceived, utc_now
 from schemas.errors import PermanentError
 from tests.integration.analytics_fixtures import opened, stage_event, store_settings
 
 DAY = timedelta(days=1)
+START = utc_now() - timedelta(minutes=5)
 
 
 @pytest.fixture(params=["chdb", "server"])
@@ -40,18 +41,18 @@ async def count(store: AnalyticsStore, sql: str) -> int:
 
 
 def trace(n: int, tenant: str = "acme") -> list:
-    """One question's four stages, with tokens and cost on generation."""
+    """One question's four stages, with tokens and cost on generation. They start
+    together, so the trace's total is its slowest stage's latency, exactly."""
+    at = {"tenant": tenant, "started": START}
     return [
-        stage_event(f"t{n}", "prompting", 1 + n, tenant=tenant, template_id="rag", template_version="2"),
-        stage_event(f"t{n}", "embedding", 10 + n, tenant=tenant, model="minilm", input_tokens=5),
-        stage_event(
-            f"t{n}", "retrieval", 20 + n, tenant=tenant, passage_ids=["a", "b"], passage_scores=[0.9, 0.5]
-        ),
+        stage_event(f"t{n}", "prompting", 1 + n, **at, template_id="rag", template_version="2"),
+        stage_event(f"t{n}", "embedding", 10 + n, **at, model="minilm", input_tokens=5),
+        stage_event(f"t{n}", "retrieval", 20 + n, **at, passage_ids=["a", "b"], passage_scores=[0.9, 0.5]),
         stage_event(
             f"t{n}",
             "generation",
             100 + n,
-            tenant=tenant,
+            **at,
             model="gpt",
             input_tokens=100,
             output_tokens=10,

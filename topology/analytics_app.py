@@ -24,10 +24,9 @@ from schemas import encode
 from schemas.alerts import Alert
 from schemas.feedback import FeedbackReceived
 from schemas.telemetry import StageCompleted
-from topology.app import faust_broker_options, incoming
+from topology.app import incoming, new_app, raw_topic, sender
 from topology.settings import Settings
 from topology.topics import analytics_app_id
-from topology.transport import PipelineApp
 
 log = logging.getLogger(__name__)
 
@@ -35,39 +34,20 @@ log = logging.getLogger(__name__)
 def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None = None) -> faust.App:
     owned = given_store is None  # a store passed in is the caller's to close
     store: AnalyticsStore = given_store if given_store is not None else open_store(settings.clickhouse)
-    worker, service = settings.worker, settings.analytics
-    app = PipelineApp(
+    service = settings.analytics
+    app = new_app(
+        settings,
         analytics_app_id(settings.worker.app_id),
-        fetch_max_wait_ms=worker.fetch_max_wait_ms,
-        store="memory://",
         web_enabled=True,
         web_bind=service.host,
         web_host=service.host,
         web_port=service.port,
-        topic_allow_declare=False,  # topics, the leader topic included, come from bootstrap
-        topic_replication_factor=settings.kafka.replication_factor,
-        consumer_auto_offset_reset="earliest",
-        broker_rebalance_timeout=worker.rebalance_timeout_s,
-        broker_session_timeout=worker.session_timeout_s,
-        broker_heartbeat_interval=worker.heartbeat_interval_s,
-        producer_acks=-1,
-        **faust_broker_options(settings.kafka),
     )
 
     def topic(field: str) -> faust.TopicT:
-        return app.topic(
-            getattr(settings.kafka.topics, field),
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.kafka.partitions,
-        )
+        return raw_topic(app, settings, field)
 
-    deadletter = topic("deadletter")
-
-    async def dead_letter(key: bytes, value: bytes) -> Awaitable[Any]:
-        return await deadletter.send(key=key, value=value)
+    dead_letter = sender(topic("deadletter"))
 
     async def feedback_rows(events: Any, s: AnalyticsStore) -> Any:
         return await feedback.rows(events, s, settings.feedback)

@@ -52,16 +52,15 @@ def faust_broker_options(kafka: KafkaSettings) -> dict[str, Any]:
     return options
 
 
-def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.App:
-    deps = deps or build_dependencies(settings)
+def new_app(settings: Settings, app_id: str, **options: Any) -> faust.App:
+    """A faust app on our broker settings, group timeouts and acks. Topics are never
+    declared here: the bootstrap step creates them."""
     worker = settings.worker
-    app = PipelineApp(
-        worker.app_id,
+    return PipelineApp(
+        app_id,
         fetch_max_wait_ms=worker.fetch_max_wait_ms,
         store="memory://",
-        web_enabled=False,
-        topic_disable_leader=True,
-        topic_allow_declare=False,  # topics are created by the bootstrap step
+        topic_allow_declare=False,
         topic_replication_factor=settings.kafka.replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_rebalance_timeout=worker.rebalance_timeout_s,
@@ -69,23 +68,36 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
         broker_heartbeat_interval=worker.heartbeat_interval_s,
         producer_acks=-1,
         **faust_broker_options(settings.kafka),
+        **options,
     )
 
+
+def raw_topic(app: faust.App, settings: Settings, field: str) -> faust.TopicT:
+    """A topic of TopicNames as bytes in and out: our runtime decodes, so a bad message
+    can't crash an agent."""
+    return app.topic(
+        getattr(settings.kafka.topics, field),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.kafka.partitions,
+    )
+
+
+def sender(t: faust.TopicT) -> Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]:
+    async def send(key: bytes, value: bytes) -> Awaitable[Any]:
+        return await t.send(key=key, value=value)
+
+    return send
+
+
+def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.App:
+    deps = deps or build_dependencies(settings)
+    app = new_app(settings, settings.worker.app_id, web_enabled=False, topic_disable_leader=True)
+
     def topic(field: str) -> faust.TopicT:
-        return app.topic(
-            getattr(settings.kafka.topics, field),
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.kafka.partitions,
-        )
-
-    def sender(t: faust.TopicT) -> Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]:
-        async def send(key: bytes, value: bytes) -> Awaitable[Any]:
-            return await t.send(key=key, value=value)
-
-        return send
+        return raw_topic(app, settings, field)
 
     deadletter = topic("deadletter")
     telemetry = topic("telemetry")
@@ -101,7 +113,7 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
                 emit=sender(topic(stage.produces)),
                 dead_letter=sender(deadletter),
                 reply=sender(topic(stage.replies_to)),
-                settings=worker.runtime,
+                settings=settings.worker.runtime,
                 telemetry=sender(telemetry),
                 telemetry_settings=settings.telemetry,
             ),

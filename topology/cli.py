@@ -9,9 +9,10 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import click
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 from schemas.errors import LLMOpsError
 from topology.settings import Settings
 
+T = TypeVar("T")
 CONFIG_HELP = (
     "Configuration comes from LLMOPS_* environment variables, nested with '__', for example "
     "LLMOPS_KAFKA__BOOTSTRAP_SERVERS=broker:9092 or LLMOPS_LLM__BACKEND=openai."
@@ -249,16 +251,40 @@ def ingest(file: Path, tenant: str, timeout: float) -> None:
     run_command(go())
 
 
+def parse_since(_: click.Context, param: click.Parameter, value: str) -> timedelta:
+    from topology.report import parse_window
+
+    try:
+        return parse_window(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from exc
+
+
 def window_option(f: Any) -> Any:
-    return click.option("--since", default="24h", show_default=True, help="How far back: 90s, 15m, 24h, 7d.")(
-        f
-    )
+    return click.option(
+        "--since",
+        default="24h",
+        show_default=True,
+        callback=parse_since,
+        help="How far back: 90s, 15m, 24h, 7d.",
+    )(f)
 
 
-def open_analytics(settings: Settings) -> Any:
+def with_analytics(use: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `use(analytics)` with the configured analytics (the running stack's service,
+    a ClickHouse server, or the chDB directory) and close it after."""
     from connectors.analytics import Analytics
 
-    return Analytics.connect(settings.clickhouse, settings.analytics)
+    settings = load_settings()
+
+    async def go() -> T:
+        analytics = await Analytics.connect(settings.clickhouse, settings.analytics)
+        try:
+            return await use(analytics)
+        finally:
+            await analytics.close()
+
+    return cast(T, run_command(go()))
 
 
 @main.command()
@@ -270,26 +296,13 @@ def open_analytics(settings: Settings) -> Any:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a page with charts.",
 )
-def report(since: str, tenant: str, html_path: Path | None) -> None:
+def report(since: timedelta, tenant: str, html_path: Path | None) -> None:
     """Latency percentiles, requests and errors per stage, tokens and cost per tenant and
-    model, and feedback per prompt version, from ClickHouse. Reads through the running
-    stack's analytics service, or opens the analytics store itself when none runs."""
+    model, feedback per prompt version and alerts, from ClickHouse. Reads through the
+    running stack's analytics service, or opens the analytics store itself when none runs."""
     from topology import report as rendering
 
-    try:
-        window = rendering.parse_window(since)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from exc
-    settings = load_settings()
-
-    async def go() -> Any:
-        analytics = await open_analytics(settings)
-        try:
-            return await rendering.collect(analytics, window, tenant, label=since)
-        finally:
-            await analytics.close()
-
-    data = run_command(go())
+    data = with_analytics(lambda analytics: rendering.collect(analytics, since, tenant))
     click.echo(rendering.text(data), nl=False)
     if html_path is not None:
         html_path.write_text(rendering.html(data))
@@ -298,27 +311,14 @@ def report(since: str, tenant: str, html_path: Path | None) -> None:
 
 @main.command()
 @window_option
-def alerts(since: str) -> None:
+def alerts(since: timedelta) -> None:
     """Alerts the monitor raised (drift, SLO, budget), newest first, open or resolved.
     The monitor runs in the analytics process and checks each closed window
     (LLMOPS_MONITOR__WINDOW_S, 300 s by default)."""
-    from topology import report as rendering
+    from topology.report import alerts_table, describe_window
 
-    try:
-        window = rendering.parse_window(since)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from exc
-    settings = load_settings()
-
-    async def go() -> Any:
-        analytics = await open_analytics(settings)
-        try:
-            return await analytics.alerts(window)
-        finally:
-            await analytics.close()
-
-    rows = run_command(go())
-    click.echo(rendering.alerts_table(rows) if rows.rows else f"no alerts in the last {since}")
+    rows = with_analytics(lambda analytics: analytics.alerts(since))
+    click.echo(alerts_table(rows) if rows.rows else f"no alerts in the last {describe_window(since)}")
 
 
 @main.command()
@@ -329,16 +329,7 @@ def trace(trace_id: str, as_json: bool) -> None:
     retrieved with their scores, the answer, and any feedback."""
     from topology.report import trace_text
 
-    settings = load_settings()
-
-    async def go() -> Any:
-        analytics = await open_analytics(settings)
-        try:
-            return await analytics.trace(trace_id)
-        finally:
-            await analytics.close()
-
-    stages, feedback = run_command(go())
+    stages, feedback = with_analytics(lambda analytics: analytics.trace(trace_id))
     if as_json:
         click.echo(json.dumps({"stages": stages.dicts(), "feedback": feedback.dicts()}, indent=2))
     else:
@@ -478,7 +469,7 @@ async def _show_report(settings: Settings, traces: list[str]) -> None:
                 break
             await asyncio.sleep(0.5)
         # The demo's own tenant; the stack's readiness probes ask as another.
-        data = await report.collect(analytics, report.parse_window("1h"), "default", label="hour")
+        data = await report.collect(analytics, report.parse_window("1h"), "default")
     finally:
         await analytics.close()
     click.echo(report.text(data))

@@ -44,7 +44,16 @@ class ReportData:
     alerts: Rows
 
 
-async def collect(analytics: Analytics, since: timedelta, tenant: str = "", label: str = "") -> ReportData:
+def describe_window(window: timedelta) -> str:
+    """timedelta -> '24h', '15m', '7d', '90s' (the form --since takes)."""
+    seconds = int(window.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+async def collect(analytics: Analytics, since: timedelta, tenant: str = "") -> ReportData:
     """Everything the report shows. Chart buckets fit the data's own time span (about 60
     points), not the window's: a 24 h window holding 3 minutes of data still draws lines."""
     extent = await analytics.extent(since, tenant)
@@ -64,7 +73,7 @@ async def collect(analytics: Analytics, since: timedelta, tenant: str = "", labe
         analytics.alerts(since),
     )
     return ReportData(
-        label or str(since),
+        describe_window(since),
         tenant,
         analytics.store.backend,
         utc_now(),

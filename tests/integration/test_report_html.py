@@ -88,7 +88,7 @@ async def fill(store: AnalyticsStore) -> None:
 async def test_the_page_renders_every_chart_in_chromium(store, tmp_path):
     browser = chromium()
     await fill(store)
-    data = await report.collect(Analytics(store), timedelta(hours=1), label="1h")
+    data = await report.collect(Analytics(store), timedelta(hours=1))
 
     printed = report.text(data)
     for stage in STAGES:

@@ -12,7 +12,7 @@ from connectors.clickhouse import ClickHouseSettings, QueryFailed, Rows, json_ro
 from connectors.migrations import Migration, load
 from schemas.errors import PermanentError
 from topology import charts
-from topology.report import parse_window, text_table
+from topology.report import describe_window, parse_window, text_table
 
 
 def test_the_shipped_ddl_files_load_in_version_order():
@@ -68,6 +68,7 @@ def test_json_rows_write_datetimes_as_utc_text():
 @pytest.mark.parametrize(("text", "expected"), [("90s", 90), ("15m", 900), ("24h", 86_400), ("7d", 604_800)])
 def test_windows(text, expected):
     assert parse_window(text) == timedelta(seconds=expected)
+    assert parse_window(describe_window(parse_window(text))) == parse_window(text)
 
 
 @pytest.mark.parametrize("text", ["", "0h", "1w", "h", "-1d"])

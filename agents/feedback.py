@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.telemetry import redact
 from connectors.clickhouse import AnalyticsStore
 from schemas.errors import PermanentError
 from schemas.feedback import FeedbackReceived
@@ -63,8 +64,9 @@ TRACE_FACTS = _FACTS.replace("SOURCE", "{traces:Array(String)}")
 
 
 async def rows(
-    events: Sequence[FeedbackReceived], store: AnalyticsStore, settings: FeedbackSettings
+    events: Sequence[FeedbackReceived], store: AnalyticsStore, settings: FeedbackSettings, text: str = "keep"
 ) -> list[dict[str, Any] | BaseException]:
+    """`text`: the telemetry text setting (keep, hash, drop), applied to comments."""
     found = await store.query(TRACE_FACTS, {"traces": sorted({e.trace_id for e in events})})
     facts = {(r["trace_id"], r["tenant"]): r for r in found.dicts()}
     out: list[dict[str, Any] | BaseException] = []
@@ -85,7 +87,7 @@ async def rows(
                 "data_type": event.data_type,
                 "score": event.score,
                 "category": event.value if isinstance(event.value, str) else "",
-                "comment": event.comment,
+                "comment": redact(event.comment, text),
                 "user": event.user or "",
                 "trace_seen": trace is not None,
                 "template_id": trace["template_id"] if trace else "",

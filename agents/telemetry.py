@@ -8,7 +8,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,6 +47,11 @@ class TelemetrySettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     enabled: bool = Field(default=True, description="Emit StageCompleted for every event of every stage.")
+    text: Literal["keep", "hash", "drop"] = Field(
+        default="keep",
+        description="Question, answer and feedback comments in analytics: as they are, as a SHA-256 "
+        "(equal texts still group together), or not at all.",
+    )
     vector_sample: float = Field(
         default=1.0,
         ge=0.0,
@@ -64,6 +69,13 @@ def priced(
     if price is None:
         return 0.0, False
     return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6, True
+
+
+def redact(text: str, mode: str) -> str:
+    """What analytics keeps of a user's or model's text under the `text` setting."""
+    if not text or mode == "keep":
+        return text
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest() if mode == "hash" else ""
 
 
 def sampled(trace_id: str, share: float) -> bool:
@@ -116,6 +128,9 @@ def report(
     found = facts(source, output)
     if "query_vector" in found and not sampled(trace_id, settings.vector_sample):
         del found["query_vector"]
+    for field in ("question", "answer"):
+        if field in found:
+            found[field] = redact(str(found[field]), settings.text)
     model = str(found.get("model", ""))
     tokens_in, tokens_out = int(found.get("input_tokens", 0)), int(found.get("output_tokens", 0))  # type: ignore[call-overload]
     cost, known = priced(settings.prices, model, tokens_in, tokens_out) if model else (0.0, True)

@@ -50,7 +50,7 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
     dead_letter = sender(topic("deadletter"))
 
     async def feedback_rows(events: Any, s: AnalyticsStore) -> Any:
-        return await feedback.rows(events, s, settings.feedback)
+        return await feedback.rows(events, s, settings.feedback, settings.telemetry.text)
 
     opening = asyncio.Lock()
     opened = False

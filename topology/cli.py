@@ -480,6 +480,89 @@ async def _show_report(settings: Settings, traces: list[str]) -> None:
 
 
 @main.group()
+def dlq() -> None:
+    """The dead-letter topic: list, show and replay what failed, with the original bytes."""
+
+
+def stage_option(f: Any) -> Any:
+    return click.option("--stage", help="Only letters of this stage (prompting, feedback, ...).")(f)
+
+
+def read_letters(stage: str | None, since: timedelta) -> list[Any]:
+    from connectors import deadletters
+    from schemas import utc_now
+
+    try:
+        return deadletters.read(load_settings().kafka, stage=stage, since=utc_now() - since)
+    except LLMOpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@dlq.command("list")
+@stage_option
+@window_option
+@click.option("--limit", type=int, default=50, show_default=True, help="Newest N.")
+def dlq_list(stage: str | None, since: timedelta, limit: int) -> None:
+    """Dead letters, newest last: when, stage, where they came from, why."""
+    from topology.report import describe_window, text_table
+
+    letters = read_letters(stage, since)[-limit:]
+    if not letters:
+        click.echo(f"no dead letters in the last {describe_window(since)}")
+        return
+    rows = [
+        [
+            f"{d.occurred_at:%Y-%m-%d %H:%M:%S}",
+            d.event_id,
+            d.stage,
+            f"{d.topic}@{d.partition}:{d.offset}",
+            d.error_type,
+            d.reason[:70],
+            d.attempts,
+        ]
+        for d in letters
+    ]
+    click.echo(text_table(("at", "id", "stage", "from", "error", "reason", "tries"), rows))
+
+
+@dlq.command("show")
+@click.argument("letter_id")
+@click.option("--since", default="30d", show_default=True, callback=parse_since, help="How far back to look.")
+def dlq_show(letter_id: str, since: timedelta) -> None:
+    """One dead letter in full, with its original bytes (as text when they are UTF-8)."""
+    found = [d for d in read_letters(None, since) if d.event_id == letter_id]
+    if not found:
+        raise click.ClickException(f"no dead letter {letter_id} in the last {since}")
+    letter = found[0]
+    shown = letter.model_dump(mode="json", exclude={"original", "key"})
+    try:
+        shown["original"] = letter.original.decode()
+        shown["key"] = letter.key.decode() if letter.key is not None else None
+    except UnicodeDecodeError:
+        shown["original_base64"] = letter.model_dump(mode="json")["original"]
+    click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
+
+
+@dlq.command("replay")
+@stage_option
+@window_option
+@click.option("--id", "ids", multiple=True, help="Only these letters (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Say what would be replayed, send nothing.")
+def dlq_replay(stage: str | None, since: timedelta, ids: tuple[str, ...], dry_run: bool) -> None:
+    """Send dead letters' original bytes back to the topics they failed on, for example
+    after the dependency that failed is back. Safe to repeat: what stages write is
+    idempotent (chunk ids, event ids); a replayed question is answered again."""
+    from connectors import deadletters
+
+    letters = [d for d in read_letters(stage, since) if not ids or d.event_id in ids]
+    if dry_run or not letters:
+        click.echo(f"{'would replay' if dry_run else 'nothing to replay:'} {len(letters)} dead letter(s)")
+        return
+    sent = run_command(deadletters.replay(load_settings().kafka, letters))
+    click.echo(f"replayed {sent} dead letter(s)")
+
+
+@main.group()
 def model() -> None:
     """The embedding model."""
 

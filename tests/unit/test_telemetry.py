@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from agents.telemetry import ModelPrice, TelemetrySettings, priced, report
+from agents.telemetry import ModelPrice, TelemetrySettings, priced, redact, report
 from schemas import ContextRetrieved, Passage, PromptSpec, QueryReceived, ResponseGenerated, utc_now
 from schemas.errors import TransientError
 
@@ -72,3 +72,26 @@ def test_a_stage_without_output_or_model_is_priced_trivially():
     query = QueryReceived(trace_id="t", producer="c", question="q")
     r = report("prompting", query, None, T0, T0, "t", "default", PRICES)
     assert r.priced and r.cost_usd == 0 and r.status == "ok"
+
+
+@pytest.mark.parametrize("mode", ["keep", "hash", "drop"])
+def test_question_and_answer_text_can_be_kept_hashed_or_dropped(mode):
+    out = ResponseGenerated(
+        trace_id="t",
+        producer="g",
+        question="my secret question",
+        answer="the answer",
+        citations=[],
+        passages=[],
+        model="m",
+        template_id="rag",
+        template_version="7",
+    )
+    r = report("generation", None, out, T0, T0, "t", "default", TelemetrySettings(text=mode))
+    if mode == "keep":
+        assert (r.question, r.answer) == ("my secret question", "the answer")
+    elif mode == "hash":
+        assert r.question.startswith("sha256:") and "secret" not in r.question
+        assert r.question == redact("my secret question", "hash") != r.answer
+    else:
+        assert (r.question, r.answer) == ("", "")

@@ -98,27 +98,23 @@ async def test_replay_sends_the_original_back_and_twice_changes_nothing(tansu_st
     )  # answered (twice: at-least-once)
     analytics = await Analytics.connect(settings.clickhouse, settings.analytics)
     try:
-        deadline, stored = time.monotonic() + 30, []
-        while time.monotonic() < deadline:
-            stored = (
-                await analytics.query(
-                    "SELECT countIf(revision = 0) FROM feedback WHERE event_id = {id:String}", {"id": rating.event_id}
-                )
-            ).rows
-            if stored[0][0] >= 1:
-                break
+        deadline = time.monotonic() + 30
+        while await inserted_copies(analytics, rating.event_id) == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         await asyncio.sleep(2)  # the second copy's batch
-        stored = (
-            await analytics.query(
-                "SELECT countIf(revision = 0) FROM feedback WHERE event_id = {id:String}", {"id": rating.event_id}
-            )
-        ).rows
+        copies = await inserted_copies(analytics, rating.event_id)
     finally:
         await analytics.close()
-    # Replayed twice, inserted once by the sink (linking it to its trace later adds a
-    # revision 1 row of the same event, which is not a duplicate).
-    assert stored == [[1]]
+    assert copies == 1  # replayed twice, inserted once
+
+
+# Rows the sink inserted for an event (linking it to its trace later adds a revision 1
+# row of the same event, which is not a duplicate).
+COPIES = "SELECT countIf(revision = 0) FROM feedback WHERE event_id = {id:String}"
+
+
+async def inserted_copies(analytics: Analytics, event_id: str) -> int:
+    return int((await analytics.query(COPIES, {"id": event_id})).rows[0][0])
 
 
 def responses_for(stack: LocalStack, trace_id: str, timeout: float = 30) -> list[ResponseGenerated]:

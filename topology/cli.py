@@ -530,9 +530,11 @@ def dlq_list(stage: str | None, since: timedelta, limit: int) -> None:
 @click.option("--since", default="30d", show_default=True, callback=parse_since, help="How far back to look.")
 def dlq_show(letter_id: str, since: timedelta) -> None:
     """One dead letter in full, with its original bytes (as text when they are UTF-8)."""
+    from topology.report import describe_window
+
     found = [d for d in read_letters(None, since) if d.event_id == letter_id]
     if not found:
-        raise click.ClickException(f"no dead letter {letter_id} in the last {since}")
+        raise click.ClickException(f"no dead letter {letter_id} in the last {describe_window(since)}")
     letter = found[0]
     shown = letter.model_dump(mode="json", exclude={"original", "key"})
     try:

@@ -51,6 +51,7 @@ def stage_event(
     *,
     tenant: str = "acme",
     started: datetime | None = None,
+    status: str = "ok",
     **facts: object,
 ) -> StageCompleted:
     started = started or utc_now() - timedelta(seconds=5)
@@ -62,6 +63,6 @@ def stage_event(
         started_at=started,
         ended_at=started + timedelta(milliseconds=latency_ms),
         latency_ms=latency_ms,
-        status="ok",
+        status=status,
         **facts,  # type: ignore[arg-type]
     )

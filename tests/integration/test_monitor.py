@@ -18,7 +18,7 @@ from connectors.clickhouse import AnalyticsStore
 from connectors.embedder import OnnxEmbedder
 from schemas import StageCompleted
 from schemas.alerts import AlertResolved, BudgetExceeded, DriftDetected
-from tests.integration.analytics_fixtures import opened, store_settings
+from tests.integration.analytics_fixtures import opened, stage_event, store_settings
 from topology.samples import python_reference
 
 # Recent: query vectors older than their 14-day TTL are cleared as they are stored.
@@ -38,18 +38,9 @@ def window(n: int) -> Window:
 
 
 def event(n: int, i: int, stage: str, latency: float = 10.0, **facts: object) -> StageCompleted:
+    """The i-th event of window n: its own trace, half a second after the previous one."""
     start = window(n).start + timedelta(milliseconds=500 * i)
-    return StageCompleted(
-        trace_id=f"w{n}-{i}",
-        tenant=str(facts.pop("tenant", "acme")),
-        producer=stage,
-        stage=stage,
-        started_at=start,
-        ended_at=start + timedelta(milliseconds=latency),
-        latency_ms=latency,
-        status=str(facts.pop("status", "ok")),
-        **facts,  # type: ignore[arg-type]
-    )
+    return stage_event(f"w{n}-{i}", stage, latency, started=start, **facts)  # type: ignore[arg-type]
 
 
 async def write(store: AnalyticsStore, events: list[StageCompleted]) -> None:
@@ -215,9 +206,13 @@ async def test_query_embeddings_drifting_to_other_topics_are_detected(store, emb
 async def test_open_incidents_survive_a_restart(store):
     for n in range(2):
         await write(store, [event(n, i, "retrieval", latency=900.0) for i in range(20)])
-    first = Monitor(store, SETTINGS)
-    assert kinds(await first.run_window(window(0))) == [("SloBreached", "latency_slo", "retrieval")]
+    raised = await Monitor(store, SETTINGS).run_window(window(0))
+    assert kinds(raised) == [("SloBreached", "latency_slo", "retrieval")]
     restarted = Monitor(store, SETTINGS)
     await restarted.load()
-    assert await restarted.run_window(window(1)) == []  # still the same incident
-    assert not any(isinstance(a, AlertResolved) for a in await restarted.run_window(window(2)))
+    assert await restarted.run_window(window(1)) == []  # still the same incident, not a new one
+    for n in (2, 3):  # fast again: resolved after two passing windows, under the same alert id
+        await write(store, [event(n, i, "retrieval", latency=20.0) for i in range(20)])
+    assert await restarted.run_window(window(2)) == []
+    resolved = await restarted.run_window(window(3))
+    assert [type(a) for a in resolved] == [AlertResolved] and resolved[0].alert_id == raised[0].alert_id

@@ -19,8 +19,8 @@ from agents.feedback import FeedbackSettings
 from agents.sink import insert_new
 from connectors.analytics import Analytics
 from connectors.clickhouse import AnalyticsStore
-from schemas import FeedbackReceived, StageCompleted, utc_now
-from tests.integration.analytics_fixtures import opened, store_settings
+from schemas import FeedbackReceived, utc_now
+from tests.integration.analytics_fixtures import opened, stage_event, store_settings
 from topology import report
 from topology.charts import PALETTE
 
@@ -52,22 +52,20 @@ async def fill(store: AnalyticsStore) -> None:
         for i, stage in enumerate(STAGES):
             began = start + timedelta(milliseconds=50 * i)
             latency = (5 + i * 10 + n % 7) * (1 + (n > 80))
+            generation = stage == "generation"
             events.append(
-                StageCompleted(
-                    trace_id=f"t{n}",
+                stage_event(
+                    f"t{n}",
+                    stage,
+                    latency,
                     tenant=tenant,
-                    producer=stage,
-                    stage=stage,
-                    started_at=began,
-                    ended_at=began + timedelta(milliseconds=latency),
-                    latency_ms=latency,
-                    status="ok",
+                    started=began,
                     template_id="rag",
                     template_version=version,
-                    model="gpt" if stage == "generation" else "",
-                    input_tokens=300 if stage == "generation" else 0,
-                    output_tokens=40 if stage == "generation" else 0,
-                    cost_usd=0.0004 if stage == "generation" else 0.0,
+                    model="gpt" if generation else "",
+                    input_tokens=300 if generation else 0,
+                    output_tokens=40 if generation else 0,
+                    cost_usd=0.0004 if generation else 0.0,
                 )
             )
         ratings.append(

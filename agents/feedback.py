@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.telemetry import redact
+from agents.telemetry import TextMode, redact
 from connectors.clickhouse import AnalyticsStore
 from schemas.errors import PermanentError
 from schemas.feedback import FeedbackReceived
@@ -64,7 +64,10 @@ TRACE_FACTS = _FACTS.replace("SOURCE", "{traces:Array(String)}")
 
 
 async def rows(
-    events: Sequence[FeedbackReceived], store: AnalyticsStore, settings: FeedbackSettings, text: str = "keep"
+    events: Sequence[FeedbackReceived],
+    store: AnalyticsStore,
+    settings: FeedbackSettings,
+    text: TextMode = "keep",
 ) -> list[dict[str, Any] | BaseException]:
     """`text`: the telemetry text setting (keep, hash, drop), applied to comments."""
     found = await store.query(TRACE_FACTS, {"traces": sorted({e.trace_id for e in events})})

@@ -458,8 +458,9 @@ class Monitor:
         end = datetime.fromtimestamp(end_ts, UTC)
         if self.evaluated_until is not None and end <= self.evaluated_until:
             return []
-        self.evaluated_until = end
-        return await self.run_window(Window(end - timedelta(seconds=size), end))
+        alerts = await self.run_window(Window(end - timedelta(seconds=size), end))
+        self.evaluated_until = end  # only now: a window that failed is tried again
+        return alerts
 
 
 def alert_row(alert: Alert) -> dict[str, Any]:

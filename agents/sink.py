@@ -103,20 +103,23 @@ class SinkRunner:
         return await self.dead_letter(letter.trace_id.encode(), encode(letter))
 
     async def _until_done(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
-        """Retry `step` until it succeeds: the batch is not acknowledged meanwhile, so the
-        broker keeps it. Errors in our own SQL are retried too (and logged as errors):
-        an operator can fix them (apply migrations) without losing the batch."""
-        attempt = 0
-        while True:
-            try:
-                return await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                delay = min(self.settings.backoff_s * 2**attempt, self.settings.backoff_max_s)
-                level = logging.WARNING if isinstance(exc, TransientError) else logging.ERROR
-                log.log(
-                    level, "%s: %s failed (%s); retrying in %.1fs", self.name, what, str(exc)[:300], delay
-                )
-                await asyncio.sleep(delay)
-                attempt += 1
+        return await until_done(self.name, what, step, self.settings)
+
+
+async def until_done(name: str, what: str, step: Callable[[], Awaitable[T]], settings: SinkSettings) -> T:
+    """Retry `step` with backoff until it succeeds. The sink's batches are not
+    acknowledged meanwhile, so the broker keeps them. Errors in our own SQL are retried
+    too (and logged as errors): an operator can fix them (apply migrations) without
+    losing a batch."""
+    attempt = 0
+    while True:
+        try:
+            return await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            delay = min(settings.backoff_s * 2**attempt, settings.backoff_max_s)
+            level = logging.WARNING if isinstance(exc, TransientError) else logging.ERROR
+            log.log(level, "%s: %s failed (%s); retrying in %.1fs", name, what, str(exc)[:300], delay)
+            await asyncio.sleep(delay)
+            attempt += 1

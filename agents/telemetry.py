@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import (
     ContextRetrieved,
-    DocumentIndexed,
     Event,
     PromptAssembled,
     QueryEmbedded,
@@ -43,11 +42,14 @@ DEFAULT_PRICES = {
 }
 
 
+TextMode = Literal["keep", "hash", "drop"]
+
+
 class TelemetrySettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     enabled: bool = Field(default=True, description="Emit StageCompleted for every event of every stage.")
-    text: Literal["keep", "hash", "drop"] = Field(
+    text: TextMode = Field(
         default="keep",
         description="Question, answer and feedback comments in analytics: as they are, as a SHA-256 "
         "(equal texts still group together), or not at all.",
@@ -56,7 +58,7 @@ class TelemetrySettings(BaseModel):
         default=1.0,
         ge=0.0,
         le=1.0,
-        description="Share of traces whose query embedding is kept for drift checks (about 1.5 KB each).",
+        description="Share of traces whose query embedding is kept for drift checks (1.5 KB each on disk).",
     )
     prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
 
@@ -71,7 +73,7 @@ def priced(
     return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6, True
 
 
-def redact(text: str, mode: str) -> str:
+def redact(text: str, mode: TextMode) -> str:
     """What analytics keeps of a user's or model's text under the `text` setting."""
     if not text or mode == "keep":
         return text
@@ -109,8 +111,6 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
                 answer=output.answer,
                 citations=list(output.citations),
             )
-        case DocumentIndexed():
-            pass
     return found
 
 

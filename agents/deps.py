@@ -11,7 +11,8 @@ import numpy as np
 
 from agents.config import PipelineSettings
 from connectors.llm import Backend
-from connectors.milvus import Chunk, Hit
+from connectors.milvus import Chunk, Found
+from schemas.queries import RetrievalMode
 
 
 class Embedder(Protocol):
@@ -32,7 +33,15 @@ class PassageStore(Protocol):
 
     def upsert(self, chunks: Sequence[Chunk]) -> None: ...
 
-    def search(self, vectors: Sequence[Sequence[float]], tenant: str, top_k: int) -> list[list[Hit]]: ...
+    def search(
+        self,
+        vectors: Sequence[Sequence[float]],
+        tenant: str,
+        top_k: int,
+        *,
+        texts: Sequence[str] = (),
+        mode: RetrievalMode = "dense",
+    ) -> list[Found]: ...
 
 
 @dataclass

@@ -44,6 +44,7 @@ async def handle(event: ContextRetrieved, deps: Dependencies) -> ResponseGenerat
         model=generation.model,
         template_id=event.prompt.template_id,
         template_version=event.prompt.template_version,
+        retrieval_mode=event.prompt.retrieval_mode,
         usage_details=generation.usage_details,
         latency_ms=event.latency_ms,
     )

@@ -197,9 +197,10 @@ def _rate_finding(
 
 
 async def retrieval_drift(store: AnalyticsStore, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
-    # Mean top-1 similarity over searches that found something; the empty rate over all.
+    # Mean top-1 embedding similarity (the dense leg's, whatever the mode fused) over searches
+    # that ran it and found something; the empty-result rate over all searches.
     m = await _moments(
-        store, "retrieval", "passage_scores[1]", "notEmpty(passage_scores)", "empty(passage_scores)", w, ref
+        store, "retrieval", "dense_scores[1]", "notEmpty(dense_scores)", "empty(passage_scores)", w, ref
     )
     return _mean_finding("retrieval_top1", "retrieval", "mean top-1 similarity", m, s) + _rate_finding(
         "retrieval_empty", "retrieval", "empty-result rate", m, s

@@ -21,6 +21,7 @@ async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
         variables={"question": admitted.question},
         retrieval_text=admitted.question,
         top_k=admitted.top_k,
+        retrieval_mode=query.retrieval_mode or template.retrieval_mode,
         temperature=template.temperature,
         max_tokens=template.max_tokens,
     )

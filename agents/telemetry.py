@@ -91,7 +91,11 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
     for event in (source, output):
         prompt = getattr(event, "prompt", None)
         if prompt is not None:
-            found.update(template_id=prompt.template_id, template_version=prompt.template_version)
+            found.update(
+                template_id=prompt.template_id,
+                template_version=prompt.template_version,
+                retrieval_mode=prompt.retrieval_mode,
+            )
     match output:
         case PromptAssembled(prompt=p):
             found["question"] = p.variables.get("question", "")
@@ -99,12 +103,18 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
             found.update(model=output.embedding_model, input_tokens=output.input_tokens)
             found["query_vector"] = output.vector
         case ContextRetrieved(passages=passages):
-            found.update(passage_ids=[p.id for p in passages], passage_scores=[p.score for p in passages])
+            found.update(
+                passage_ids=[p.id for p in passages],
+                passage_scores=[p.score for p in passages],
+                dense_scores=list(output.dense_scores),
+                bm25_scores=list(output.bm25_scores),
+            )
         case ResponseGenerated():
             found.update(
                 model=output.model,
                 template_id=output.template_id,
                 template_version=output.template_version,
+                retrieval_mode=output.retrieval_mode,
                 input_tokens=output.usage_details.get("input", 0),
                 output_tokens=output.usage_details.get("output", 0),
                 question=output.question,

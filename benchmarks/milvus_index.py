@@ -138,7 +138,7 @@ def main() -> None:
                     t = time.perf_counter()
                     found = []
                     for s in range(0, len(queries), args.batch):
-                        found += store.search(queries[s : s + args.batch], "bench", 10)
+                        found += [f.hits for f in store.search(queries[s : s + args.batch], "bench", 10)]
                     batched.append((time.perf_counter() - t) * 1000 / len(queries))
                 store.close()
                 position = {d: i for i, d in enumerate(doc_ids)}

@@ -20,6 +20,7 @@ from schemas import (
     QueryReceived,
     RequestFailed,
     ResponseGenerated,
+    RetrievalMode,
     encode,
     new_id,
 )
@@ -131,6 +132,7 @@ class Client:
         *,
         top_k: int | None = None,
         user: str | None = None,
+        retrieval_mode: RetrievalMode | None = None,
         timeout: float | None = None,
     ) -> ResponseGenerated:
         """Publish a QueryReceived and await its ResponseGenerated.
@@ -145,6 +147,7 @@ class Client:
                 question=question,
                 top_k=top_k,
                 user=user,
+                retrieval_mode=retrieval_mode,
             )
         except ValidationError as exc:
             raise InvalidEvent(f"invalid question: {_first_error(exc)}") from exc

@@ -1,18 +1,27 @@
 """Passages in Milvus: Milvus Lite served over gRPC by `python -m milvus_lite server`
 (embedded default) or a Milvus server, through the same MilvusClient. Every search is
-filtered on the tenant field; many query vectors go into one search call."""
+filtered on the tenant field; many queries go into one search call.
+
+Three retrieval modes: `dense` (the query embedding against the passage embeddings),
+`bm25` (Milvus full-text search: a BM25 function turns the analysed `content` field into
+a sparse vector) and `hybrid` (both, fused by reciprocal rank). Each leg is one Milvus
+search; the fusion is done here rather than by `hybrid_search`, because hybrid_search
+returns only the fused score and telemetry records each leg's own scores (the ranking is
+the same as hybrid_search with RRFRanker: tests/integration/test_hybrid_retrieval.py)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from schemas.envelope import TENANT_PATTERN
 from schemas.errors import PermanentError, TransientError
+from schemas.queries import RetrievalMode
 
 _TENANT = re.compile(TENANT_PATTERN)
 _TEXT_LIMIT = 65_535  # Milvus VARCHAR max_length
@@ -42,6 +51,22 @@ class MilvusSettings(BaseModel):
         description="gRPC keepalive ping interval. Milvus Lite's server keeps gRPC's default "
         "policy and drops (too_many_pings) a client that pings idle more often than every 5 min.",
     )
+    analyzer: dict[str, Any] = Field(
+        default_factory=lambda: {"tokenizer": "standard", "filter": ["lowercase"]},
+        description="Milvus analyzer for the BM25 field (set when a collection is created).",
+    )
+    # BEIR's BM25 settings. Milvus Lite 3.2.2 ignores them (pymilvus 3 sends them in a form
+    # it does not read) and scores with k1 1.5, b 0.75; a Milvus server applies them.
+    bm25_k1: float = Field(default=0.9, gt=0)
+    bm25_b: float = Field(default=0.4, ge=0, le=1)
+    rrf_k: int = Field(
+        default=10,
+        ge=1,
+        description="Reciprocal rank fusion constant. On SciFact k=10 scored nDCG@10 0.702, k=60 0.686.",
+    )
+    fusion_candidates: int = Field(
+        default=100, ge=1, le=1000, description="Passages each leg of a hybrid search ranks before fusion."
+    )
 
 
 @dataclass(frozen=True)
@@ -62,7 +87,36 @@ class Hit:
     chunk: int
     title: str
     text: str
-    score: float
+    score: float  # the mode's own: inner product (dense), BM25 (bm25) or fused RRF (hybrid)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One query's passages, best first, and each leg's own top scores (best first, as
+    many as passages were asked for); a leg that did not run has none."""
+
+    hits: list[Hit]
+    dense_scores: list[float] = field(default_factory=list)
+    bm25_scores: list[float] = field(default_factory=list)
+
+
+_ENTITY_FIELDS = ["doc_id", "chunk", "title", "text"]
+_COPIED_FIELDS = ["id", "tenant", "doc_id", "chunk", "title", "text", "vector"]
+
+
+def content(title: str, text: str) -> str:
+    """What BM25 indexes: the same title-and-text the passage embedding is made from."""
+    return f"{title}\n{text}" if title else text
+
+
+def fuse_rrf(legs: Sequence[Sequence[str]], k: int, limit: int) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion: each id scores the sum of 1 / (k + rank) over the rankings
+    it is in (rank from 1). Best first; ties broken by id so the result is stable."""
+    scores: dict[str, float] = defaultdict(float)
+    for ranking in legs:
+        for rank, pid in enumerate(ranking, start=1):
+            scores[pid] += 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
 
 def tenant_filter(tenant: str) -> str:
@@ -79,6 +133,7 @@ class MilvusStore:
     def __init__(self, settings: MilvusSettings) -> None:
         self._settings = settings
         self._client: Any = None
+        self._has_bm25: bool | None = None  # learnt from the collection's schema on first use
 
     def open(self) -> None:
         from pymilvus import MilvusClient
@@ -105,9 +160,9 @@ class MilvusStore:
     def ensure_collection(self, dim: int) -> bool:
         """Create the collection and its index for `dim`-sized vectors if missing; True when
         created. An explicit bootstrap step: searching and upserting never create it."""
-        from pymilvus import DataType
+        from pymilvus import DataType, Function, FunctionType
 
-        client, name = self._client, self._settings.collection
+        client, name, cfg = self._client, self._settings.collection, self._settings
         if client.has_collection(name):
             return False
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -118,13 +173,44 @@ class MilvusStore:
         schema.add_field("title", DataType.VARCHAR, max_length=1_000)
         schema.add_field("text", DataType.VARCHAR, max_length=_TEXT_LIMIT)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field(
+            "content",
+            DataType.VARCHAR,
+            max_length=_TEXT_LIMIT,
+            enable_analyzer=True,
+            analyzer_params=cfg.analyzer,
+        )
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(
+                name="content_bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["content"],
+                output_field_names=["sparse"],
+            )
+        )
         index = client.prepare_index_params()
         params: dict[str, Any] = {}
-        if self._settings.index_type == "HNSW":
-            params = {"M": self._settings.hnsw_m, "efConstruction": self._settings.hnsw_ef_construction}
-        index.add_index("vector", index_type=self._settings.index_type, metric_type="IP", params=params)
+        if cfg.index_type == "HNSW":
+            params = {"M": cfg.hnsw_m, "efConstruction": cfg.hnsw_ef_construction}
+        index.add_index("vector", index_type=cfg.index_type, metric_type="IP", params=params)
+        index.add_index(
+            "sparse",
+            index_type="SPARSE_INVERTED_INDEX",
+            metric_type="BM25",
+            params={"bm25_k1": cfg.bm25_k1, "bm25_b": cfg.bm25_b},
+        )
         client.create_collection(name, schema=schema, index_params=index)
+        self._has_bm25 = True
         return True
+
+    def has_bm25(self) -> bool:
+        """Whether the collection has the BM25 field (collections made before hybrid
+        retrieval have not: `llmops reindex` copies them into one that has)."""
+        if self._has_bm25 is None:
+            fields = self._call("describe_collection", collection_name=self._settings.collection)["fields"]
+            self._has_bm25 = any(f["name"] == "sparse" for f in fields)
+        return self._has_bm25
 
     def upsert(self, chunks: Sequence[Chunk]) -> None:
         rows = [
@@ -139,41 +225,104 @@ class MilvusStore:
             }
             for c in chunks
         ]
+        if rows and self.has_bm25():
+            for row, c in zip(rows, chunks, strict=True):
+                row["content"] = content(c.title, c.text)[:_TEXT_LIMIT]
         if rows:
             self._call("upsert", collection_name=self._settings.collection, data=rows)
             if self._settings.seal_after_upsert:
                 self._call("flush", collection_name=self._settings.collection)
 
-    def search(self, vectors: Sequence[Sequence[float]], tenant: str, top_k: int) -> list[list[Hit]]:
-        """One search call for many query vectors of one tenant; one hit list per vector."""
+    def search(
+        self,
+        vectors: Sequence[Sequence[float]],
+        tenant: str,
+        top_k: int,
+        *,
+        texts: Sequence[str] = (),
+        mode: RetrievalMode = "dense",
+    ) -> list[Found]:
+        """One search call per leg for many queries of one tenant; one Found per query.
+        `texts` (the queries' words) are needed by the bm25 and hybrid modes."""
+        if mode != "dense":
+            if len(texts) != len(vectors):
+                raise ValueError("bm25 and hybrid retrieval need one text per query vector")
+            if not self.has_bm25():
+                raise PermanentError(
+                    f"Milvus collection {self._settings.collection!r} has no BM25 field (it was created "
+                    f"before {mode} retrieval existed): copy it with `llmops reindex --to NEW` and set "
+                    "LLMOPS_MILVUS__COLLECTION=NEW, or use the dense retrieval mode"
+                )
         if len(vectors) == 0:
             return []
-        search_params: dict[str, Any] = {"metric_type": "IP"}
-        if self._settings.index_type == "HNSW":
-            search_params["params"] = {"ef": max(self._settings.search_ef, top_k)}
-        results = self._call(
+        if mode == "dense":
+            found_dense = self._leg("vector", [list(v) for v in vectors], tenant, top_k, _ENTITY_FIELDS)
+            return [Found(hits=_hits(f, "vector"), dense_scores=_scores(f, "vector")) for f in found_dense]
+        if mode == "bm25":
+            found_bm25 = self._leg("sparse", list(texts), tenant, top_k, _ENTITY_FIELDS)
+            return [Found(hits=_hits(f, "sparse"), bm25_scores=_scores(f, "sparse")) for f in found_bm25]
+        depth = max(top_k, self._settings.fusion_candidates)
+        dense = self._leg("vector", [list(v) for v in vectors], tenant, depth, [])
+        bm25 = self._leg("sparse", list(texts), tenant, depth, [])
+        fused = [
+            fuse_rrf([[str(h["id"]) for h in d], [str(h["id"]) for h in b]], self._settings.rrf_k, top_k)
+            for d, b in zip(dense, bm25, strict=True)
+        ]
+        entities = self._entities({pid for ranking in fused for pid, _ in ranking})
+        return [
+            Found(
+                hits=[_hit(pid, entities[pid], score) for pid, score in ranking],
+                dense_scores=_scores(d[:top_k], "vector"),
+                bm25_scores=_scores(b[:top_k], "sparse"),
+            )
+            for ranking, d, b in zip(fused, dense, bm25, strict=True)
+        ]
+
+    def _leg(self, field_name: str, data: list[Any], tenant: str, limit: int, output: list[str]) -> Any:
+        search_params: dict[str, Any] = {"metric_type": "IP" if field_name == "vector" else "BM25"}
+        if field_name == "vector" and self._settings.index_type == "HNSW":
+            search_params["params"] = {"ef": max(self._settings.search_ef, limit)}
+        return self._call(
             "search",
             collection_name=self._settings.collection,
-            data=[list(v) for v in vectors],
+            data=data,
+            anns_field=field_name,
             filter=tenant_filter(tenant),
-            limit=top_k,
-            output_fields=["doc_id", "chunk", "title", "text"],
+            limit=limit,
+            output_fields=output,
             search_params=search_params,
         )
-        return [
-            [
-                Hit(
-                    id=str(hit["id"]),
-                    doc_id=hit["entity"]["doc_id"],
-                    chunk=int(hit["entity"]["chunk"]),
-                    title=hit["entity"]["title"],
-                    text=hit["entity"]["text"],
-                    score=float(hit["distance"]),
-                )
-                for hit in hits
-            ]
-            for hits in results
-        ]
+
+    def _entities(self, ids: set[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        rows = self._call(
+            "get", collection_name=self._settings.collection, ids=sorted(ids), output_fields=_ENTITY_FIELDS
+        )
+        return {str(row["id"]): row for row in rows}
+
+    def rows(self, batch: int = 1_000) -> Iterator[Chunk]:
+        """Every passage of the collection, for copying it into another (`llmops reindex`)."""
+        iterator = self._call(
+            "query_iterator",
+            collection_name=self._settings.collection,
+            batch_size=batch,
+            output_fields=_COPIED_FIELDS,
+        )
+        try:
+            while page := iterator.next():
+                for row in page:
+                    yield Chunk(
+                        id=str(row["id"]),
+                        tenant=row["tenant"],
+                        doc_id=row["doc_id"],
+                        chunk=int(row["chunk"]),
+                        title=row["title"],
+                        text=row["text"],
+                        vector=row["vector"],
+                    )
+        finally:
+            iterator.close()
 
     def count(self, tenant: str | None = None) -> int:
         expr = tenant_filter(tenant) if tenant else ""
@@ -197,3 +346,26 @@ class MilvusStore:
             raise error(f"Milvus {method} failed: {exc}") from exc
         except ConnectionError as exc:
             raise TransientError(f"Milvus {method} failed: {exc}") from exc
+
+
+def _hit(pid: Any, entity: dict[str, Any], score: float) -> Hit:
+    return Hit(
+        id=str(pid),
+        doc_id=entity["doc_id"],
+        chunk=int(entity["chunk"]),
+        title=entity["title"],
+        text=entity["text"],
+        score=score,
+    )
+
+
+def _scores(rows: Sequence[dict[str, Any]], field_name: str) -> list[float]:
+    # Milvus Lite reports BM25 relevance negated (as a distance); BM25 is never negative.
+    if field_name == "sparse":
+        return [abs(float(row["distance"])) for row in rows]
+    return [float(row["distance"]) for row in rows]
+
+
+def _hits(rows: Sequence[dict[str, Any]], field_name: str) -> list[Hit]:
+    scores = _scores(rows, field_name)
+    return [_hit(row["id"], row["entity"], score) for row, score in zip(rows, scores, strict=True)]

@@ -15,6 +15,7 @@ from schemas.queries import (
     QueryReceived,
     RequestFailed,
     ResponseGenerated,
+    RetrievalMode,
 )
 from schemas.telemetry import StageCompleted
 
@@ -35,6 +36,7 @@ __all__ = [
     "RequestFailed",
     "QueryReceived",
     "ResponseGenerated",
+    "RetrievalMode",
     "StageCompleted",
     "TransientError",
     "decode",

@@ -13,6 +13,8 @@ from schemas.envelope import Event, Frozen, Identifier
 Question = Annotated[str, StringConstraints(min_length=1, max_length=32_000)]
 # Per-stage handler latency in milliseconds, extended by each hop.
 Timings = dict[str, float]
+# How retrieval ranks passages: embeddings, BM25 full text, or both fused by rank.
+RetrievalMode = Literal["dense", "bm25", "hybrid"]
 
 
 class QueryReceived(Event):
@@ -22,6 +24,9 @@ class QueryReceived(Event):
     question: Question
     top_k: int | None = Field(default=None, ge=1, le=100)
     user: Identifier | None = None
+    retrieval_mode: RetrievalMode | None = Field(
+        default=None, description="Overrides the prompt's retrieval mode for this query."
+    )
 
 
 class PromptSpec(Frozen):
@@ -35,6 +40,8 @@ class PromptSpec(Frozen):
     variables: dict[str, str]
     retrieval_text: str = Field(min_length=1)
     top_k: int = Field(ge=1, le=100)
+    # Events from before retrieval modes existed were all dense.
+    retrieval_mode: RetrievalMode = "dense"
     temperature: float = Field(ge=0.0, le=2.0)
     max_tokens: int = Field(ge=1)
 
@@ -67,6 +74,10 @@ class ContextRetrieved(Event):
     event_type: Literal["ContextRetrieved"] = "ContextRetrieved"
     prompt: PromptSpec
     passages: list[Passage]
+    # Each search leg's own top scores, best first (a leg that did not run has none):
+    # with hybrid the passages' scores are fused ranks, these say how close each leg came.
+    dense_scores: list[float] = Field(default_factory=list)
+    bm25_scores: list[float] = Field(default_factory=list)
     latency_ms: Timings = Field(default_factory=dict)
 
 
@@ -81,6 +92,7 @@ class ResponseGenerated(Event):
     model: Identifier
     template_id: Identifier
     template_version: Identifier
+    retrieval_mode: RetrievalMode = "dense"
     usage_details: dict[str, int] = Field(default_factory=dict)
     latency_ms: Timings = Field(default_factory=dict)
 

@@ -26,6 +26,7 @@ class StageCompleted(Event):
     model: str = ""
     template_id: str = ""
     template_version: str = ""
+    retrieval_mode: str = Field(default="", description="dense, bm25 or hybrid; empty before prompting.")
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
@@ -33,6 +34,9 @@ class StageCompleted(Event):
     # Stage facts. retrieval: the top-k passages; generation: the answer and citations.
     passage_ids: list[str] = Field(default_factory=list)
     passage_scores: list[float] = Field(default_factory=list)
+    # retrieval: each search leg's own top scores (passage_scores are fused ranks in hybrid).
+    dense_scores: list[float] = Field(default_factory=list)
+    bm25_scores: list[float] = Field(default_factory=list)
     question: str = ""
     answer: str = ""
     citations: list[str] = Field(default_factory=list)

@@ -163,12 +163,65 @@ def bootstrap_command() -> None:
 
 
 @main.command()
+@click.option("--to", "target", required=True, help="Name of the new collection (must not exist).")
+@click.option("--from", "source", help="Collection to copy (default: milvus.collection).")
+def reindex(target: str, source: str | None) -> None:
+    """Copy the passage collection into a new one with the current schema and indexes.
+
+    Collections created before hybrid retrieval have no BM25 field, so the bm25 and
+    hybrid modes refuse them. This copies every passage (vectors are copied, not
+    recomputed; Milvus fills the BM25 field from the text) into TARGET. Then point the
+    workers at it: LLMOPS_MILVUS__COLLECTION=TARGET. The old collection is left as it is."""
+    from connectors.milvus import MilvusStore
+
+    settings = load_settings()
+    old = settings.milvus.model_copy(update={"collection": source or settings.milvus.collection})
+    new = settings.milvus.model_copy(update={"collection": target})
+    reader, writer = MilvusStore(old), MilvusStore(new)
+    try:
+        reader.open()
+        writer.open()
+        copied = copy_collection(reader, writer)
+    except LLMOpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        reader.close()
+        writer.close()
+    click.echo(f"copied {copied} passages from {old.collection} to {target}")
+    click.echo(f"now set LLMOPS_MILVUS__COLLECTION={target} for the workers")
+
+
+def copy_collection(reader: Any, writer: Any, batch: int = 1_000) -> int:
+    rows = reader.rows(batch)
+    first = next(rows, None)
+    if first is None:
+        raise click.ClickException("the source collection is empty or missing: nothing to copy")
+    if not writer.ensure_collection(len(first.vector)):
+        raise click.ClickException("the target collection exists already: choose a new name")
+    copied, pending = 0, [first]
+    for chunk in rows:
+        pending.append(chunk)
+        if len(pending) == batch:
+            writer.upsert(pending)
+            copied, pending = copied + len(pending), []
+    writer.upsert(pending)
+    return copied + len(pending)
+
+
+@main.command()
 @click.argument("question")
 @click.option("--tenant", default="default", show_default=True, help="Whose documents to search.")
 @click.option("--top-k", type=int, help="Passages to retrieve (default: pipeline.default_top_k).")
+@click.option(
+    "--mode",
+    type=click.Choice(["dense", "bm25", "hybrid"]),
+    help="Retrieval mode for this question (default: the prompt's, hybrid unless configured).",
+)
 @click.option("--timeout", type=float, help="Seconds to wait for the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ResponseGenerated event as JSON.")
-def ask(question: str, tenant: str, top_k: int | None, timeout: float | None, as_json: bool) -> None:
+def ask(
+    question: str, tenant: str, top_k: int | None, mode: Any, timeout: float | None, as_json: bool
+) -> None:
     """Ask QUESTION and print the answer as soon as it arrives."""
     from connectors.client import Client
 
@@ -177,7 +230,9 @@ def ask(question: str, tenant: str, top_k: int | None, timeout: float | None, as
     async def go() -> None:
         async with Client(settings, producer_name="cli") as client:
             started = time.perf_counter()
-            response = await client.ask(question, tenant=tenant, top_k=top_k, timeout=timeout)
+            response = await client.ask(
+                question, tenant=tenant, top_k=top_k, retrieval_mode=mode, timeout=timeout
+            )
             elapsed = (time.perf_counter() - started) * 1000
         if as_json:
             click.echo(response.model_dump_json(indent=2))
@@ -196,7 +251,7 @@ def format_response(response: Any, end_to_end_ms: float) -> str:
     lines.append(f"  latency ms: {stages} | end-to-end {end_to_end_ms:.1f}")
     lines.append(
         f"  trace {response.trace_id} | prompt {response.template_id}@"
-        f"{response.template_version} | model {response.model}"
+        f"{response.template_version} | model {response.model} | retrieval {response.retrieval_mode}"
     )
     return "\n".join(lines)
 

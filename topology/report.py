@@ -274,7 +274,7 @@ def trace_text(trace_id: str, stages: Rows, feedback: Rows) -> str:
                 scored = ", ".join(
                     f"{p} ({s:.3f})" for p, s in zip(r["passage_ids"], r["passage_scores"], strict=True)
                 )
-                out += ["", f"retrieved: {scored}"]
+                out += ["", f"retrieved ({r['retrieval_mode'] or 'dense'}): {scored}"]
             if r["answer"]:
                 out += ["", f"answer: {r['answer']}", f"citations: {', '.join(r['citations']) or '-'}"]
     out += ["", "feedback:"]

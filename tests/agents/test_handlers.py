@@ -9,7 +9,7 @@ from agents import embedding, generation, indexing, prompting, retrieval
 from agents.config import PipelineSettings
 from agents.deps import Dependencies
 from connectors.llm import ExtractiveBackend, LLMSettings
-from connectors.milvus import Hit
+from connectors.milvus import Found, Hit
 from schemas import ContextRetrieved, DocumentSubmitted, Passage, QueryReceived
 from schemas.errors import PermanentError
 
@@ -37,13 +37,18 @@ class FakeStore:
     def upsert(self, chunks) -> None:
         self.upserted.extend(chunks)
 
-    def search(self, vectors, tenant, top_k):
-        self.searches.append((len(vectors), tenant, top_k))
+    def search(self, vectors, tenant, top_k, *, texts=(), mode="dense"):
+        self.searches.append((len(vectors), tenant, top_k, mode))
+        assert mode == "dense" or list(texts)
         return [
-            [
-                Hit(id=f"{tenant}-{i}", doc_id="d", chunk=i, title="T", text="x", score=1.0 - i / 10)
-                for i in range(top_k)
-            ]
+            Found(
+                hits=[
+                    Hit(id=f"{tenant}-{i}", doc_id="d", chunk=i, title="T", text="x", score=1.0 - i / 10)
+                    for i in range(top_k)
+                ],
+                dense_scores=[0.9 - i / 10 for i in range(top_k)] if mode != "bm25" else [],
+                bm25_scores=[9.0 - i for i in range(top_k)] if mode != "dense" else [],
+            )
             for _ in vectors
         ]
 
@@ -84,9 +89,24 @@ async def test_retrieval_makes_one_search_per_tenant_and_keeps_each_top_k(deps):
     ]
     embedded = await embedding.handle_batch(prompts, deps)
     contexts = await retrieval.handle_batch(embedded, deps)
-    assert sorted(deps.store.searches) == [(1, "beta", 2), (2, "acme", 3)]
+    assert sorted(deps.store.searches) == [(1, "beta", 2, "hybrid"), (2, "acme", 3, "hybrid")]
     assert [len(c.passages) for c in contexts] == [1, 2, 3]
+    assert [len(c.dense_scores) for c in contexts] == [len(c.bm25_scores) for c in contexts] == [1, 2, 3]
     assert {p.id.split("-")[0] for p in contexts[1].passages} == {"beta"}
+
+
+async def test_retrieval_searches_each_mode_apart_and_the_answer_records_it(deps):
+    modes = ["dense", "bm25", "dense", None]
+    prompts = [
+        await prompting.handle(ask(q, "acme").model_copy(update={"retrieval_mode": m}), deps)
+        for q, m in zip(["a?", "b?", "c?", "d?"], modes, strict=True)
+    ]
+    contexts = await retrieval.handle_batch(await embedding.handle_batch(prompts, deps), deps)
+    assert sorted(s[3] for s in deps.store.searches) == ["bm25", "dense", "hybrid"]
+    assert [c.prompt.retrieval_mode for c in contexts] == ["dense", "bm25", "dense", "hybrid"]
+    assert contexts[1].dense_scores == [] and contexts[0].bm25_scores == []
+    answer = await generation.handle(contexts[1], deps)
+    assert answer.retrieval_mode == "bm25"
 
 
 async def test_generation_renders_user_text_as_a_value_not_a_template(deps):

@@ -107,8 +107,12 @@ async def test_retrieval_and_answers_drifting_are_detected_and_a_stable_stream_i
                     n,
                     i,
                     "retrieval",
+                    retrieval_mode="hybrid",
                     passage_ids=["a"] if not (shifted and i % 3 == 0) else [],
-                    passage_scores=[(0.45 if shifted else 0.70) + (i % 10) / 100]
+                    # Hybrid: the passage's score is a fused rank and steady; the dense
+                    # leg's top similarity is what drifts.
+                    passage_scores=[2 / 11] if not (shifted and i % 3 == 0) else [],
+                    dense_scores=[(0.45 if shifted else 0.70) + (i % 10) / 100]
                     if not (shifted and i % 3 == 0)
                     else [],
                 )

@@ -256,29 +256,32 @@ class MilvusStore:
         if len(vectors) == 0:
             return []
         if mode == "dense":
-            found_dense = self._leg("vector", [list(v) for v in vectors], tenant, top_k, _ENTITY_FIELDS)
+            found_dense = self._leg("vector", [list(v) for v in vectors], tenant, top_k)
             return [Found(hits=_hits(f, "vector"), dense_scores=_scores(f, "vector")) for f in found_dense]
         if mode == "bm25":
-            found_bm25 = self._leg("sparse", list(texts), tenant, top_k, _ENTITY_FIELDS)
+            found_bm25 = self._leg("sparse", list(texts), tenant, top_k)
             return [Found(hits=_hits(f, "sparse"), bm25_scores=_scores(f, "sparse")) for f in found_bm25]
+        # Each leg returns its passages' fields: measured on Milvus Lite, a 100-deep leg
+        # costs the same with them as with ids alone, and it saves fetching the winners.
         depth = max(top_k, self._settings.fusion_candidates)
-        dense = self._leg("vector", [list(v) for v in vectors], tenant, depth, [])
-        bm25 = self._leg("sparse", list(texts), tenant, depth, [])
-        fused = [
-            fuse_rrf([[str(h["id"]) for h in d], [str(h["id"]) for h in b]], self._settings.rrf_k, top_k)
-            for d, b in zip(dense, bm25, strict=True)
-        ]
-        entities = self._entities({pid for ranking in fused for pid, _ in ranking})
-        return [
-            Found(
-                hits=[_hit(pid, entities[pid], score) for pid, score in ranking],
-                dense_scores=_scores(d[:top_k], "vector"),
-                bm25_scores=_scores(b[:top_k], "sparse"),
+        dense = self._leg("vector", [list(v) for v in vectors], tenant, depth)
+        bm25 = self._leg("sparse", list(texts), tenant, depth)
+        results = []
+        for d, b in zip(dense, bm25, strict=True):
+            entities = {str(row["id"]): row["entity"] for leg in (d, b) for row in leg}
+            ranking = fuse_rrf(
+                [[str(h["id"]) for h in d], [str(h["id"]) for h in b]], self._settings.rrf_k, top_k
             )
-            for ranking, d, b in zip(fused, dense, bm25, strict=True)
-        ]
+            results.append(
+                Found(
+                    hits=[_hit(pid, entities[pid], score) for pid, score in ranking],
+                    dense_scores=_scores(d[:top_k], "vector"),
+                    bm25_scores=_scores(b[:top_k], "sparse"),
+                )
+            )
+        return results
 
-    def _leg(self, field_name: str, data: list[Any], tenant: str, limit: int, output: list[str]) -> Any:
+    def _leg(self, field_name: str, data: list[Any], tenant: str, limit: int) -> Any:
         search_params: dict[str, Any] = {"metric_type": "IP" if field_name == "vector" else "BM25"}
         if field_name == "vector" and self._settings.index_type == "HNSW":
             search_params["params"] = {"ef": max(self._settings.search_ef, limit)}
@@ -289,17 +292,10 @@ class MilvusStore:
             anns_field=field_name,
             filter=tenant_filter(tenant),
             limit=limit,
-            output_fields=output,
+            # Never empty: Milvus reads no output fields as all of them, vectors included.
+            output_fields=_ENTITY_FIELDS,
             search_params=search_params,
         )
-
-    def _entities(self, ids: set[str]) -> dict[str, dict[str, Any]]:
-        if not ids:
-            return {}
-        rows = self._call(
-            "get", collection_name=self._settings.collection, ids=sorted(ids), output_fields=_ENTITY_FIELDS
-        )
-        return {str(row["id"]): row for row in rows}
 
     def rows(self, batch: int = 1_000) -> Iterator[Chunk]:
         """Every passage of the collection, for copying it into another (`llmops reindex`)."""

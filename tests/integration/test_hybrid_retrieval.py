@@ -59,6 +59,8 @@ def search(store: MilvusStore, embedder: OnnxEmbedder, questions: list[str], ten
 def test_each_mode_finds_the_passage_and_reports_its_legs(make_store, embedder):
     store, tenant = make_store(name()), "acme"
     assert store.ensure_collection(embedder.dim) and store.has_bm25()
+    bm25_index = store._client.describe_index(store._settings.collection, "sparse")
+    assert bm25_index["params"] == {"bm25_k1": 0.9, "bm25_b": 0.4}  # applied, not dropped
     store.upsert(chunks(embedder, tenant, NAMES))
     question = ["What is a lambda expression?"]
     dense, bm25, hybrid = (

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install model demo up test test-unit lint format schemas clean
+.PHONY: install model demo up test test-unit bench lint format schemas clean
 
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: model
 
 test-unit: install
 	$(BIN)/pytest tests/unit tests/agents
+
+## The benchmark suite on a data directory holding scifact/ (BEIR layout); writes
+## benchmarks/results/latest.json. QUICK=1 for small sizes. About an hour on 2 cores.
+bench: model
+	@test -n "$(DATA)" || { echo "usage: make bench DATA=/path/to/dir/with/scifact [QUICK=1] [ONLY=embedding,...]"; exit 2; }
+	$(BIN)/python -m benchmarks.suite --data $(DATA) $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,7 +6,9 @@ Embeds a BEIR corpus (title and text joined by a space) and its test queries wit
 ONNX embedder, loads them into a Milvus Lite server per index type, and reports, against
 exact numpy search in the same run: recall@10, nDCG@10 on the qrels, the latency of a
 one-query search call (p50/p95) and the per-query cost when many queries share one call
-(as the retrieval agent batches them). Prints JSON and a table; medians over --runs."""
+(as the retrieval agent batches them). On the FLAT collection it also times each retrieval
+mode (dense, bm25, hybrid) the same way, to show what BM25 and fusion add per query.
+Prints JSON and a table; medians over --runs."""
 
 from __future__ import annotations
 
@@ -66,6 +68,45 @@ def ndcg10(ranked: list[str], relevant: set[str]) -> float:
     return dcg / ideal
 
 
+def measure_modes(
+    store: MilvusStore,
+    queries: np.ndarray,
+    questions: list[str],
+    qids: list[str],
+    qrels: dict[str, set[str]],
+    runs: int,
+    batch: int,
+) -> dict[str, dict[str, float]]:
+    """Top 10 per query in each retrieval mode: quality, one query per call, batched."""
+    out: dict[str, dict[str, float]] = {}
+    for mode in ("dense", "bm25", "hybrid"):
+        store.search(queries[:1], "bench", 10, texts=questions[:1], mode=mode)  # warm-up
+        single, batched, found = [], [], []
+        for _ in range(runs):
+            t_single = []
+            for i in range(50):
+                t = time.perf_counter()
+                store.search(queries[i : i + 1], "bench", 10, texts=questions[i : i + 1], mode=mode)
+                t_single.append((time.perf_counter() - t) * 1000)
+            single.append(t_single)
+            t = time.perf_counter()
+            found = []
+            for s in range(0, len(queries), batch):
+                found += store.search(
+                    queries[s : s + batch], "bench", 10, texts=questions[s : s + batch], mode=mode
+                )
+            batched.append((time.perf_counter() - t) * 1000 / len(queries))
+        out[mode] = {
+            "ndcg_at_10": statistics.mean(
+                ndcg10([h.doc_id for h in f.hits], qrels[qids[i]]) for i, f in enumerate(found)
+            ),
+            "single_p50_ms": statistics.median(statistics.median(r) for r in single),
+            "single_p95_ms": statistics.median(sorted(r)[int(0.95 * (len(r) - 1))] for r in single),
+            "batched_ms_per_query": statistics.median(batched),
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,6 +124,7 @@ def main() -> None:
     exact = np.argsort(-(queries @ docs.T), axis=1)[:, :10]
 
     results: dict[str, dict[str, float]] = {}
+    modes: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         server = subprocess.Popen(  # noqa: S603
@@ -120,7 +162,7 @@ def main() -> None:
                                 doc_id=doc_ids[i],
                                 chunk=0,
                                 title="",
-                                text="",
+                                text=texts[i],  # "title text", as BM25 should see it
                                 vector=docs[i],
                             )
                             for i in range(s, min(s + 1000, len(docs)))
@@ -140,6 +182,8 @@ def main() -> None:
                     for s in range(0, len(queries), args.batch):
                         found += [f.hits for f in store.search(queries[s : s + args.batch], "bench", 10)]
                     batched.append((time.perf_counter() - t) * 1000 / len(queries))
+                if index == "FLAT":
+                    modes = measure_modes(store, queries, questions, qids, qrels, args.runs, args.batch)
                 store.close()
                 position = {d: i for i, d in enumerate(doc_ids)}
                 recall = statistics.mean(
@@ -166,6 +210,7 @@ def main() -> None:
         "embed_docs_per_s": len(docs) / embed_s,  # nan when the cache answered
         "exact_ndcg_at_10": exact_ndcg,
         "indexes": results,
+        "modes_on_flat": modes,
     }
     print(json.dumps(report, indent=2))
     flat = results["FLAT"]["batched_ms_per_query"]
@@ -179,6 +224,16 @@ def main() -> None:
             f"{name:<10}{r['recall_at_10']:>10.3f}{r['ndcg_at_10']:>9.4f}"
             f"{r['single_p50_ms']:>13.1f} / {r['single_p95_ms']:<6.1f}"
             f"{r['batched_ms_per_query']:>18.2f}{r['batched_ms_per_query'] / flat:>8.2f}x"
+        )
+    dense = modes["dense"]
+    print(
+        f"\n{'mode (FLAT)':<12}{'nDCG@10':>9}{'1-query p50/p95 ms':>22}"
+        f"{'batched ms/query':>18}{'vs dense':>10}"
+    )
+    for name, r in modes.items():
+        print(
+            f"{name:<12}{r['ndcg_at_10']:>9.4f}{r['single_p50_ms']:>13.1f} / {r['single_p95_ms']:<6.1f}"
+            f"{r['batched_ms_per_query']:>18.2f}{r['single_p50_ms'] / dense['single_p50_ms']:>9.2f}x"
         )
 
 

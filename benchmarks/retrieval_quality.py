@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -133,6 +134,8 @@ def main() -> None:
     if unknown := set(modes) - set(MODES):
         parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
 
+    if args.chunk_words:  # the stack's worker reads its settings from the environment
+        os.environ["LLMOPS_PIPELINE__CHUNK_WORDS"] = str(args.chunk_words)
     base = Settings()
     baseline = exact_baseline(args.data, base)
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,8 +146,6 @@ def main() -> None:
         }
         if args.kafka:
             update["kafka"] = base.kafka.model_copy(update={"bootstrap_servers": args.kafka})
-        if args.chunk_words:
-            update["pipeline"] = base.pipeline.model_copy(update={"chunk_words": args.chunk_words})
         with LocalStack(base.model_copy(update=update), broker=not args.kafka) as stack:
             result = asyncio.run(
                 run_pipeline(stack.settings, args.data, modes, args.runs, args.sequential, args.concurrency)
@@ -152,7 +153,7 @@ def main() -> None:
     result.update(
         data=str(args.data),
         queries=len(load_beir(args.data)[2]),
-        chunk_words=(args.chunk_words or base.pipeline.chunk_words),
+        chunk_words=base.pipeline.chunk_words,
         exact_search=baseline,
         published_reference=PUBLISHED,
     )

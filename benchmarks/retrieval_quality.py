@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -29,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.milvus_index import cached_embeddings, load_beir
+from benchmarks.ask_latency import pct
+from benchmarks.milvus_index import cached_embeddings, load_beir, ndcg10
 from connectors.client import Client
 from connectors.embedder import OnnxEmbedder
 from topology.settings import Settings
@@ -38,11 +38,6 @@ from topology.stack import LocalStack
 MODES = ("dense", "bm25", "hybrid")
 PUBLISHED = {"ndcg_at_10": 0.6451, "recall_at_100": 0.925}  # all-MiniLM-L6-v2, exact search
 TENANT = "beir"
-
-
-def ndcg_at_10(ranked: list[str], relevant: set[str]) -> float:
-    dcg = sum(1 / math.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in relevant)
-    return dcg / sum(1 / math.log2(i + 2) for i in range(min(len(relevant), 10)))
 
 
 def recall_at_100(ranked: list[str], relevant: set[str]) -> float:
@@ -54,15 +49,10 @@ def documents_in_order(doc_ids: list[str]) -> list[str]:
     return list(dict.fromkeys(doc_ids))
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def score(rankings: list[list[str]], qids: list[str], qrels: dict[str, set[str]]) -> dict[str, float]:
     pairs = list(zip(rankings, qids, strict=True))
     return {
-        "ndcg_at_10": statistics.mean(ndcg_at_10(r, qrels[q]) for r, q in pairs),
+        "ndcg_at_10": statistics.mean(ndcg10(r, qrels[q]) for r, q in pairs),
         "recall_at_100": statistics.mean(recall_at_100(r, qrels[q]) for r, q in pairs),
     }
 

@@ -5,21 +5,18 @@ retrieval is refused with the way out (`llmops reindex`), which works."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from connectors.embedder import OnnxEmbedder
 from connectors.milvus import Chunk, MilvusStore, content
 from schemas.errors import PermanentError
+from tests.integration.test_cli import llmops
 from topology.samples import python_reference
 from topology.stack import LocalStack
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCS = {d["title"]: d for d in python_reference()}
 NAMES = ["lambda", "with", "assert", "try", "yield", "while", "for", "if", "import", "global"]
 
@@ -153,14 +150,7 @@ def test_an_old_collection_is_refused_with_the_way_out_and_reindex_works(make_st
         search(old, embedder, question, "acme", 3, "hybrid")
 
     env = {**tansu_stack.env(), "LLMOPS_MILVUS__COLLECTION": old_name}
-    run = subprocess.run(
-        [sys.executable, "-m", "topology.cli", "reindex", "--to", new_name],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-    )
+    run = llmops("reindex", "--to", new_name, env=env)
     assert run.returncode == 0, run.stderr
     assert f"copied {len(NAMES)} passages from {old_name} to {new_name}" in run.stdout
     new = make_store(new_name)
@@ -168,12 +158,5 @@ def test_an_old_collection_is_refused_with_the_way_out_and_reindex_works(make_st
     found = search(new, embedder, question, "acme", 3, "hybrid")[0]
     assert found.hits[0].doc_id == "pydoc-lambda" and found.bm25_scores
 
-    again = subprocess.run(
-        [sys.executable, "-m", "topology.cli", "reindex", "--to", new_name],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-    )
+    again = llmops("reindex", "--to", new_name, env=env)
     assert again.returncode != 0 and "exists already" in again.stderr

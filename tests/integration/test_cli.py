@@ -58,10 +58,11 @@ def test_ingest_then_ask_from_the_command_line(tansu_stack: LocalStack, tmp_path
     assert ingested.returncode == 0, ingested.stderr
     assert "2 documents" in ingested.stdout and tenant in ingested.stdout
 
-    asked = llmops("ask", "What is a lambda expression?", "--tenant", tenant, env=env)
+    asked = llmops("ask", "What is a lambda expression?", "--tenant", tenant, "--mode", "dense", env=env)
     assert asked.returncode == 0, asked.stderr
     assert asked.stdout.startswith("Q: What is a lambda expression?")
     assert "*[1] lambda" in asked.stdout and "latency ms: prompting" in asked.stdout
+    assert "retrieval dense" in asked.stdout
 
     as_json = llmops("ask", "What is a lambda expression?", "--tenant", tenant, "--json", env=env)
     assert json.loads(as_json.stdout)["event_type"] == "ResponseGenerated"

@@ -63,7 +63,9 @@ async def test_answers_come_from_the_askers_tenant_only(stack: LocalStack):
         await client.ingest(docs("lambda", "with", "assert"), tenant=acme)
         await client.ingest(docs("try", "yield", "while"), tenant=beta)
 
-        answer = await client.ask("What is a lambda expression?", tenant=acme)
+        # Dense ranks deterministically; BM25 scores in Milvus Lite move a little with how
+        # the documents were batched into segments (README, Known limits).
+        answer = await client.ask("What is a lambda expression?", tenant=acme, retrieval_mode="dense")
         assert answer.passages, "no passages retrieved"
         assert answer.passages[0].doc_id == "pydoc-lambda"
         assert {p.doc_id for p in answer.passages} <= {"pydoc-lambda", "pydoc-with", "pydoc-assert"}
@@ -71,6 +73,10 @@ async def test_answers_come_from_the_askers_tenant_only(stack: LocalStack):
         assert "anonymous functions" in answer.answer
         assert set(answer.latency_ms) == {"prompting", "embedding", "retrieval", "generation"}
         assert (answer.tenant, answer.template_id, answer.model) == (acme, "rag-answer", "extractive")
+
+        hybrid = await client.ask("What is a lambda expression?", tenant=acme)
+        assert hybrid.retrieval_mode == "hybrid" and "pydoc-lambda" in {p.doc_id for p in hybrid.passages}
+        assert {p.doc_id for p in hybrid.passages} <= {"pydoc-lambda", "pydoc-with", "pydoc-assert"}
 
         other = await client.ask("What is a lambda expression?", tenant=beta)
         assert other.passages

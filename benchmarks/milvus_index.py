@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from connectors.embedder import OnnxEmbedder
-from connectors.milvus import Chunk, MilvusSettings, MilvusStore
+from connectors.milvus import Chunk, Found, MilvusSettings, MilvusStore
 from topology.settings import Settings
 from topology.stack import free_port
 
@@ -68,43 +68,37 @@ def ndcg10(ranked: list[str], relevant: set[str]) -> float:
     return dcg / ideal
 
 
-def measure_modes(
-    store: MilvusStore,
-    queries: np.ndarray,
-    questions: list[str],
-    qids: list[str],
-    qrels: dict[str, set[str]],
-    runs: int,
-    batch: int,
-) -> dict[str, dict[str, float]]:
-    """Top 10 per query in each retrieval mode: quality, one query per call, batched."""
-    out: dict[str, dict[str, float]] = {}
-    for mode in ("dense", "bm25", "hybrid"):
-        store.search(queries[:1], "bench", 10, texts=questions[:1], mode=mode)  # warm-up
-        single, batched, found = [], [], []
-        for _ in range(runs):
-            t_single = []
-            for i in range(50):
-                t = time.perf_counter()
-                store.search(queries[i : i + 1], "bench", 10, texts=questions[i : i + 1], mode=mode)
-                t_single.append((time.perf_counter() - t) * 1000)
-            single.append(t_single)
+def timed_searches(
+    store: MilvusStore, queries: np.ndarray, questions: list[str], mode: str, runs: int, batch: int
+) -> tuple[dict[str, float], list[Found]]:
+    """Top 10 per query: one-query calls (50 per run) and all queries in calls of `batch`;
+    the timings (medians over runs) and the last run's results."""
+    store.search(queries[:1], "bench", 10, texts=questions[:1], mode=mode)  # builds/loads the index
+    single, batched, found = [], [], []
+    for _ in range(runs):
+        t_single = []
+        for i in range(50):
             t = time.perf_counter()
-            found = []
-            for s in range(0, len(queries), batch):
-                found += store.search(
-                    queries[s : s + batch], "bench", 10, texts=questions[s : s + batch], mode=mode
-                )
-            batched.append((time.perf_counter() - t) * 1000 / len(queries))
-        out[mode] = {
-            "ndcg_at_10": statistics.mean(
-                ndcg10([h.doc_id for h in f.hits], qrels[qids[i]]) for i, f in enumerate(found)
-            ),
-            "single_p50_ms": statistics.median(statistics.median(r) for r in single),
-            "single_p95_ms": statistics.median(sorted(r)[int(0.95 * (len(r) - 1))] for r in single),
-            "batched_ms_per_query": statistics.median(batched),
-        }
-    return out
+            store.search(queries[i : i + 1], "bench", 10, texts=questions[i : i + 1], mode=mode)
+            t_single.append((time.perf_counter() - t) * 1000)
+        single.append(t_single)
+        t = time.perf_counter()
+        found = []
+        for s in range(0, len(queries), batch):
+            found += store.search(
+                queries[s : s + batch], "bench", 10, texts=questions[s : s + batch], mode=mode
+            )
+        batched.append((time.perf_counter() - t) * 1000 / len(queries))
+    timings = {
+        "single_p50_ms": statistics.median(statistics.median(r) for r in single),
+        "single_p95_ms": statistics.median(sorted(r)[int(0.95 * (len(r) - 1))] for r in single),
+        "batched_ms_per_query": statistics.median(batched),
+    }
+    return timings, found
+
+
+def mean_ndcg(found: list[Found], qids: list[str], qrels: dict[str, set[str]]) -> float:
+    return statistics.mean(ndcg10([h.doc_id for h in f.hits], qrels[qids[i]]) for i, f in enumerate(found))
 
 
 def main() -> None:
@@ -168,37 +162,23 @@ def main() -> None:
                             for i in range(s, min(s + 1000, len(docs)))
                         ]
                     )
-                store.search(queries[:1], "bench", 10)  # builds/loads the index
-                single, batched, found = [], [], []
-                for _ in range(args.runs):
-                    t_single = []
-                    for q in queries[:50]:
-                        t = time.perf_counter()
-                        store.search([q], "bench", 10)
-                        t_single.append((time.perf_counter() - t) * 1000)
-                    single.append(t_single)
-                    t = time.perf_counter()
-                    found = []
-                    for s in range(0, len(queries), args.batch):
-                        found += [f.hits for f in store.search(queries[s : s + args.batch], "bench", 10)]
-                    batched.append((time.perf_counter() - t) * 1000 / len(queries))
-                if index == "FLAT":
-                    modes = measure_modes(store, queries, questions, qids, qrels, args.runs, args.batch)
+                timings, found = timed_searches(store, queries, questions, "dense", args.runs, args.batch)
+                if index == "FLAT":  # what BM25 and fusion add per query, on the exact index
+                    for mode in ("dense", "bm25", "hybrid"):
+                        mode_timings, mode_found = timed_searches(
+                            store, queries, questions, mode, args.runs, args.batch
+                        )
+                        modes[mode] = {"ndcg_at_10": mean_ndcg(mode_found, qids, qrels), **mode_timings}
                 store.close()
                 position = {d: i for i, d in enumerate(doc_ids)}
                 recall = statistics.mean(
-                    len({position[h.doc_id] for h in hits} & set(exact[i].tolist())) / 10
-                    for i, hits in enumerate(found)
-                )
-                quality = statistics.mean(
-                    ndcg10([h.doc_id for h in hits], qrels[qids[i]]) for i, hits in enumerate(found)
+                    len({position[h.doc_id] for h in f.hits} & set(exact[i].tolist())) / 10
+                    for i, f in enumerate(found)
                 )
                 results[index] = {
                     "recall_at_10": recall,
-                    "ndcg_at_10": quality,
-                    "single_p50_ms": statistics.median(statistics.median(r) for r in single),
-                    "single_p95_ms": statistics.median(sorted(r)[int(0.95 * (len(r) - 1))] for r in single),
-                    "batched_ms_per_query": statistics.median(batched),
+                    "ndcg_at_10": mean_ndcg(found, qids, qrels),
+                    **timings,
                 }
         finally:
             server.terminate()

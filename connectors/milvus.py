@@ -259,11 +259,13 @@ class MilvusStore:
         if len(vectors) == 0:
             return []
         if mode == "dense":
-            found_dense = self._leg("vector", [list(v) for v in vectors], tenant, top_k)
-            return [Found(hits=_hits(f, "vector"), dense_scores=_scores(f, "vector")) for f in found_dense]
+            found_dense = [
+                _hits(f, "vector") for f in self._leg("vector", [list(v) for v in vectors], tenant, top_k)
+            ]
+            return [Found(hits=hits, dense_scores=[h.score for h in hits]) for hits in found_dense]
         if mode == "bm25":
-            found_bm25 = self._leg("sparse", list(texts), tenant, top_k)
-            return [Found(hits=_hits(f, "sparse"), bm25_scores=_scores(f, "sparse")) for f in found_bm25]
+            found_bm25 = [_hits(f, "sparse") for f in self._leg("sparse", list(texts), tenant, top_k)]
+            return [Found(hits=hits, bm25_scores=[h.score for h in hits]) for hits in found_bm25]
         # Each leg returns its passages' fields: measured on Milvus Lite, a 100-deep leg
         # costs the same with them as with ids alone, and it saves fetching the winners.
         depth = max(top_k, self._settings.fusion_candidates)

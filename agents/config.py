@@ -8,12 +8,13 @@ from schemas.queries import RetrievalMode
 
 
 class PromptTemplate(BaseModel):
-    """A template rendered once with `$question` and `$context` (string.Template syntax)."""
+    """The built-in prompt, served while the registry has no version under the served
+    label. A template rendered once with `$question` and `$context` (string.Template
+    syntax); its version is the hash of its content, as for registry versions."""
 
     model_config = ConfigDict(frozen=True)
 
     id: str = "rag-answer"
-    version: str = "1"
     system: str = (
         "You answer questions using only the numbered passages provided. Cite every claim "
         "with the passage number in brackets, like [1]. If the passages do not contain the "
@@ -34,3 +35,7 @@ class PipelineSettings(BaseModel):
     chunk_words: int = Field(default=160, ge=8, description="Words per indexed chunk.")
     chunk_overlap: int = Field(default=32, ge=0, description="Words shared by adjacent chunks.")
     prompt: PromptTemplate = PromptTemplate()
+    serve_label: str = Field(
+        default="production",
+        description="The registry label that answers queries (split by its running experiment, if any).",
+    )

@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from agents.config import PipelineSettings
+from agents.registry import Registry
 from connectors.llm import Backend
 from connectors.milvus import Chunk, Found
 from schemas.queries import RetrievalMode
@@ -50,6 +51,9 @@ class Dependencies:
     embedder: Embedder
     store: PassageStore
     llm: Backend
+    # The prompt registry; the app points it at the registry's GlobalTable. Empty: every
+    # query gets the built-in prompt.
+    registry: Registry = field(default_factory=lambda: Registry({}))
     _opened: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -28,6 +28,8 @@ def render(event: ContextRetrieved) -> RenderedPrompt:
         sources=sources,
         temperature=spec.temperature,
         max_tokens=spec.max_tokens,
+        model=spec.model,
+        seed=spec.seed,
     )
 
 
@@ -45,6 +47,11 @@ async def handle(event: ContextRetrieved, deps: Dependencies) -> ResponseGenerat
         template_id=event.prompt.template_id,
         template_version=event.prompt.template_version,
         retrieval_mode=event.prompt.retrieval_mode,
+        temperature=event.prompt.temperature,
+        seed=event.prompt.seed,
+        label=event.prompt.label,
+        experiment=event.prompt.experiment,
+        arm=event.prompt.arm,
         usage_details=generation.usage_details,
         latency_ms=event.latency_ms,
     )

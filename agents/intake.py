@@ -15,7 +15,7 @@ class Admitted:
     top_k: int
 
 
-def admit(query: QueryReceived, settings: PipelineSettings) -> Admitted:
+def admit(query: QueryReceived, settings: PipelineSettings, default_top_k: int) -> Admitted:
     question = " ".join(query.question.split())
     if not question:
         raise PermanentError("the question is blank")
@@ -24,4 +24,4 @@ def admit(query: QueryReceived, settings: PipelineSettings) -> Admitted:
             f"the question has {len(question)} characters; the limit is "
             f"{settings.max_question_chars} (pipeline.max_question_chars)"
         )
-    return Admitted(question=question, top_k=query.top_k or settings.default_top_k)
+    return Admitted(question=question, top_k=query.top_k or default_top_k)

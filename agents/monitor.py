@@ -65,6 +65,9 @@ class MonitorSettings(BaseModel):
     feedback_max_drop: float = Field(default=0.10, ge=0, description="Drop of the mean score that alerts.")
     resolve_after: int = Field(default=2, ge=1, description="Passing windows before an incident resolves.")
     cooldown_s: float = Field(default=1800.0, ge=0)
+    experiments_every_s: float = Field(
+        default=30.0, gt=0, description="How often running experiments are judged for automatic rollback."
+    )
 
 
 @dataclass(frozen=True)

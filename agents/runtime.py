@@ -172,9 +172,13 @@ class StageRunner:
     ) -> list[Awaitable[Any]]:
         if self.telemetry is None or not self.telemetry_settings.enabled:
             return []
-        stage_report = report(
-            self.name, source, outcome, started_at, utc_now(), trace_id, tenant, self.telemetry_settings
-        )
+        try:
+            stage_report = report(
+                self.name, source, outcome, started_at, utc_now(), trace_id, tenant, self.telemetry_settings
+            )
+        except Exception:  # a bug in reporting must not stop the pipeline: the event itself went on
+            log.exception("%s: no telemetry for trace %s", self.name, trace_id)
+            return []
         return [await self.telemetry(trace_id.encode(), encode(stage_report))]
 
 

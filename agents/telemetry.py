@@ -16,6 +16,7 @@ from schemas import (
     ContextRetrieved,
     Event,
     PromptAssembled,
+    PromptSpec,
     QueryEmbedded,
     ResponseGenerated,
 )
@@ -90,15 +91,25 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
     found: dict[str, object] = {}
     for event in (source, output):
         prompt = getattr(event, "prompt", None)
-        if prompt is not None:
+        if isinstance(prompt, PromptSpec):
             found.update(
                 template_id=prompt.template_id,
                 template_version=prompt.template_version,
                 retrieval_mode=prompt.retrieval_mode,
+                label=prompt.label,
+                experiment=prompt.experiment,
+                arm=prompt.arm,
+                hyde=prompt.hyde,
             )
     match output:
         case PromptAssembled(prompt=p):
             found["question"] = p.variables.get("question", "")
+            if output.hyde_model:  # the LLM call that wrote the HyDE passage
+                found.update(
+                    model=output.hyde_model,
+                    input_tokens=output.hyde_usage.get("input", 0),
+                    output_tokens=output.hyde_usage.get("output", 0),
+                )
         case QueryEmbedded():
             found.update(model=output.embedding_model, input_tokens=output.input_tokens)
             found["query_vector"] = output.vector

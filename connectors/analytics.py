@@ -331,6 +331,37 @@ class Analytics:
         )
         return stages, feedback
 
+    async def experiment_arms(self, experiment: str, since: datetime) -> Rows:
+        """Per arm of an experiment since it started: queries, failures, p95 end-to-end
+        latency (first stage start to last stage end, ms), cost per query, and the user
+        ratings' count, mean and sample variance."""
+        return await self.store.query(
+            """
+            WITH traces AS (
+                SELECT trace_id, anyIf(arm, arm != '') AS arm,
+                       toUnixTimestamp64Milli(max(ended_at)) - toUnixTimestamp64Milli(min(started_at))
+                           AS latency_ms,
+                       sum(cost_usd) AS cost, countIf(status = 'error') > 0 AS failed
+                FROM telemetry FINAL
+                WHERE experiment = {experiment:String} AND started_at >= {since:DateTime64(3, 'UTC')}
+                GROUP BY trace_id
+            ),
+            ratings AS (
+                SELECT t.arm AS arm, count() AS n, avg(f.score) AS m, varSamp(f.score) AS v
+                FROM feedback AS f FINAL INNER JOIN traces AS t ON f.trace_id = t.trace_id
+                WHERE f.name = 'user' AND f.score IS NOT NULL
+                GROUP BY t.arm
+            )
+            SELECT t.arm AS arm, count() AS queries, countIf(t.failed) AS failed,
+                   quantile(0.95)(t.latency_ms) AS p95_ms, avg(t.cost) AS cost_per_query,
+                   any(r.n) AS ratings, any(r.m) AS mean, any(r.v) AS variance
+            FROM traces AS t LEFT JOIN ratings AS r ON t.arm = r.arm
+            WHERE t.arm != ''
+            GROUP BY t.arm ORDER BY t.arm
+            """,
+            {"experiment": experiment, "since": when(since)},
+        )
+
     @staticmethod
     def _window(since: timedelta, tenant: str) -> dict[str, Any]:
         return {"since": when(utc_now() - since), "tenant": tenant}

@@ -133,12 +133,14 @@ class Client:
         top_k: int | None = None,
         user: str | None = None,
         retrieval_mode: RetrievalMode | None = None,
+        prompt: str | None = None,
         timeout: float | None = None,
     ) -> ResponseGenerated:
         """Publish a QueryReceived and await its ResponseGenerated.
 
         Raises RequestError when the pipeline rejected the query, TimeoutError when no
-        reply came within `timeout` seconds."""
+        reply came within `timeout` seconds. `prompt`: a registry label or version to
+        answer with instead of the served label."""
         try:
             query = QueryReceived(
                 trace_id=new_id(),
@@ -148,6 +150,7 @@ class Client:
                 top_k=top_k,
                 user=user,
                 retrieval_mode=retrieval_mode,
+                prompt_ref=prompt,
             )
         except ValidationError as exc:
             raise InvalidEvent(f"invalid question: {_first_error(exc)}") from exc

@@ -42,6 +42,8 @@ class RenderedPrompt:
     sources: Sequence[Source]
     temperature: float
     max_tokens: int
+    model: str | None = None  # None: the backend's configured model
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -156,15 +158,15 @@ class OpenAIBackend:
     async def generate(self, prompt: RenderedPrompt) -> Generation:
         import aiohttp
 
-        body = {
-            "model": self._settings.model,
-            "messages": [
-                {"role": "system", "content": prompt.system},
-                {"role": "user", "content": prompt.user},
-            ],
+        messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+        body: dict[str, Any] = {
+            "model": prompt.model or self._settings.model,
+            "messages": [*messages, {"role": "user", "content": prompt.user}],
             "temperature": prompt.temperature,
             "max_tokens": prompt.max_tokens,
         }
+        if prompt.seed is not None:
+            body["seed"] = prompt.seed
         url = self._settings.base_url.rstrip("/") + "/chat/completions"
         try:
             async with self._session.post(url, json=body) as response:
@@ -183,7 +185,7 @@ class OpenAIBackend:
         usage = payload.get("usage") or {}
         return Generation(
             text=text,
-            model=str(payload.get("model") or self._settings.model),
+            model=str(payload.get("model") or body["model"]),
             citations=cited(text, prompt.sources),
             usage_details={
                 "input": int(usage.get("prompt_tokens", 0)),

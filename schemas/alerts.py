@@ -45,3 +45,11 @@ class AlertResolved(Alert):
     """The check that raised `alert_id` passes again."""
 
     event_type: Literal["AlertResolved"] = "AlertResolved"
+
+
+class ExperimentRolledBack(Alert):
+    """The guard moved an experiment arm's label back to the control's version because
+    users rated it worse beyond the experiment's margin. `value`: the control's mean
+    rating minus the arm's; `threshold`: the margin; `p_value`: the one-sided test's."""
+
+    event_type: Literal["ExperimentRolledBack"] = "ExperimentRolledBack"

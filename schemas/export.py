@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from schemas.deadletter import DeadLetter
 from schemas.documents import DocumentIndexed, DocumentSubmitted
 from schemas.feedback import FeedbackReceived
+from schemas.prompts import Experiment, LabelMoved, PromptVersion
 from schemas.queries import (
     ContextRetrieved,
     PromptAssembled,
@@ -33,6 +34,9 @@ EVENTS: tuple[type[BaseModel], ...] = (
     StageCompleted,
     FeedbackReceived,
     DeadLetter,
+    PromptVersion,
+    LabelMoved,
+    Experiment,
 )
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"

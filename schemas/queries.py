@@ -15,6 +15,9 @@ Question = Annotated[str, StringConstraints(min_length=1, max_length=32_000)]
 Timings = dict[str, float]
 # How retrieval ranks passages: embeddings, BM25 full text, or both fused by rank.
 RetrievalMode = Literal["dense", "bm25", "hybrid"]
+# How HyDE shapes the search vector: not at all, the hypothetical passage's embedding
+# alone, or the normalised mean of it and the question's embedding.
+HydeMode = Literal["off", "replace", "average"]
 
 
 class QueryReceived(Event):
@@ -26,6 +29,11 @@ class QueryReceived(Event):
     user: Identifier | None = None
     retrieval_mode: RetrievalMode | None = Field(
         default=None, description="Overrides the prompt's retrieval mode for this query."
+    )
+    prompt_ref: Identifier | None = Field(
+        default=None,
+        description="A prompt label or version to answer with (replays, evaluations); "
+        "otherwise the served label, split by its experiment.",
     )
 
 
@@ -44,11 +52,23 @@ class PromptSpec(Frozen):
     retrieval_mode: RetrievalMode = "dense"
     temperature: float = Field(ge=0.0, le=2.0)
     max_tokens: int = Field(ge=1)
+    model: str | None = Field(default=None, description="None: the worker's configured model.")
+    seed: int | None = None
+    # Which registry label served it, and the experiment arm when traffic was split.
+    label: str = ""
+    experiment: str = ""
+    arm: str = ""
+    # HyDE: how the search vector uses the hypothetical passage prompting wrote (if any).
+    hyde: HydeMode = "off"
+    hyde_passage: str = ""
 
 
 class PromptAssembled(Event):
     event_type: Literal["PromptAssembled"] = "PromptAssembled"
     prompt: PromptSpec
+    # What writing the HyDE passage took, when the prompt asked for one.
+    hyde_model: str = ""
+    hyde_usage: dict[str, int] = Field(default_factory=dict)
     latency_ms: Timings = Field(default_factory=dict)
 
 
@@ -93,6 +113,11 @@ class ResponseGenerated(Event):
     template_id: Identifier
     template_version: Identifier
     retrieval_mode: RetrievalMode = "dense"
+    temperature: float | None = None
+    seed: int | None = None
+    label: str = ""
+    experiment: str = ""
+    arm: str = ""
     usage_details: dict[str, int] = Field(default_factory=dict)
     latency_ms: Timings = Field(default_factory=dict)
 

@@ -27,6 +27,10 @@ class StageCompleted(Event):
     template_id: str = ""
     template_version: str = ""
     retrieval_mode: str = Field(default="", description="dense, bm25 or hybrid; empty before prompting.")
+    label: str = Field(default="", description="The registry label that served the prompt.")
+    experiment: str = ""
+    arm: str = Field(default="", description="The experiment arm (a label) the user was assigned.")
+    hyde: str = Field(default="", description="off, replace or average; empty before prompting.")
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)

@@ -14,19 +14,23 @@ import faust
 from faust.web import Request, Response, View
 
 from agents import feedback, telemetry
+from agents.experiments import ExperimentGuard
 from agents.monitor import Monitor, slack_payload
+from agents.registry import Registry
 from agents.sink import SinkRunner, until_done
-from connectors.analytics import read_only
+from connectors import registry
+from connectors.analytics import Analytics, read_only
 from connectors.clickhouse import AnalyticsStore, QueryFailed, StoreUnavailable, open_store
 from connectors.migrations import apply
 from connectors.webhook import post
 from schemas import encode
 from schemas.alerts import Alert
+from schemas.errors import LLMOpsError
 from schemas.feedback import FeedbackReceived
 from schemas.telemetry import StageCompleted
 from topology.app import incoming, new_app, raw_topic, sender
 from topology.settings import Settings
-from topology.topics import analytics_app_id
+from topology.topics import analytics_app_id, registry_topic
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,17 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
         await post(settings.webhook, slack_payload(alert))
 
     monitor = Monitor(store, settings.monitor, announce)
+
+    async def read_registry() -> Registry:
+        return Registry(await asyncio.to_thread(registry.read_all, settings.kafka, registry_topic_name))
+
+    registry_topic_name = registry_topic(settings.worker.app_id)
+    guard = ExperimentGuard(
+        Analytics(store),
+        read_registry,
+        lambda records: registry.append(settings.kafka, registry_topic_name, records),
+        announce,
+    )
     linker = feedback.Linker(store, settle_s=settings.feedback.settle_s)
     opening = asyncio.Lock()
     opened = False
@@ -140,6 +155,19 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
             await monitor.tick()
         except Exception:  # a store, broker or webhook fault: log it; the next tick retries
             log.exception("monitor: window not evaluated")
+
+    # Experiments: roll a worse arm back, on the group leader only.
+    @app.timer(interval=settings.monitor.experiments_every_s, on_leader=True)
+    async def guard_experiments() -> None:
+        if not settings.monitor.enabled:
+            return
+        await ready()
+        try:
+            await guard.check()
+        except LLMOpsError as exc:  # the store or the broker is away: the next tick retries
+            log.warning("experiment guard: not checked: %s", str(exc)[:300])
+        except Exception:
+            log.exception("experiment guard: not checked")
 
     @app.page("/health/")
     class Health(View):

@@ -10,6 +10,7 @@ from typing import Any, cast
 import faust
 
 from agents.deps import Dependencies
+from agents.registry import Registry
 from agents.runtime import Incoming, StageRunner
 from connectors.embedder import OnnxEmbedder
 from connectors.kafka import KafkaSettings
@@ -17,6 +18,7 @@ from connectors.llm import build_backend
 from connectors.milvus import MilvusStore
 from topology.graph import STAGES, Stage
 from topology.settings import Settings
+from topology.topics import REGISTRY_TABLE, registry_topic
 from topology.transport import PipelineApp
 
 
@@ -99,6 +101,7 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
     def topic(field: str) -> faust.TopicT:
         return raw_topic(app, settings, field)
 
+    deps.registry = Registry(registry_table(app, settings))
     deadletter = topic("deadletter")
     telemetry = topic("telemetry")
     for stage in STAGES:
@@ -125,6 +128,31 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
         await deps.close()
 
     return app
+
+
+def registry_table(app: faust.App, settings: Settings) -> Any:
+    """Every worker holds the whole registry topic in memory and follows it: the CLI
+    writes a label, the next request in every worker reads it. The topic is the table's
+    changelog; synchronize_all_active_partitions makes each worker of the group read its
+    one partition (faust otherwise leaves it to one member, as for any table)."""
+    changelog = app.topic(
+        registry_topic(settings.worker.app_id),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=1,
+    )
+    return app.GlobalTable(
+        REGISTRY_TABLE,
+        partitions=1,
+        changelog_topic=changelog,
+        key_type=bytes,
+        value_type=bytes,
+        synchronize_all_active_partitions=True,
+        # faust's own advice for GlobalTables shared by several app instances.
+        recovery_buffer_size=1,
+    )
 
 
 def register(app: faust.App, stage: Stage, runner: StageRunner, source: faust.TopicT) -> None:

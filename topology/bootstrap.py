@@ -13,7 +13,7 @@ from connectors.kafka import ensure_topics
 from connectors.migrations import apply
 from connectors.milvus import MilvusStore
 from topology.settings import Settings
-from topology.topics import analytics_app_id, leader_topic, topic_specs
+from topology.topics import analytics_app_id, leader_topic, registry_topic, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def bootstrap(settings: Settings, *, analytics: bool = True) -> BootstrapReport:
     """`analytics=False` leaves the DDL to the analytics process, which applies it when it
     starts (the local stack does that: a chDB directory opens in one process only)."""
     leaders = (leader_topic(analytics_app_id(settings.worker.app_id)),)
-    created = ensure_topics(settings.kafka, topic_specs(settings.kafka, leaders))
+    registry = registry_topic(settings.worker.app_id)
+    created = ensure_topics(settings.kafka, topic_specs(settings.kafka, leaders, registry))
     embedder = OnnxEmbedder(settings.embedding)
     embedder.open()  # the collection's vector size is the model's
     store = MilvusStore(settings.milvus)

@@ -18,6 +18,7 @@ import click
 from pydantic import ValidationError
 
 from schemas.errors import LLMOpsError
+from topology.prompts_cli import experiments, prompts
 from topology.settings import Settings
 
 T = TypeVar("T")
@@ -647,6 +648,9 @@ def topology() -> None:
 
     click.echo(mermaid(load_settings().kafka.topics), nl=False)
 
+
+main.add_command(prompts)
+main.add_command(experiments)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,7 +18,18 @@ def leader_topic(app_id: str) -> str:
     return f"{app_id}-__assignor-__leader"
 
 
-def topic_specs(kafka: KafkaSettings, leader_topics: tuple[str, ...] = ()) -> list[TopicSpec]:
+REGISTRY_TABLE = "prompt-registry"
+
+
+def registry_topic(app_id: str) -> str:
+    """The prompt registry: compacted, the changelog of the workers' GlobalTable. It has
+    faust's changelog name because faust's assignor finds a table's topic by that name."""
+    return f"{app_id}-{REGISTRY_TABLE}-changelog"
+
+
+def topic_specs(
+    kafka: KafkaSettings, leader_topics: tuple[str, ...] = (), registry: str | None = None
+) -> list[TopicSpec]:
     """`leader_topics`: faust apps that elect a leader (for a timer that must run once)
     need a one-partition topic each; with topic declaration off, bootstrap makes it."""
     names, partitions = kafka.topics, kafka.partitions
@@ -47,4 +58,6 @@ def topic_specs(kafka: KafkaSettings, leader_topics: tuple[str, ...] = ()) -> li
             TopicSpec(name, 1, {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)})
             for name in leader_topics
         ),
+        # One partition: the registry is small and read whole, in order, by every worker.
+        *([TopicSpec(registry, 1, {"cleanup.policy": "compact"})] if registry else []),
     ]

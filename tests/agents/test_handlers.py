@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents import embedding, generation, indexing, prompting, retrieval
+from agents import embedding, generation, indexing, prompting, retrieval, telemetry
 from agents.config import PipelineSettings
 from agents.deps import Dependencies
-from connectors.llm import ExtractiveBackend, LLMSettings
+from agents.registry import Registry, builtin
+from connectors.llm import ExtractiveBackend, Generation, LLMSettings
 from connectors.milvus import Found, Hit
 from schemas import ContextRetrieved, DocumentSubmitted, Passage, QueryReceived
 from schemas.errors import PermanentError
+from schemas.prompts import LabelMoved, PromptVersion, record_key
 
 
 class FakeEmbedder:
@@ -72,7 +74,8 @@ def ask(question: str, tenant: str = "acme", top_k: int | None = None) -> QueryR
 async def test_prompting_fixes_template_and_normalises_the_question(deps):
     out = await prompting.handle(ask("  what   is\na lambda? "), deps)
     assert out.prompt.variables == {"question": "what is a lambda?"}
-    assert (out.prompt.template_id, out.prompt.template_version, out.prompt.top_k) == ("rag-answer", "1", 2)
+    expected = ("rag-answer", builtin(deps.pipeline).version, 2)
+    assert (out.prompt.template_id, out.prompt.template_version, out.prompt.top_k) == expected
     assert out.trace_id == "t-acme-  wha" and out.producer == "prompting"
 
 
@@ -130,7 +133,7 @@ async def test_generation_renders_user_text_as_a_value_not_a_template(deps):
     assert "Question: what is $context ${question}?" in rendered.user
     assert "[1] T\nContext managers" in rendered.user
     response = await generation.handle(event, deps)
-    assert response.citations == ["p1"] and response.template_version == "1"
+    assert response.citations == ["p1"] and response.template_version == builtin(deps.pipeline).version
 
 
 async def test_indexing_embeds_every_chunk_and_uses_stable_ids(deps):
@@ -148,3 +151,79 @@ async def test_indexing_embeds_every_chunk_and_uses_stable_ids(deps):
     assert first[0].chunks == again[0].chunks == len(ids) // 2
     assert ids[: len(ids) // 2] == ids[len(ids) // 2 :]
     assert all(c.tenant == "acme" and c.doc_id == "doc" for c in deps.store.upserted)
+
+
+class WritingLLM:
+    """Writes a fixed hypothetical passage and says what it was asked."""
+
+    name = "fake-llm"
+
+    def __init__(self) -> None:
+        self.asked: list = []
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def generate(self, prompt):
+        self.asked.append(prompt)
+        return Generation(
+            text="Lambdas are anonymous functions.",
+            model="served",
+            citations=[],
+            usage_details={"input": 12, "output": 5},
+        )
+
+
+def served(deps: Dependencies, prompt: PromptVersion) -> Dependencies:
+    deps.registry = Registry(
+        {
+            record_key(prompt).encode(): prompt.model_dump_json().encode(),
+            b"label/production": LabelMoved(label="production", version=prompt.version)
+            .model_dump_json()
+            .encode(),
+        }
+    )
+    return deps
+
+
+async def test_prompting_serves_the_registry_label_with_its_settings(deps):
+    prompt = PromptVersion(name="rag", system="s", template="$context $question", top_k=3, seed=7, model="m1")
+    out = await prompting.handle(ask("what is a lambda?"), served(deps, prompt))
+    p = out.prompt
+    assert (p.template_version, p.label, p.top_k, p.seed, p.model) == (
+        prompt.version,
+        "production",
+        3,
+        7,
+        "m1",
+    )
+    with pytest.raises(PermanentError, match="no prompt label or version 'nope'"):
+        await prompting.handle(ask("q?").model_copy(update={"prompt_ref": "nope"}), deps)
+
+
+async def test_hyde_with_the_extractive_backend_is_refused_with_the_way_out(deps):
+    prompt = PromptVersion(name="rag", system="s", template="$context $question", hyde="replace")
+    with pytest.raises(PermanentError, match="LLMOPS_LLM__BACKEND=openai"):
+        await prompting.handle(ask("what is a lambda?"), served(deps, prompt))
+
+
+@pytest.mark.parametrize("mode", ["replace", "average"])
+async def test_hyde_passage_is_written_in_prompting_and_embedding_searches_with_it(deps, mode):
+    deps.llm = llm = WritingLLM()
+    prompt = PromptVersion(name="rag", system="s", template="$context $question", hyde=mode, seed=3)
+    assembled = await prompting.handle(ask("what is a lambda?"), served(deps, prompt))
+    assert assembled.prompt.hyde_passage == "Lambdas are anonymous functions."
+    assert (assembled.hyde_model, assembled.hyde_usage) == ("served", {"input": 12, "output": 5})
+    assert "Question: what is a lambda?" in llm.asked[0].user and llm.asked[0].seed == 3
+    report = telemetry.facts(None, assembled)
+    assert (report["model"], report["input_tokens"], report["output_tokens"], report["hyde"]) == (
+        "served",
+        12,
+        5,
+        mode,
+    )
+    [embedded] = await embedding.handle_batch([assembled], deps)
+    question, passage = FakeEmbedder().embed(["what is a lambda?", "Lambdas are anonymous functions."])
+    expected = passage if mode == "replace" else (question + passage) / np.linalg.norm(question + passage)
+    assert np.allclose(embedded.vector, expected)

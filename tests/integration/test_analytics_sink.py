@@ -31,7 +31,13 @@ def isolated(stack: LocalStack, chdb_dir: Path, app_id: str) -> Settings:
     uid = uuid.uuid4().hex[:8]
     base = stack.settings
     topics = base.kafka.topics.model_copy(
-        update={"telemetry": f"telemetry-{uid}", "feedback": f"feedback-{uid}", "deadletter": f"dead-{uid}"}
+        update={
+            "telemetry": f"telemetry-{uid}",
+            "feedback": f"feedback-{uid}",
+            "deadletter": f"dead-{uid}",
+            # Shared, the alerts topic handed this test another test's alert (stored elsewhere).
+            "alerts": f"alerts-{uid}",
+        }
     )
     return base.model_copy(
         update={

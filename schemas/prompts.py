@@ -1,0 +1,123 @@
+"""The prompt registry's records: immutable prompt versions (named by a hash of their
+content), labels that point at versions, and experiments that split traffic between
+labels. They live in one compacted topic, keyed by `record_key`, so the latest record
+per key is the registry's state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+
+from schemas.envelope import Frozen, Identifier, utc_now
+from schemas.queries import HydeMode, RetrievalMode
+
+# Labels and experiment names become Kafka keys and ClickHouse values: keep them plain.
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+# Gao et al. 2022 (HyDE), the instruction of their web-search task; `$question` is filled in.
+DEFAULT_HYDE_INSTRUCTION = "Please write a passage to answer the question.\nQuestion: $question\nPassage:"
+VERSION_CHARS = 12
+
+
+class PromptVersion(Frozen):
+    """One prompt version: the template and every setting that shapes its answer. The
+    `version` is derived from the rest, so equal content is the same version everywhere."""
+
+    kind: Literal["prompt"] = "prompt"
+    name: Identifier = Field(description="What the prompt is for, e.g. rag-answer.")
+    description: str = ""
+    system: str
+    template: str = Field(description="string.Template with $question and $context.")
+    model: str | None = Field(default=None, description="None: the worker's LLMOPS_LLM__MODEL.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    seed: int | None = Field(default=None, description="Sent to the LLM for repeatable sampling.")
+    max_tokens: int = Field(default=512, ge=1)
+    top_k: int = Field(default=4, ge=1, le=100, description="Passages retrieved per question.")
+    retrieval_mode: RetrievalMode = "hybrid"
+    hyde: HydeMode = "off"
+    hyde_instruction: str = DEFAULT_HYDE_INSTRUCTION
+    hyde_max_tokens: int = Field(default=256, ge=1)
+    version: str = ""
+
+    @model_validator(mode="after")
+    def _version_is_the_content_hash(self) -> PromptVersion:
+        # Hashed after validation: 0 and 0.0, or a default spelled out, are one version.
+        digest = content_hash(self)
+        if self.version and self.version != digest:
+            raise ValueError(
+                f"version {self.version!r} is not the hash of this content ({digest}): edits are new versions"
+            )
+        object.__setattr__(self, "version", digest)  # frozen: set once, here, before anyone sees it
+        return self
+
+
+def content_hash(prompt: PromptVersion) -> str:
+    """SHA-256 of the canonical JSON of every field but the version (defaults included,
+    so a file that spells a default out and one that leaves it are the same version)."""
+    fields = {name: getattr(prompt, name) for name in PromptVersion.model_fields if name != "version"}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:VERSION_CHARS]
+
+
+class LabelMoved(Frozen):
+    """Where a label points now, and where it pointed before (newest last), so a
+    rollback needs no other record even after compaction."""
+
+    kind: Literal["label"] = "label"
+    label: Name
+    version: str
+    history: list[str] = Field(default_factory=list)
+    moved_at: AwareDatetime = Field(default_factory=utc_now)
+    moved_by: str = "cli"
+    reason: str = ""
+
+
+class Arm(Frozen):
+    label: Name
+    weight: float = Field(gt=0)
+
+
+class Experiment(Frozen):
+    """A traffic split between labels; the first arm is the control. Requests that would
+    be served the control label are split, sticky per user. The monitor rolls the
+    challenger back when it is worse than the control by more than `margin` in mean user
+    feedback, with `min_samples` ratings per arm, by a one-sided Welch test at `alpha`."""
+
+    kind: Literal["experiment"] = "experiment"
+    name: Name
+    arms: list[Arm] = Field(min_length=2)
+    status: Literal["running", "stopped", "rolled_back"] = "running"
+    margin: float = Field(default=0.05, ge=0, description="Worse by more than this (score units) fails.")
+    min_samples: int = Field(default=100, ge=2, description="Ratings per arm before any verdict.")
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    auto_rollback: bool = True
+    started_at: AwareDatetime = Field(default_factory=utc_now)
+    ended_at: AwareDatetime | None = None
+    reason: str = ""
+
+    @model_validator(mode="after")
+    def _arms_differ(self) -> Experiment:
+        labels = [a.label for a in self.arms]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"each arm needs its own label, got {labels}")
+        return self
+
+    @property
+    def control(self) -> str:
+        return self.arms[0].label
+
+
+RegistryRecord = Annotated[PromptVersion | LabelMoved | Experiment, Field(discriminator="kind")]
+
+
+def record_key(record: PromptVersion | LabelMoved | Experiment) -> str:
+    match record:
+        case PromptVersion():
+            return f"prompt/{record.version}"
+        case LabelMoved():
+            return f"label/{record.label}"
+        case Experiment():
+            return f"experiment/{record.name}"
+    raise TypeError(type(record))

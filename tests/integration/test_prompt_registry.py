@@ -1,0 +1,133 @@
+"""The prompt registry on real parts: the CLI writes the compacted registry topic, the
+running worker follows it (a faust GlobalTable) and answers with the version a label
+points at, on its next request, without a restart. Runs on Tansu and on Apache Kafka.
+Each test works on labels of its own, so the stack's served label is never touched."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from connectors.client import Client, RequestError
+from connectors.kafka import librdkafka_config
+from schemas.prompts import PromptVersion
+from tests.integration.test_cli import llmops
+from tests.integration.test_pipeline import docs, tenant
+from topology.stack import LocalStack
+
+
+def prompt_file(tmp_path: Path, **fields: object) -> tuple[Path, PromptVersion]:
+    body = {
+        "name": "registry-test",
+        "system": "Answer from the passages.",
+        "template": "Passages:\n$context\n\nQ: $question\nA:",
+        "retrieval_mode": "dense",
+        **fields,
+    }
+    path = tmp_path / f"prompt-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps(body))
+    return path, PromptVersion.model_validate(body)
+
+
+def cli(stack: LocalStack, *args: str) -> str:
+    result = llmops(*args, env=stack.env())
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result.stdout
+
+
+async def answered_by(client: Client, label: str, owner: str, version: str, timeout: float = 60) -> float:
+    """Seconds until a question pinned to `label` is answered by `version`."""
+    began = time.monotonic()
+    while True:
+        answer = await client.ask("What is a lambda expression?", tenant=owner, prompt=label)
+        if answer.template_version == version:
+            return time.monotonic() - began
+        assert time.monotonic() - began < timeout, f"{label} still answers with {answer.template_version}"
+
+
+async def test_a_label_moved_with_the_cli_answers_the_next_request(stack: LocalStack, tmp_path: Path):
+    owner, label = tenant("registry"), f"t-{uuid.uuid4().hex[:8]}"
+    first_file, first = prompt_file(tmp_path, top_k=2, seed=11, temperature=0.2)
+    second_file, second = prompt_file(tmp_path, top_k=1, seed=12, temperature=0.2)
+
+    assert first.version in cli(stack, "prompts", "push", str(first_file), "--label", label)
+    assert second.version in cli(stack, "prompts", "push", str(second_file))
+    assert "already registered" in cli(stack, "prompts", "push", str(second_file))
+
+    async with Client(stack.settings) as client:
+        await client.ingest(docs("lambda", "with"), tenant=owner)
+        await answered_by(client, label, owner, first.version)
+        answer = await client.ask("What is a lambda expression?", tenant=owner, prompt=label)
+        assert (answer.template_id, answer.label, answer.seed, answer.temperature) == (
+            "registry-test",
+            label,
+            11,
+            0.2,
+        )
+        assert len(answer.passages) == 2 and answer.passages[0].doc_id == "pydoc-lambda"
+
+        cli(stack, "prompts", "label", label, second.version[:8])
+        moved_in = await answered_by(client, label, owner, second.version)
+        assert len((await client.ask("What is a lambda?", tenant=owner, prompt=label)).passages) == 1
+        cli(stack, "prompts", "rollback", label)
+        rolled_in = await answered_by(client, label, owner, first.version)
+        print(f"label move seen after {moved_in:.2f}s, rollback after {rolled_in:.2f}s")
+
+        pinned = await client.ask("What is a lambda?", tenant=owner, prompt=second.version)
+        assert (pinned.template_version, pinned.label) == (second.version, "")
+        with pytest.raises(RequestError, match="no prompt label or version"):
+            await client.ask("What is a lambda?", tenant=owner, prompt="no-such-label")
+
+    listed = cli(stack, "prompts", "list")
+    assert first.version in listed and label in listed and second.version in listed
+    diff = cli(stack, "prompts", "diff", first.version, second.version)
+    assert "-top_k = 2" in diff and "+top_k = 1" in diff and "+seed = 12" in diff
+    shown = cli(stack, "prompts", "show", label)
+    assert f'version = "{first.version}"' in shown and label in shown
+    refused = llmops("prompts", "rollback", f"never-{label}", env=stack.env())
+    assert refused.returncode == 1 and "no label" in refused.stderr
+
+
+def members_with_queries(stack: LocalStack) -> int:
+    """How many members of the worker group hold partitions of the queries topic."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(librdkafka_config(stack.settings.kafka))
+    group = stack.settings.worker.app_id
+    description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    queries = stack.settings.kafka.topics.queries
+    return sum(any(tp.topic == queries for tp in m.assignment.topic_partitions) for m in description.members)
+
+
+async def test_every_worker_of_the_group_follows_a_label_move(kafka_stack: LocalStack, tmp_path: Path):
+    """Two workers share the queries topic's partitions; each holds the whole registry."""
+    stack, owner, label = kafka_stack, tenant("two"), f"t-{uuid.uuid4().hex[:8]}"
+    first_file, first = prompt_file(tmp_path, top_k=2)
+    second_file, second = prompt_file(tmp_path, top_k=3)
+    cli(stack, "prompts", "push", str(first_file), "--label", label)
+    cli(stack, "prompts", "push", str(second_file))
+    await asyncio.to_thread(stack.start_worker, "worker-2")
+    try:
+        deadline = time.monotonic() + 60
+        while await asyncio.to_thread(members_with_queries, stack) < 2:
+            assert time.monotonic() < deadline, "the second worker never got a partition"
+            await asyncio.sleep(1)
+        async with Client(stack.settings) as client:
+            await client.ingest(docs("lambda", "with"), tenant=owner)
+            cli(stack, "prompts", "label", label, second.version)
+            began = time.monotonic()
+            while True:
+                # 24 traces spread over every partition, so over both workers.
+                answers = await asyncio.gather(
+                    *(client.ask(f"What is a lambda? ({i})", tenant=owner, prompt=label) for i in range(24))
+                )
+                if {a.template_version for a in answers} == {second.version}:
+                    break
+                assert time.monotonic() - began < 60, "some worker still answers with the old version"
+    finally:
+        await asyncio.to_thread(stack.stop_process, "worker-2")

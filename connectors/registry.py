@@ -49,13 +49,13 @@ def read_all(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> dict
 async def append(
     settings: KafkaSettings, topic: str, records: Sequence[PromptVersion | LabelMoved | Experiment]
 ) -> None:
-    """Write records and wait for the broker to have them (in order: one partition)."""
+    """Write records, in order, and wait for the broker to have each."""
     publisher = Publisher(settings, client_id="llmops-registry")
     await publisher.start()
     try:
-        await publisher.publish(
-            topic,
-            [(record_key(r).encode(), r.model_dump_json().encode()) for r in records],
-        )
+        # One record per produce request: Tansu reports the high watermark of a batch of
+        # several as its first record's, so `read_all` would miss the rest until the next write.
+        for r in records:
+            await publisher.publish(topic, [(record_key(r).encode(), r.model_dump_json().encode())])
     finally:
         await publisher.stop()

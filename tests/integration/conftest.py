@@ -15,6 +15,9 @@ from topology.settings import Settings
 from topology.stack import LocalStack
 
 REQUIRE_KAFKA = os.environ.get("LLMOPS_REQUIRE_APACHE_KAFKA") == "1"
+# The stack's analytics process judges experiments every 2 s here, not every 30 s, so the
+# rollback tests wait seconds (processes the stacks start inherit this environment).
+os.environ.setdefault("LLMOPS_MONITOR__EXPERIMENTS_EVERY_S", "2")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

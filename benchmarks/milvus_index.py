@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.evaluation import ndcg_at, read_qrels
 from connectors.embedder import OnnxEmbedder
 from connectors.milvus import Chunk, Found, MilvusSettings, MilvusStore
 from topology.settings import Settings
@@ -37,11 +37,7 @@ CACHE = Path.home() / ".cache" / "llmops-stream" / "bench"
 def load_beir(directory: Path) -> tuple[list[str], list[str], list[str], list[str], dict[str, set[str]]]:
     corpus = [json.loads(line) for line in (directory / "corpus.jsonl").open()]
     queries = {q["_id"]: q["text"] for q in map(json.loads, (directory / "queries.jsonl").open())}
-    qrels: dict[str, set[str]] = {}
-    for line in (directory / "qrels" / "test.tsv").read_text().splitlines()[1:]:
-        qid, did, score = line.split("\t")
-        if int(score) > 0:
-            qrels.setdefault(qid, set()).add(did)
+    qrels = read_qrels(directory / "qrels" / "test.tsv")
     qids = sorted(qrels)
     doc_ids = [d["_id"] for d in corpus]
     texts = [f"{d.get('title', '')} {d['text']}".strip() for d in corpus]
@@ -60,12 +56,6 @@ def cached_embeddings(embedder: OnnxEmbedder, source: Path, texts: list[str]) ->
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, vectors)
     return vectors, elapsed
-
-
-def ndcg10(ranked: list[str], relevant: set[str]) -> float:
-    dcg = sum(1 / math.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in relevant)
-    ideal = sum(1 / math.log2(i + 2) for i in range(min(len(relevant), 10)))
-    return dcg / ideal
 
 
 def timed_searches(
@@ -98,7 +88,7 @@ def timed_searches(
 
 
 def mean_ndcg(found: list[Found], qids: list[str], qrels: dict[str, set[str]]) -> float:
-    return statistics.mean(ndcg10([h.doc_id for h in f.hits], qrels[qids[i]]) for i, f in enumerate(found))
+    return statistics.mean(ndcg_at([h.doc_id for h in f.hits], qrels[qids[i]]) for i, f in enumerate(found))
 
 
 def main() -> None:
@@ -183,7 +173,8 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait()
-    exact_ndcg = statistics.mean(ndcg10([doc_ids[j] for j in exact[i]], qrels[q]) for i, q in enumerate(qids))
+    exact_ranked = [[doc_ids[j] for j in exact[i]] for i in range(len(qids))]
+    exact_ndcg = statistics.mean(ndcg_at(r, qrels[q]) for r, q in zip(exact_ranked, qids, strict=True))
     report = {
         "documents": len(docs),
         "queries": len(queries),

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from agents.evaluation import documents_in_order, ndcg_at, recall_at
 from benchmarks.ask_latency import pct
-from benchmarks.milvus_index import cached_embeddings, load_beir, ndcg10
+from benchmarks.milvus_index import cached_embeddings, load_beir
 from connectors.client import Client
 from connectors.embedder import OnnxEmbedder
 from topology.settings import Settings
@@ -40,20 +41,11 @@ PUBLISHED = {"ndcg_at_10": 0.6451, "recall_at_100": 0.925}  # all-MiniLM-L6-v2, 
 TENANT = "beir"
 
 
-def recall_at_100(ranked: list[str], relevant: set[str]) -> float:
-    return len(set(ranked[:100]) & relevant) / len(relevant)
-
-
-def documents_in_order(doc_ids: list[str]) -> list[str]:
-    """Chunks to documents: each document where its best chunk ranks."""
-    return list(dict.fromkeys(doc_ids))
-
-
 def score(rankings: list[list[str]], qids: list[str], qrels: dict[str, set[str]]) -> dict[str, float]:
     pairs = list(zip(rankings, qids, strict=True))
     return {
-        "ndcg_at_10": statistics.mean(ndcg10(r, qrels[q]) for r, q in pairs),
-        "recall_at_100": statistics.mean(recall_at_100(r, qrels[q]) for r, q in pairs),
+        "ndcg_at_10": statistics.mean(ndcg_at(r, qrels[q]) for r, q in pairs),
+        "recall_at_100": statistics.mean(recall_at(r, qrels[q], 100) for r, q in pairs),
     }
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import difflib
 import json
+import sys
+import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -351,3 +354,155 @@ def report(name: str, as_json: bool) -> None:
         click.echo(f"  {r['arm']}: {r['detail']}")
     if experiment.reason:
         click.echo(f"ended: {experiment.reason}")
+
+
+@prompts.command("evaluate")
+@click.argument("ref")
+@click.option(
+    "--dataset",
+    "dataset",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Golden set: golden.jsonl (question, doc_ids, answer) or a BEIR directory.",
+)
+@click.option("--against", default=None, help="Label or version to compare with (default: the served label).")
+@click.option("--tenant", default="default", show_default=True, help="Whose indexed documents to search.")
+@click.option(
+    "--metric",
+    type=click.Choice(["ndcg_at_10", "recall_at_10", "hit_at_1", "answer_f1"]),
+    default="ndcg_at_10",
+    show_default=True,
+    help="The metric that decides.",
+)
+@click.option("--margin", type=float, default=0.01, show_default=True, help="Worse by more than this fails.")
+@click.option("--limit", type=int, help="Only the first N cases.")
+@click.option("--concurrency", type=int, default=16, show_default=True, help="Questions in flight.")
+@click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait per answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+def evaluate(
+    ref: str,
+    dataset: Path,
+    against: str | None,
+    tenant: str,
+    metric: str,
+    margin: float,
+    limit: int | None,
+    concurrency: int,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Run a golden set through the running pipeline with version REF and with the
+    served version, print both side by side, and exit 1 when REF is worse on --metric
+    by more than --margin (0 when it passes): a gate before `prompts label`.
+
+    The documents must be indexed for --tenant already (`llmops ingest`). Each question
+    is asked twice, pinned to each version, so both meet the same index and workers."""
+    from agents.evaluation import load_golden
+
+    s = settings()
+    registry = read_registry(s)
+    try:
+        cases = load_golden(dataset, limit)
+    except LLMOpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    candidate = resolve(registry, ref)
+    baseline_ref = against or s.pipeline.serve_label
+    if registry.label(baseline_ref) is None and registry.prompt(baseline_ref) is None and against is None:
+        baseline, baseline_name = (
+            None,
+            f"built-in ({builtin_version(s)})",
+        )  # nothing served from the registry yet
+    else:
+        baseline = resolve(registry, baseline_ref)
+        baseline_name = (
+            f"{baseline_ref} ({baseline.version})" if baseline_ref != baseline.version else baseline_ref
+        )
+    from topology.cli import run_command
+
+    results = run_command(
+        run_golden(
+            s,
+            cases,
+            [candidate.version, baseline.version if baseline else None],
+            tenant,
+            concurrency,
+            timeout,
+        )
+    )
+    rows = {"candidate": results[0], "baseline": results[1]}
+    if metric not in rows["candidate"]["scores"]:
+        raise click.ClickException(f"the golden set gives no {metric}: its cases lack doc_ids or answers")
+    delta = rows["candidate"]["scores"][metric] - rows["baseline"]["scores"][metric]
+    passed = delta >= -margin
+    verdict = {"metric": metric, "margin": margin, "delta": delta, "passed": passed}
+    if as_json:
+        names = {"candidate": candidate.version, "baseline": baseline_name}
+        click.echo(json.dumps({"cases": len(cases), "versions": names, **rows, "verdict": verdict}, indent=2))
+    else:
+        click.echo(
+            f"{len(cases)} cases, tenant {tenant}: candidate {candidate.version} vs baseline {baseline_name}"
+        )
+        click.echo(f"{'':<22} {'CANDIDATE':>10} {'BASELINE':>10} {'DELTA':>8}")
+        flat = {k: {**r["scores"], **{n: v for n, v in r.items() if n != "scores"}} for k, r in rows.items()}
+        for name, c in flat["candidate"].items():
+            b = flat["baseline"].get(name, float("nan"))
+            click.echo(f"{name:<22} {c:>10.4g} {b:>10.4g} {c - b:>+8.4g}")
+        outcome = "PASS" if passed else "FAIL"
+        click.echo(f"{outcome}: {metric} {delta:+.4f} (fails below -{margin})")
+    if not passed:
+        sys.exit(1)
+
+
+def builtin_version(s: Settings) -> str:
+    from agents.registry import builtin
+
+    return builtin(s.pipeline).version
+
+
+async def run_golden(
+    s: Settings,
+    cases: Sequence[Any],
+    refs: Sequence[str | None],
+    tenant: str,
+    concurrency: int,
+    timeout: float,
+) -> list[dict[str, Any]]:
+    """Ask every case pinned to each ref (None: the served prompt); per ref, the mean
+    scores, latency percentiles, tokens per query and failures."""
+    import statistics
+
+    from agents.evaluation import case_scores, mean_scores
+    from connectors.client import Client, RequestError
+
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(client: Client, case: Any, ref: str | None) -> tuple[dict[str, float], float, int] | None:
+        async with gate:
+            began = time.perf_counter()
+            try:
+                answer = await client.ask(case.question, tenant=tenant, prompt=ref, timeout=timeout)
+            except RequestError:
+                return None
+            elapsed = (time.perf_counter() - began) * 1000
+            tokens = sum(answer.usage_details.values())
+            return case_scores(case, [p.doc_id for p in answer.passages], answer.answer), elapsed, tokens
+
+    async with Client(s, producer_name="prompt-evaluation") as client:
+        runs = await asyncio.gather(*(asyncio.gather(*(one(client, c, ref) for c in cases)) for ref in refs))
+    results = []
+    for run in runs:
+        done = [r for r in run if r is not None]
+        failed = len(run) - len(done)
+        # A failed question scores zero: a version that fails more must not look better.
+        per_case = [r[0] for r in done] + [dict.fromkeys(done[0][0] if done else {}, 0.0)] * failed
+        latencies = sorted(r[1] for r in done) or [0.0]
+        results.append(
+            {
+                "scores": mean_scores(per_case) if per_case and per_case[0] else {},
+                "p50_ms": statistics.median(latencies),
+                "p95_ms": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+                "tokens_per_query": statistics.mean(r[2] for r in done) if done else 0.0,
+                "failed": failed,
+            }
+        )
+    return results

@@ -131,3 +131,52 @@ async def test_every_worker_of_the_group_follows_a_label_move(kafka_stack: Local
                 assert time.monotonic() - began < 60, "some worker still answers with the old version"
     finally:
         await asyncio.to_thread(stack.stop_process, "worker-2")
+
+
+def test_evaluate_gates_a_worse_version_against_the_baseline(tansu_stack: LocalStack, tmp_path: Path):
+    stack, owner, label = tansu_stack, tenant("gate"), f"base-{uuid.uuid4().hex[:6]}"
+    golden = tmp_path / "golden"
+    golden.mkdir()
+    cases = [
+        ("How do lambda expressions and the with statement work?", ["pydoc-lambda", "pydoc-with"]),
+        ("What do the assert and try statements do?", ["pydoc-assert", "pydoc-try"]),
+        ("How do while and for loops work?", ["pydoc-while", "pydoc-for"]),
+        ("What is a lambda expression?", ["pydoc-lambda"]),
+    ]
+    (golden / "golden.jsonl").write_text(
+        "".join(json.dumps({"question": q, "doc_ids": d}) + "\n" for q, d in cases)
+    )
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps(d) + "\n" for d in docs("lambda", "with", "assert", "try", "while", "for"))
+    )
+    cli(stack, "ingest", str(corpus), "--tenant", owner)
+    base_file, base = prompt_file(tmp_path, top_k=4)
+    narrow_file, narrow = prompt_file(tmp_path, top_k=1)
+    cli(stack, "prompts", "push", str(base_file), "--label", label)
+    cli(stack, "prompts", "push", str(narrow_file))
+
+    same = cli(
+        stack,
+        "prompts",
+        "evaluate",
+        base.version,
+        "--dataset",
+        str(golden),
+        "--tenant",
+        owner,
+        "--against",
+        label,
+    )
+    assert "PASS: ndcg_at_10 +0.0000" in same and "recall_at_10" in same
+
+    worse = llmops(
+        "prompts", "evaluate", narrow.version, "--dataset", str(golden), "--tenant", owner,
+        "--against", label, "--json", env=stack.env(),
+    )  # fmt: skip
+    assert worse.returncode == 1, worse.stderr
+    report = json.loads(worse.stdout)
+    assert report["versions"] == {"candidate": narrow.version, "baseline": f"{label} ({base.version})"}
+    assert report["baseline"]["scores"]["recall_at_10"] == 1.0
+    assert report["candidate"]["scores"]["recall_at_10"] < 1.0 and report["verdict"]["passed"] is False
+    assert report["candidate"]["failed"] == report["baseline"]["failed"] == 0

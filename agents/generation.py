@@ -52,6 +52,10 @@ async def handle(event: ContextRetrieved, deps: Dependencies) -> ResponseGenerat
         label=event.prompt.label,
         experiment=event.prompt.experiment,
         arm=event.prompt.arm,
-        usage_details=generation.usage_details,
+        # HyDE's tokens beside the answer's (telemetry counts them on the prompting stage).
+        usage_details={
+            **generation.usage_details,
+            **{f"hyde_{k}": v for k, v in event.prompt.hyde_usage.items()},
+        },
         latency_ms=event.latency_ms,
     )

@@ -51,13 +51,8 @@ async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
     if prompt.hyde == "off":
         return query.follow(PromptAssembled, STAGE, prompt=spec)
     passage = await hypothetical_passage(prompt, admitted.question, deps)
-    return query.follow(
-        PromptAssembled,
-        STAGE,
-        prompt=spec.model_copy(update={"hyde_passage": passage.text}),
-        hyde_model=passage.model,
-        hyde_usage=passage.usage_details,
-    )
+    hyde = {"hyde_passage": passage.text, "hyde_model": passage.model, "hyde_usage": passage.usage_details}
+    return query.follow(PromptAssembled, STAGE, prompt=spec.model_copy(update=hyde))
 
 
 async def hypothetical_passage(prompt: PromptVersion, question: str, deps: Dependencies) -> Generation:

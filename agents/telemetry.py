@@ -104,11 +104,11 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
     match output:
         case PromptAssembled(prompt=p):
             found["question"] = p.variables.get("question", "")
-            if output.hyde_model:  # the LLM call that wrote the HyDE passage
+            if p.hyde_model:  # the LLM call that wrote the HyDE passage
                 found.update(
-                    model=output.hyde_model,
-                    input_tokens=output.hyde_usage.get("input", 0),
-                    output_tokens=output.hyde_usage.get("output", 0),
+                    model=p.hyde_model,
+                    input_tokens=p.hyde_usage.get("input", 0),
+                    output_tokens=p.hyde_usage.get("output", 0),
                 )
         case QueryEmbedded():
             found.update(model=output.embedding_model, input_tokens=output.input_tokens)

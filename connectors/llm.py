@@ -4,7 +4,10 @@ server (vLLM, TGI, Ollama, llama.cpp server, OpenAI)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -12,6 +15,8 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from schemas.errors import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
 
 
 class LLMSettings(BaseModel):
@@ -24,6 +29,11 @@ class LLMSettings(BaseModel):
     api_key: SecretStr | None = None
     model: str = Field(default="extractive", description="Model name sent to the server.")
     timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout.")
+    stream: bool = Field(
+        default=False,
+        description="openai: ask for server-sent events and read the answer as it is written "
+        "(the time to the first token is logged at debug level).",
+    )
     max_sentences: int = Field(default=3, ge=1, description="extractive: sentences per answer.")
 
 
@@ -167,6 +177,9 @@ class OpenAIBackend:
         }
         if prompt.seed is not None:
             body["seed"] = prompt.seed
+        if self._settings.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
         url = self._settings.base_url.rstrip("/") + "/chat/completions"
         try:
             async with self._session.post(url, json=body) as response:
@@ -175,8 +188,11 @@ class OpenAIBackend:
                 if response.status >= 400:
                     detail = (await response.text())[:500]
                     raise PermanentError(f"LLM server answered {response.status}: {detail}")
-                payload = await response.json(content_type=None)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                if self._settings.stream:
+                    payload = await read_stream(response)
+                else:
+                    payload = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as exc:  # refused, reset, cut mid-stream, slow
             raise TransientError(f"LLM server unreachable or slow: {exc!r}") from exc
         try:
             text = payload["choices"][0]["message"]["content"] or ""
@@ -192,6 +208,39 @@ class OpenAIBackend:
                 "output": int(usage.get("completion_tokens", 0)),
             },
         )
+
+
+async def read_stream(response: Any) -> dict[str, Any]:
+    """A streamed Chat Completion (server-sent events of `chat.completion.chunk`) folded
+    into the shape of a plain one: the content deltas joined, the last usage and model."""
+    parts: list[str] = []
+    folded: dict[str, Any] = {}
+    began, first = time.perf_counter(), None
+    async for raw in response.content:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue  # blank separators, comments, event names
+        data = line[len("data:") :].strip()
+        if data == "[DONE]":
+            break
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise PermanentError(f"unexpected Chat Completions stream line: {data[:300]}") from exc
+        if chunk.get("error"):
+            raise TransientError(f"LLM server failed mid-stream: {str(chunk['error'])[:300]}")
+        for choice in chunk.get("choices") or []:
+            delta = (choice.get("delta") or {}).get("content")
+            if delta:
+                first = first if first is not None else time.perf_counter()
+                parts.append(delta)
+        folded["model"] = chunk.get("model") or folded.get("model")
+        folded["usage"] = chunk.get("usage") or folded.get("usage")
+    else:
+        raise TransientError("the LLM server closed the stream before [DONE]")
+    if first is not None:
+        log.debug("first token after %.1f ms", (first - began) * 1000)
+    return {**folded, "choices": [{"message": {"role": "assistant", "content": "".join(parts)}}]}
 
 
 def build_backend(settings: LLMSettings) -> Backend:

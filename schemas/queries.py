@@ -61,14 +61,14 @@ class PromptSpec(Frozen):
     # HyDE: how the search vector uses the hypothetical passage prompting wrote (if any).
     hyde: HydeMode = "off"
     hyde_passage: str = ""
+    # What writing the HyDE passage took: the model that wrote it and its tokens.
+    hyde_model: str = ""
+    hyde_usage: dict[str, int] = Field(default_factory=dict)
 
 
 class PromptAssembled(Event):
     event_type: Literal["PromptAssembled"] = "PromptAssembled"
     prompt: PromptSpec
-    # What writing the HyDE passage took, when the prompt asked for one.
-    hyde_model: str = ""
-    hyde_usage: dict[str, int] = Field(default_factory=dict)
     latency_ms: Timings = Field(default_factory=dict)
 
 

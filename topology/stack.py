@@ -50,10 +50,19 @@ class StackError(LLMOpsError):
 class LocalStack:
     """Start with `with LocalStack(settings) as stack:`; `stack.settings` then points at it."""
 
-    def __init__(self, settings: Settings, *, worker: bool = True, broker: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker: bool = True,
+        broker: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         """`broker=False` uses the Kafka in settings.kafka (Apache Kafka, say) instead of
-        starting Tansu; `worker=False` leaves starting workers to the caller."""
+        starting Tansu; `worker=False` leaves starting workers to the caller; `env`: more
+        LLMOPS_* settings for the processes it starts (LLMOPS_LLM__BACKEND=openai, say)."""
         cfg = settings.stack
+        self._extra_env = dict(env or {})
         self._base = settings
         self._with_worker = worker
         self._with_broker = broker
@@ -96,6 +105,7 @@ class LocalStack:
         """The environment that points a process (worker, CLI) at this stack."""
         return {
             **os.environ,
+            **self._extra_env,
             "LLMOPS_KAFKA__BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
             "LLMOPS_MILVUS__URI": self.settings.milvus.uri,
             "LLMOPS_ANALYTICS__PORT": str(self.analytics_port),

@@ -214,7 +214,10 @@ async def test_hyde_passage_is_written_in_prompting_and_embedding_searches_with_
     prompt = PromptVersion(name="rag", system="s", template="$context $question", hyde=mode, seed=3)
     assembled = await prompting.handle(ask("what is a lambda?"), served(deps, prompt))
     assert assembled.prompt.hyde_passage == "Lambdas are anonymous functions."
-    assert (assembled.hyde_model, assembled.hyde_usage) == ("served", {"input": 12, "output": 5})
+    assert (assembled.prompt.hyde_model, assembled.prompt.hyde_usage) == (
+        "served",
+        {"input": 12, "output": 5},
+    )
     assert "Question: what is a lambda?" in llm.asked[0].user and llm.asked[0].seed == 3
     report = telemetry.facts(None, assembled)
     assert (report["model"], report["input_tokens"], report["output_tokens"], report["hyde"]) == (

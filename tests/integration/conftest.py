@@ -41,7 +41,7 @@ def embedder(base_settings: Settings) -> OnnxEmbedder:
     return model
 
 
-def _stack_settings(base: Settings, data_dir: Path) -> Settings:
+def stack_settings(base: Settings, data_dir: Path) -> Settings:
     stack = base.stack.model_copy(update={"data_dir": data_dir, "broker_port": 0, "milvus_port": 0})
     analytics = base.analytics.model_copy(update={"port": 0})
     # Without LLMOPS_CLICKHOUSE__PATH the stack keeps its chDB directory in data_dir.
@@ -57,7 +57,7 @@ def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tansu_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(_stack_settings(base_settings, tmp_path_factory.mktemp("tansu"))) as stack:
+    with LocalStack(stack_settings(base_settings, tmp_path_factory.mktemp("tansu"))) as stack:
         yield stack
 
 
@@ -70,7 +70,7 @@ def kafka_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactor
     kafka = ApacheKafka(tmp_path_factory.mktemp("kafka"))
     kafka.start()
     try:
-        settings = _stack_settings(base_settings, tmp_path_factory.mktemp("kafka-stack"))
+        settings = stack_settings(base_settings, tmp_path_factory.mktemp("kafka-stack"))
         settings = settings.model_copy(
             update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": kafka.bootstrap})}
         )

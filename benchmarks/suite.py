@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "analytics_sink": ([], ["--events", "2000", "--single", "100", "--rows", "100000", "--runs", "1"]),
     "ask_latency": ([], ["--asks", "5", "--runs", "1"]),
+    "experiment_split": ([], ["--trials", "50"]),
 }
 
 

@@ -239,7 +239,14 @@ def experiments() -> None:
 def start(
     name: str, arms: list[Arm], margin: float, min_samples: int, alpha: float, no_auto_rollback: bool
 ) -> None:
-    """Start experiment NAME over existing labels."""
+    """Start experiment NAME over existing labels.
+
+    Requests for the first arm's label are split by the weights, sticky per user. Every
+    LLMOPS_MONITOR__EXPERIMENTS_EVERY_S the analytics process compares each other arm's
+    mean user rating with the control's (one-sided Welch test, normal approximation):
+    once both arms have --min-samples ratings and the arm is worse than the control by
+    more than --margin at level --alpha, its label is pointed at the control's version,
+    the experiment ends as rolled_back and an ExperimentRolledBack alert is raised."""
     s = settings()
     registry = read_registry(s)
     for arm in arms:

@@ -97,3 +97,15 @@ def test_moving_a_label_remembers_and_rollback_walks_back():
     assert (back.version, back.history, back.reason) == (V1.version, [], "bad")
     with pytest.raises(PermanentError, match="no earlier version"):
         roll_back(registry(V1, V2, back), "production", by="test")
+
+
+def test_the_readmes_prompt_file_is_a_valid_version():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [block] = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    prompt = PromptVersion.model_validate(tomllib.loads(block))
+    assert (prompt.model, prompt.seed, prompt.retrieval_mode) == ("gpt-4o-mini", 7, "hybrid")
+    assert "$context" in prompt.template and "$question" in prompt.template

@@ -84,7 +84,9 @@ class ApacheKafka:
         log4j = self.workdir / "log4j2.xml"
         log4j.write_text(LOG4J2)
         java = ["java", "-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Kafka's own id format (url-safe base64 of a UUID), but never starting with '-':
+        # StorageTool would read such an id as an option and fail (1 run in 32 did).
+        cluster_id = "k" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
         subprocess.run(  # noqa: S603
             [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
             check=True,

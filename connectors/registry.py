@@ -26,7 +26,10 @@ def read_all(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> dict
         try:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout)
         except KafkaException as exc:
-            raise TransientError(f"cannot read the prompt registry topic {topic}: {exc}") from exc
+            raise TransientError(
+                f"cannot read the prompt registry topic {topic} (is the broker up, and was "
+                f"`llmops bootstrap` run?): {exc}"
+            ) from exc
         if high <= low:
             return records
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])

@@ -230,3 +230,15 @@ async def test_hyde_passage_is_written_in_prompting_and_embedding_searches_with_
     question, passage = FakeEmbedder().embed(["what is a lambda?", "Lambdas are anonymous functions."])
     expected = passage if mode == "replace" else (question + passage) / np.linalg.norm(question + passage)
     assert np.allclose(embedded.vector, expected)
+
+
+async def test_replaying_a_question_pinned_to_its_version_assembles_the_same_prompt(deps):
+    prompt = PromptVersion(name="rag", system="s", template="$context $question", seed=1, temperature=0.4)
+    served(deps, prompt)
+    first = await prompting.handle(
+        ask("what is a lambda?").model_copy(update={"prompt_ref": prompt.version}), deps
+    )
+    again = await prompting.handle(
+        ask("what is a lambda?").model_copy(update={"prompt_ref": prompt.version}), deps
+    )
+    assert first.prompt == again.prompt and first.prompt.template_version == prompt.version

@@ -114,15 +114,17 @@ async def test_a_worse_canary_is_rolled_back_and_a_good_one_left_alone(
     stack, owner = tansu_stack, tenant("guard")
     bad, good = f"bad-{uuid.uuid4().hex[:6]}", f"good-{uuid.uuid4().hex[:6]}"
     # Bad: users like the control 90% of the time and the canary 20%; 15 ratings per arm
-    # decide. Good: both arms liked 80% of the time, rated 4 times per answer: ~120
-    # ratings per arm make "not worse by more than 0.1" significant.
+    # decide. Good: every answer rated 5 times, liked 4 of them, so both arms score 0.8
+    # however the users split; 100+ ratings per arm make "not worse by more than 0.1"
+    # significant.
     bad_control, bad_canary, bad_control_version, bad_canary_version = await start(
         stack, tmp_path, bad, "--min-samples", "15", "--margin", "0.1"
     )
     good_control, good_canary, _, good_canary_version = await start(
         stack, tmp_path, good, "--min-samples", "15", "--margin", "0.1"
     )
-    liked_90, liked_20, liked_80 = ([True] * n + [False] * (20 - n) for n in (18, 4, 16))
+    liked_90, liked_20 = ([True] * n + [False] * (20 - n) for n in (18, 4))
+    liked_80 = [True] * 4 + [False]
     async with Client(stack.settings) as client:
         await client.ingest(docs("lambda"), tenant=owner)
         bad_given = await serve_and_rate(
@@ -130,7 +132,7 @@ async def test_a_worse_canary_is_rolled_back_and_a_good_one_left_alone(
         )
         rated_at = utc_now()
         good_given = await serve_and_rate(
-            client, owner, good, good_control, {good_control: liked_80, good_canary: liked_80}, 4
+            client, owner, good, good_control, {good_control: liked_80, good_canary: liked_80}, 5
         )
 
     deadline = time.monotonic() + 90

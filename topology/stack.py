@@ -152,11 +152,15 @@ class LocalStack:
         report = bootstrap(self.settings, analytics=False)
         log.info("bootstrap: %s", report)
         self.timings["dependencies_s"] = time.monotonic() - began
-        self._spawn("analytics", [sys.executable, "-m", "topology.cli", "analytics"])
-        self._wait_for_analytics(timeout)
+        self.start_analytics()
         if self._with_worker:
             self.start_worker()
         self.timings["ready_s"] = time.monotonic() - began
+
+    def start_analytics(self) -> None:
+        """The analytics process (again, after a crash: it resumes from its commits)."""
+        self._spawn("analytics", [sys.executable, "-m", "topology.cli", "analytics"])
+        self._wait_for_analytics(self._base.stack.ready_timeout_s)
 
     def start_worker(self, name: str = "worker") -> None:
         began = time.monotonic()

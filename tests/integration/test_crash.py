@@ -1,0 +1,173 @@
+"""Crashes on real Apache Kafka: SIGKILL the worker and the analytics process mid-stream
+and restart them; kill one of two workers for good. Every query gets exactly one answer
+at the client (at-least-once inside, deduplicated by trace id at the edge), ClickHouse
+holds every feedback event once and every telemetry event once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections import Counter
+
+from confluent_kafka import Consumer, TopicPartition
+
+from connectors.analytics import Analytics
+from connectors.client import Client
+from connectors.kafka import librdkafka_config
+from schemas import ResponseGenerated, decode
+from tests.integration.test_pipeline import docs, tenant
+from tests.integration.test_prompt_registry import members_with_queries
+from topology.stack import LocalStack
+
+QUERIES, FEEDBACK, RATE_PER_S = 60, 60, 15.0
+
+
+async def steady(count: int, send) -> list:  # type: ignore[no-untyped-def]
+    """Start `send(i)` at RATE_PER_S; return what each returned (or raised)."""
+    tasks = []
+    for i in range(count):
+        tasks.append(asyncio.create_task(send(i)))
+        await asyncio.sleep(1 / RATE_PER_S)
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def responses_on_topic(stack: LocalStack, traces: set[str]) -> Counter[str]:
+    """How many ResponseGenerated each of `traces` has on the responses topic."""
+    topic = stack.settings.kafka.topics.responses
+    consumer = Consumer(librdkafka_config(stack.settings.kafka, **{"group.id": f"t-{uuid.uuid4().hex}"}))
+    counts: Counter[str] = Counter()
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        done: set[int] = {p for p, end in ends.items() if end == 0}
+        while len(done) < len(partitions):
+            for message in consumer.consume(500, timeout=1.0):
+                if message.error() is not None:
+                    continue
+                if message.offset() + 1 >= ends[message.partition()]:
+                    done.add(message.partition())
+                if message.key() and message.key().decode() in traces:
+                    if b'"ResponseGenerated"' in message.value():
+                        counts[decode(message.value(), ResponseGenerated).trace_id] += 1
+    finally:
+        consumer.close()
+    return counts
+
+
+async def stored(stack: LocalStack, owner: str, traces: list[str]) -> dict[str, int]:
+    """Raw rows (no FINAL: duplicates would show) for this test's tenant and traces."""
+    analytics = await Analytics.connect(stack.settings.clickhouse, stack.settings.analytics)
+    try:
+        [feedback] = (
+            await analytics.query(
+                "SELECT count() AS rows, uniqExact(event_id) AS events FROM feedback "
+                "WHERE tenant = {t:String}",
+                {"t": owner},
+            )
+        ).dicts()
+        [telemetry] = (
+            await analytics.query(
+                "SELECT count() AS rows, uniqExact(event_id) AS events, "
+                "uniqExactIf(trace_id, stage = 'generation' AND status = 'ok') AS answered "
+                "FROM telemetry WHERE has({traces:Array(String)}, trace_id)",
+                {"traces": traces},
+            )
+        ).dicts()
+    finally:
+        await analytics.close()
+    return {
+        "feedback_rows": feedback["rows"],
+        "feedback_events": feedback["events"],
+        "telemetry_rows": telemetry["rows"],
+        "telemetry_events": telemetry["events"],
+        "traces_answered": telemetry["answered"],
+    }
+
+
+async def settled(stack: LocalStack, owner: str, traces: list[str], timeout: float = 90) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = await stored(stack, owner, traces)
+        if counts["feedback_rows"] >= FEEDBACK and counts["traces_answered"] == len(traces):
+            await asyncio.sleep(3)  # and whatever a redelivery would still add
+            return await stored(stack, owner, traces)
+        assert time.monotonic() < deadline, counts
+        await asyncio.sleep(1)
+
+
+async def test_killed_worker_and_analytics_lose_and_double_nothing(kafka_stack: LocalStack):
+    stack, owner = kafka_stack, tenant("crash")
+    async with Client(stack.settings) as client:
+        await client.ingest(docs("lambda", "with"), tenant=owner)
+
+        async def ask(i: int) -> ResponseGenerated:
+            return await client.ask(f"What is a lambda? ({i})", tenant=owner, timeout=240)
+
+        async def rate(i: int) -> None:
+            await client.feedback(f"crash-trace-{i}", i % 2 == 0, tenant=owner)
+
+        async def crash() -> dict[str, float]:
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(stack.stop_process, "worker", signal.SIGKILL)
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(stack.stop_process, "analytics", signal.SIGKILL)
+            began = time.monotonic()
+            await asyncio.to_thread(stack.start_analytics)
+            analytics_s = time.monotonic() - began
+            await asyncio.to_thread(stack.start_worker)
+            return {"analytics_back_s": analytics_s, "worker_back_s": time.monotonic() - began}
+
+        answers, ratings, timings = await asyncio.gather(
+            steady(QUERIES, ask), steady(FEEDBACK, rate), crash()
+        )
+    failed = [a for a in answers + ratings if isinstance(a, BaseException)]
+    assert not failed, failed[:3]
+    traces = [a.trace_id for a in answers]
+    assert len(set(traces)) == QUERIES and all(a.question.startswith("What is a lambda?") for a in answers)
+
+    on_topic = await asyncio.to_thread(responses_on_topic, stack, set(traces))
+    assert set(on_topic) == set(traces)
+    counts = await settled(stack, owner, traces)
+    assert counts["feedback_rows"] == counts["feedback_events"] == FEEDBACK
+    assert counts["telemetry_rows"] == counts["telemetry_events"]
+    assert counts["traces_answered"] == QUERIES
+    print(
+        f"crash: {QUERIES} queries answered once each at the client; responses on the topic "
+        f"{sum(on_topic.values())} ({sum(n - 1 for n in on_topic.values())} redelivered inside); "
+        f"{counts}; restart {timings}"
+    )
+
+
+async def test_one_of_two_workers_killed_the_other_takes_over(kafka_stack: LocalStack):
+    stack, owner = kafka_stack, tenant("failover")
+    await asyncio.to_thread(stack.start_worker, "worker-2")
+    deadline = time.monotonic() + 60
+    while await asyncio.to_thread(members_with_queries, stack) < 2:
+        assert time.monotonic() < deadline, "the second worker never got a partition"
+        await asyncio.sleep(1)
+    async with Client(stack.settings) as client:
+        await client.ingest(docs("lambda"), tenant=owner)
+
+        async def ask(i: int) -> ResponseGenerated:
+            return await client.ask(f"What is a lambda? ({i})", tenant=owner, timeout=240)
+
+        async def kill_one() -> float:
+            await asyncio.sleep(1.5)
+            began = time.monotonic()
+            await asyncio.to_thread(stack.stop_process, "worker", signal.SIGKILL)
+            while await asyncio.to_thread(members_with_queries, stack) != 1:
+                await asyncio.sleep(0.5)
+            return time.monotonic() - began
+
+        answers, taken_over_s = await asyncio.gather(steady(QUERIES, ask), kill_one())
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    assert not failed, failed[:3]
+    assert len({a.trace_id for a in answers}) == QUERIES
+    async with Client(stack.settings) as client:  # the survivor serves alone now: every partition is its
+        assert (await client.ask("What is a lambda?", tenant=owner, timeout=60)).passages
+    print(f"failover: {QUERIES} of {QUERIES} answered; one member left {taken_over_s:.1f}s after the kill")

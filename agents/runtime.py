@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.telemetry import TelemetrySettings, report
 from schemas import DeadLetter, Event, RequestFailed, decode, encode, new_id, utc_now
+from schemas.deadletter import ORIGINAL_KEPT
 from schemas.envelope import TENANT_PATTERN
 from schemas.errors import InvalidEvent, LLMOpsError, TransientError
 
@@ -42,6 +43,9 @@ class RuntimeSettings(BaseModel):
         default=0.005, gt=0, description="Longest wait to fill a micro-batch (adds latency)."
     )
     max_attempts: int = Field(default=4, ge=1, description="Tries before a transient error dead-letters.")
+    max_event_bytes: int = Field(
+        default=1_000_000, ge=1024, description="Larger messages are dead-lettered unread (poison guard)."
+    )
     backoff_s: float = Field(default=0.2, ge=0, description="First retry delay; doubles each time.")
     backoff_max_s: float = Field(default=5.0, ge=0)
 
@@ -94,6 +98,12 @@ class StageRunner:
         started_at = utc_now()
         for message in batch:
             try:
+                size = len(message.value or b"")
+                if size > self.settings.max_event_bytes:
+                    raise InvalidEvent(
+                        f"{size} bytes where at most {self.settings.max_event_bytes} are accepted "
+                        "(LLMOPS_WORKER__RUNTIME__MAX_EVENT_BYTES)"
+                    )
                 pending.append((message, decode(message.value, self.input_model)))
             except InvalidEvent as exc:
                 deliveries += await self._fail(message, None, exc, 1, started_at)
@@ -190,6 +200,7 @@ def dead_letter_for(
     if not isinstance(error, LLMOpsError):  # not raised on purpose: a bug to look at
         log.error("%s: unexpected %r", stage, error, exc_info=error)
     known_trace, tenant = _identify(message, event)
+    original = message.value or b""
     letter = DeadLetter(
         trace_id=known_trace if known_trace is not None else new_id(),
         tenant=tenant,
@@ -199,7 +210,9 @@ def dead_letter_for(
         partition=message.partition,
         offset=message.offset,
         key=message.key,
-        original=message.value or b"",
+        original=original[:ORIGINAL_KEPT],
+        original_size=len(original),
+        truncated=len(original) > ORIGINAL_KEPT,
         error_type=type(error).__name__,
         reason=str(error)[:2_000] or repr(error),
         attempts=attempts,
@@ -230,14 +243,25 @@ def _identify(message: Incoming, event: Event | None) -> tuple[str | None, str]:
     the client still hears about it; None when the message names no usable trace id."""
     if event is not None:
         return event.trace_id, event.tenant
-    try:
-        raw = json.loads(message.value or b"")
-    except (ValueError, UnicodeDecodeError):
-        raw = None
+    raw = None
+    if len(message.value or b"") <= ORIGINAL_KEPT:  # never parse what was refused for its size
+        try:
+            raw = json.loads(message.value or b"")
+        except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting is poison too
+            raw = None
     trace_id = raw.get("trace_id") if isinstance(raw, dict) else None
     tenant = raw.get("tenant") if isinstance(raw, dict) else None
     if not isinstance(tenant, str) or not re.fullmatch(TENANT_PATTERN, tenant):
         tenant = "default"
-    if isinstance(trace_id, str) and 0 < len(trace_id) <= 128:
+    if isinstance(trace_id, str) and 0 < len(trace_id) <= 128 and _utf8(trace_id):
         return trace_id, tenant
     return None, tenant
+
+
+def _utf8(text: str) -> bool:
+    """False for strings Python's json accepts but UTF-8 cannot carry (lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from connectors.kafka import KafkaSettings, Publisher, librdkafka_config
 from schemas import DeadLetter, decode
-from schemas.errors import InvalidEvent, TransientError
+from schemas.errors import InvalidEvent, PermanentError, TransientError
 
 
 def read(
@@ -70,9 +70,14 @@ def read(
 
 async def replay(kafka: KafkaSettings, letters: Iterable[DeadLetter]) -> int:
     """Republish each letter's original bytes to the topic it failed on, keyed as before
-    (by its trace id when the original had no key)."""
+    (by its trace id when the original had no key). Truncated originals are refused."""
     by_topic: dict[str, list[tuple[bytes, bytes]]] = defaultdict(list)
     for letter in letters:
+        if letter.truncated:
+            raise PermanentError(
+                f"dead letter {letter.event_id} keeps only {len(letter.original)} of its "
+                f"{letter.original_size} bytes: it cannot be replayed (leave it out with --id)"
+            )
         by_topic[letter.topic].append((letter.key or letter.trace_id.encode(), letter.original))
     publisher = Publisher(kafka, client_id=f"llmops-dlq-replay-{uuid.uuid4().hex[:8]}")
     await publisher.start()

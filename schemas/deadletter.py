@@ -8,6 +8,9 @@ from pydantic import ConfigDict, Field
 
 from schemas.envelope import Event, Identifier
 
+# 512 KiB: base64 makes it 683 KiB, under Kafka's default 1 MiB message limit.
+ORIGINAL_KEPT = 512 * 1024
+
 
 class DeadLetter(Event):
     # Original bytes travel as base64 in JSON and are raw bytes in Python.
@@ -20,6 +23,10 @@ class DeadLetter(Event):
     offset: int
     key: bytes | None = None
     original: bytes
+    # Originals over ORIGINAL_KEPT bytes keep only their start (the dead letter must fit
+    # the broker's message size): such a letter can be shown but not replayed.
+    original_size: int = Field(default=0, ge=0)
+    truncated: bool = False
     error_type: Identifier
     reason: str
     attempts: int = Field(ge=1)

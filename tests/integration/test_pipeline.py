@@ -8,7 +8,7 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from connectors.analytics import Analytics
 from connectors.client import Client, RequestError
@@ -29,8 +29,9 @@ def tenant(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:8]}"
 
 
-def dead_letters(stack: LocalStack, match: bytes, timeout: float = 30) -> list[DeadLetter]:
-    """Dead letters whose original bytes contain `match`, read from the topic's start."""
+def dead_letters(stack: LocalStack, match: bytes, timeout: float = 30, wanted: int = 1) -> list[DeadLetter]:
+    """Dead letters whose original bytes contain `match` (at least `wanted` of them, or
+    what came within `timeout`), read from the topic's start."""
     topic = stack.settings.kafka.topics.deadletter
     consumer = Consumer(
         librdkafka_config(
@@ -46,7 +47,7 @@ def dead_letters(stack: LocalStack, match: bytes, timeout: float = 30) -> list[D
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         found: list[DeadLetter] = []
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not found:
+        while time.monotonic() < deadline and len(found) < wanted:
             for message in consumer.consume(num_messages=500, timeout=0.5):
                 if message.error() is None:
                     letter = decode(message.value(), DeadLetter)
@@ -123,22 +124,37 @@ async def test_bad_input_is_dead_lettered_and_the_pipeline_keeps_serving(stack: 
         + owner.encode()
         + b'", "question": 42}'
     )
+    nested = b"[" * 20_000 + b'"' + marker + b'"' + b"]" * 20_000
+    # Over the runtime's 1,000,000-byte limit, under Apache Kafka's 1 MiB message limit.
+    oversized = b'{"trace_id": "big-' + marker + b'", "pad": "' + b"x" * 1_040_000 + b'"}'
+    topics = stack.settings.kafka.topics
     publisher = Publisher(stack.settings.kafka, client_id="test-bad-input")
     await publisher.start()
     try:
-        await publisher.publish(stack.settings.kafka.topics.queries, [(b"k", garbage), (b"k", wrong_type)])
-        await publisher.publish(stack.settings.kafka.topics.documents, [(b"k", garbage)])
+        await publisher.publish(topics.queries, [(b"k", garbage), (b"k", wrong_type)])
+        await publisher.publish(topics.documents, [(b"k", garbage)])
+        await publisher.publish(topics.prompts, [(b"k", nested)])
+        await publisher.publish(topics.embeddings, [(b"k", garbage)])
+        await publisher.publish(topics.contexts, [(b"k", wrong_type)])
     finally:
         await publisher.stop()
+    big = Producer(librdkafka_config(stack.settings.kafka, **{"message.max.bytes": 1_048_000}))
+    big.produce(topics.queries, key=b"k", value=oversized)
+    assert big.flush(30) == 0
 
-    letters = await asyncio.to_thread(dead_letters, stack, marker)
+    letters = await asyncio.to_thread(dead_letters, stack, marker, 60, 7)
     by_stage = {(letter.stage, letter.original) for letter in letters}
     assert ("prompting", garbage) in by_stage
     assert ("prompting", wrong_type) in by_stage
     assert ("indexing", garbage) in by_stage
+    assert ("embedding", nested) in by_stage
+    assert ("retrieval", garbage) in by_stage
+    assert ("generation", wrong_type) in by_stage
+    [large] = [x for x in letters if x.original_size == len(oversized)]
+    assert large.truncated and oversized.startswith(large.original) and "MAX_EVENT_BYTES" in large.reason
     for letter in letters:
         assert letter.permanent and letter.attempts == 1 and letter.error_type == "InvalidEvent"
-        assert letter.reason.startswith("not a valid ")
+        assert letter.reason.startswith("not a valid ") or letter is large
     typed = next(x for x in letters if x.original == wrong_type)
     assert typed.trace_id == "t-" + marker.decode() and "question" in typed.reason
 

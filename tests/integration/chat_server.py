@@ -26,6 +26,8 @@ ANSWER = "It is an anonymous function [1]."
 @dataclass
 class ChatServer:
     failures: list[int] = field(default_factory=list)  # statuses to answer before succeeding
+    down_status: int = 0  # an outage: answer this status to everything until down_until
+    down_until: float = 0.0  # time.monotonic()
     delay_s: float = 0.0
     cut_stream: bool = False
     model: str = "served-model"
@@ -57,6 +59,10 @@ class ChatServer:
         body = await request.json()
         self.seen.append({"body": body, "auth": request.headers.get("Authorization"), "at": time.time()})
         await asyncio.sleep(self.delay_s)
+        if self.down_status and time.monotonic() < self.down_until:
+            return web.json_response(
+                {"error": {"message": "down", "code": self.down_status}}, status=self.down_status
+            )
         if self.failures:
             status = self.failures.pop(0)
             return web.json_response({"error": {"message": "try later", "code": status}}, status=status)

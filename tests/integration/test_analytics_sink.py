@@ -24,6 +24,7 @@ from topology.stack import LocalStack, free_port
 from topology.topics import analytics_app_id, leader_topic
 
 N = 300
+OUTAGE_S = 30  # how long the store refuses writes in the outage test
 
 
 def isolated(stack: LocalStack, chdb_dir: Path, app_id: str) -> Settings:
@@ -109,10 +110,12 @@ async def test_a_store_outage_delays_rows_but_loses_and_doubles_none(tansu_stack
         await publisher.start()
         await publisher.publish(topics.telemetry, [(e.trace_id.encode(), encode(e)) for e in events])
         await publisher.stop()
-        await asyncio.sleep(5)  # the sink keeps trying and backing off meanwhile
+        await asyncio.sleep(OUTAGE_S)  # the sink keeps trying and backing off meanwhile
         assert committed(settings, first_group) == 0, "offsets committed for rows not stored"
         await store.command("ATTACH TABLE telemetry")
+        back = time.monotonic()
         await until(lambda: _equals(store, "SELECT count() FROM telemetry", N))
+        print(f"store outage {OUTAGE_S}s: all {N} rows stored {time.monotonic() - back:.1f}s after it ended")
         await until(lambda: _committed_all(settings, first_group))
 
     try:

@@ -1,12 +1,15 @@
-"""HyDE and the openai backend through the whole pipeline: a stack of its own whose worker
-talks to a local Chat Completions server (streamed). Prompt versions switch HyDE per
-version; the hypothetical passage's tokens and latency are recorded; a 429 from the
-server is retried; the extractive stack refuses HyDE with the way out."""
+"""The openai backend through the whole pipeline: a stack of its own whose worker talks
+to a local Chat Completions server (streamed, 2 s timeout). HyDE: prompt versions switch
+it per version, the hypothetical passage's tokens and latency are recorded, a 429 is
+retried, the extractive stack refuses it with the way out. Outages: while the server
+answers 500 or 429 or too slowly, a question fails within its deadline after bounded
+retries; when the server is back, the next question is answered, with no restart."""
 
 from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -41,6 +44,7 @@ async def openai_stack(
         "LLMOPS_LLM__BASE_URL": chat.url,
         "LLMOPS_LLM__MODEL": "served-model",
         "LLMOPS_LLM__STREAM": "true",
+        "LLMOPS_LLM__TIMEOUT_S": "2",
     }
     stack = LocalStack(stack_settings(base_settings, tmp_path_factory.mktemp("openai-stack")), env=env)
     # The worker's readiness probe needs the chat server answering: this loop serves it.
@@ -140,3 +144,31 @@ async def test_the_extractive_backend_refuses_hyde_with_the_way_out(tansu_stack:
     async with Client(tansu_stack.settings) as client:
         with pytest.raises(RequestError, match="LLMOPS_LLM__BACKEND=openai"):
             await client.ask("What is a lambda?", tenant=tenant("no-hyde"), prompt=hyde.version)
+
+
+@pytest.mark.parametrize("outage", ["500", "429", "slow"])
+async def test_an_llm_outage_fails_questions_in_time_and_heals_by_itself(
+    openai_stack: LocalStack, chat: ChatServer, outage: str
+):
+    owner = tenant(f"llm-{outage}")
+    async with Client(openai_stack.settings) as client:
+        await client.ingest(docs("lambda"), tenant=owner)
+        if outage == "slow":
+            chat.delay_s = 3.0  # over the worker's 2 s timeout
+        else:
+            chat.down_status, chat.down_until = int(outage), time.monotonic() + 600
+        began = time.monotonic()
+        try:
+            with pytest.raises(RequestError) as failed:
+                await client.ask("What is a lambda?", tenant=owner, timeout=60)
+            failed_in = time.monotonic() - began
+        finally:
+            chat.delay_s, chat.down_until = 0.0, 0.0
+        back = time.monotonic()
+        answer = await client.ask("What is a lambda?", tenant=owner, timeout=60)
+        recovered_in = time.monotonic() - back
+    failure = failed.value.failure
+    assert failure.stage == "generation" and failure.error_type == "TransientError"
+    assert (outage in failure.reason) if outage != "slow" else ("slow" in failure.reason)
+    assert answer.model == "served-model" and answer.passages
+    print(f"LLM {outage}: failed after {failed_in:.1f}s (4 attempts); answered {recovered_in:.2f}s after")

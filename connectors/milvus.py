@@ -11,6 +11,7 @@ the same as hybrid_search with RRFRanker: tests/integration/test_hybrid_retrieva
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from schemas.envelope import TENANT_PATTERN
 from schemas.errors import PermanentError, TransientError
 from schemas.queries import RetrievalMode
+
+log = logging.getLogger(__name__)
+# Milvus's code for "collection not loaded" (searches need it in memory).
+_NOT_LOADED = 101
 
 _TENANT = re.compile(TENANT_PATTERN)
 _TEXT_LIMIT = 65_535  # Milvus VARCHAR max_length
@@ -151,6 +156,10 @@ class MilvusStore:
             )
         except Exception as exc:  # pymilvus raises several unrelated types on connect
             raise TransientError(f"Milvus at {self._settings.uri} unreachable: {exc}") from exc
+
+    def ping(self) -> None:
+        """One round trip (opening a client connects lazily and proves nothing)."""
+        self._call("list_collections")
 
     def close(self) -> None:
         if self._client is not None:
@@ -339,7 +348,15 @@ class MilvusStore:
         from pymilvus.exceptions import MilvusException
 
         try:
-            return getattr(self._client, method)(**kwargs)
+            try:
+                return getattr(self._client, method)(**kwargs)
+            except MilvusException as exc:
+                if getattr(exc, "code", None) != _NOT_LOADED:
+                    raise
+                # A restarted Milvus Lite server keeps collections released: load, retry once.
+                log.warning("Milvus collection %s was released; loading it", self._settings.collection)
+                self._client.load_collection(self._settings.collection)
+                return getattr(self._client, method)(**kwargs)
         except MilvusException as exc:
             # Unavailable / deadline codes are worth a retry; the rest are our mistake.
             transient = getattr(exc, "code", None) in {1, 2, 4, 7, 9, 10}

@@ -131,6 +131,24 @@ class LocalStack:
                     "memory://tansu/",
                 ],
             )
+        self._spawn_milvus()
+        wait_for_broker(self.settings.kafka, timeout)
+        self._wait_for_milvus(timeout)
+        # The analytics process applies the DDL itself: it is the store's one owner.
+        report = bootstrap(self.settings, analytics=False)
+        log.info("bootstrap: %s", report)
+        self.timings["dependencies_s"] = time.monotonic() - began
+        self.start_analytics()
+        if self._with_worker:
+            self.start_worker()
+        self.timings["ready_s"] = time.monotonic() - began
+
+    def start_milvus(self) -> None:
+        """The Milvus Lite server (again, after an outage: same data, same port)."""
+        self._spawn_milvus()
+        self._wait_for_milvus(self._base.stack.ready_timeout_s)
+
+    def _spawn_milvus(self) -> None:
         self._spawn(
             "milvus",
             [
@@ -146,16 +164,6 @@ class LocalStack:
                 str(self.milvus_port),
             ],
         )
-        wait_for_broker(self.settings.kafka, timeout)
-        self._wait_for_milvus(timeout)
-        # The analytics process applies the DDL itself: it is the store's one owner.
-        report = bootstrap(self.settings, analytics=False)
-        log.info("bootstrap: %s", report)
-        self.timings["dependencies_s"] = time.monotonic() - began
-        self.start_analytics()
-        if self._with_worker:
-            self.start_worker()
-        self.timings["ready_s"] = time.monotonic() - began
 
     def start_analytics(self) -> None:
         """The analytics process (again, after a crash: it resumes from its commits)."""
@@ -252,9 +260,11 @@ class LocalStack:
             store = MilvusStore(self.settings.milvus.model_copy(update={"timeout_s": 2.0}))
             try:
                 store.open()
-                store.close()
+                store.ping()
                 return
             except TransientError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
+            finally:
+                store.close()

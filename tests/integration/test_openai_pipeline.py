@@ -20,11 +20,14 @@ from connectors.analytics import Analytics
 from connectors.client import Client, RequestError
 from tests.integration.chat_server import PASSAGE, ChatServer
 from tests.integration.conftest import stack_settings
+from tests.integration.test_cli import llmops
 from tests.integration.test_pipeline import docs, tenant
 from tests.integration.test_prompt_registry import cli, prompt_file
 from topology.settings import Settings
 from topology.stack import LocalStack
 
+API_KEY = f"sk-canary-{uuid.uuid4().hex}"
+WEBHOOK_SECRET = f"hook-canary-{uuid.uuid4().hex}"
 QUESTIONS = [f"What does a lambda expression create? ({i})" for i in range(10)]
 
 
@@ -45,6 +48,11 @@ async def openai_stack(
         "LLMOPS_LLM__MODEL": "served-model",
         "LLMOPS_LLM__STREAM": "true",
         "LLMOPS_LLM__TIMEOUT_S": "2",
+        # Canaries: the key must reach the server and no log line.
+        "LLMOPS_LLM__API_KEY": API_KEY,
+        "LLMOPS_MILVUS__TOKEN": "",
+        "LLMOPS_WEBHOOK__URL": f"http://127.0.0.1:9/{WEBHOOK_SECRET}",
+        "LLMOPS_WORKER__LOG_LEVEL": "INFO",
     }
     stack = LocalStack(stack_settings(base_settings, tmp_path_factory.mktemp("openai-stack")), env=env)
     # The worker's readiness probe needs the chat server answering: this loop serves it.
@@ -172,3 +180,22 @@ async def test_an_llm_outage_fails_questions_in_time_and_heals_by_itself(
     assert (outage in failure.reason) if outage != "slow" else ("slow" in failure.reason)
     assert answer.model == "served-model" and answer.passages
     print(f"LLM {outage}: failed after {failed_in:.1f}s (4 attempts); answered {recovered_in:.2f}s after")
+
+
+def test_secrets_reach_their_servers_and_no_log_line(openai_stack: LocalStack, chat: ChatServer):
+    """Runs last in this module: every process of the stack has logged its start, the
+    HyDE and outage tests (errors, retries, dead letters) and a verbose CLI call."""
+    assert {s["auth"] for s in chat.seen} == {f"Bearer {API_KEY}"}
+    env = {
+        **openai_stack.env(),
+        "LLMOPS_LLM__API_KEY": API_KEY,
+        "LLMOPS_WEBHOOK__URL": f"http://x/{WEBHOOK_SECRET}",
+    }
+    cli_run = llmops("-v", "ask", "What is a lambda?", "--tenant", "secrets", env=env)
+    bad = llmops("ask", "x", env={**env, "LLMOPS_KAFKA__PARTITIONS": "not-a-number"})
+    assert bad.returncode == 1 and "invalid LLMOPS_* configuration" in bad.stderr
+    logs = {p.name: p.read_text(errors="replace") for p in (openai_stack.data_dir / "logs").glob("*.log")}
+    logs |= {"cli": cli_run.stdout + cli_run.stderr, "cli-bad-config": bad.stdout + bad.stderr}
+    assert sum(len(text) for text in logs.values()) > 10_000, "too little logged for the scan to mean much"
+    for name, text in logs.items():
+        assert API_KEY not in text and WEBHOOK_SECRET not in text, f"a secret in {name}"

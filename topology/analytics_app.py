@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import faust
 from faust.web import Request, Response, View
@@ -28,7 +28,7 @@ from schemas.alerts import Alert
 from schemas.errors import LLMOpsError
 from schemas.feedback import FeedbackReceived
 from schemas.telemetry import StageCompleted
-from topology.app import incoming, new_app, raw_topic, sender
+from topology.app import acked_batches, new_app, raw_topic, sender
 from topology.settings import Settings
 from topology.topics import analytics_app_id, registry_topic
 
@@ -199,17 +199,12 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
 def register_sink(
     app: faust.App, runner: SinkRunner, source: faust.TopicT, ready: Callable[[], Awaitable[None]]
 ) -> None:
-    """An agent that writes batches and acknowledges each batch only after it is stored
-    (noack_take: faust commits offsets only up to acknowledged events)."""
+    """An agent that writes batches and acknowledges each batch only after it is stored."""
     settings = runner.settings
 
     async def agent(stream: faust.StreamT) -> None:
         await ready()
-        batches = cast(Any, stream).noack_take(settings.batch_max, within=settings.batch_within_s)
-        async for events in batches:
-            await runner.process([incoming(e) for e in events])
-            for event in events:
-                await stream.ack(event)
+        await acked_batches(stream, settings.batch_max, settings.batch_within_s, runner.process)
 
     agent.__name__ = runner.name.replace("-", "_")
     app.agent(source, name=runner.name)(agent)

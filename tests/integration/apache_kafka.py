@@ -49,8 +49,10 @@ def fetch_jars() -> Path:
 
 
 class ApacheKafka:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, sasl_users: dict[str, str] | None = None) -> None:
+        """`sasl_users`: serve SASL_PLAINTEXT with the PLAIN mechanism for these users."""
         self.workdir = workdir
+        self.sasl_users = sasl_users
         self.port = free_port()
         self.controller_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
@@ -60,16 +62,30 @@ class ApacheKafka:
         libs = fetch_jars()
         self.workdir.mkdir(parents=True, exist_ok=True)
         props = self.workdir / "server.properties"
+        listener = "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT"
+        sasl = []
+        if self.sasl_users:
+            users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
+            name, password = next(iter(self.sasl_users.items()))
+            sasl = [
+                "sasl.enabled.mechanisms=PLAIN",
+                "sasl.mechanism.inter.broker.protocol=PLAIN",
+                f"inter.broker.listener.name={listener}",
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{name}" password="{password}" {users};',
+            ]
         props.write_text(
             "\n".join(
                 [
+                    *sasl,
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"listeners={listener}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners={listener}://127.0.0.1:{self.port}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"listener.security.protocol.map={listener}:{listener},CONTROLLER:PLAINTEXT",
                     f"log.dirs={self.workdir / 'data'}",
                     "offsets.topic.replication.factor=1",
                     "transaction.state.log.replication.factor=1",
@@ -103,7 +119,16 @@ class ApacheKafka:
     def _wait(self, timeout: float) -> None:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        conf = {"bootstrap.servers": self.bootstrap}
+        if self.sasl_users:
+            name, password = next(iter(self.sasl_users.items()))
+            conf |= {
+                "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "PLAIN",
+                "sasl.username": name,
+                "sasl.password": password,
+            }
+        admin = AdminClient(conf)
         deadline = time.monotonic() + timeout
         while True:
             assert self._proc is not None

@@ -88,8 +88,8 @@ async def run_sink(
         await app.stop()
 
 
-async def test_a_store_outage_delays_rows_but_loses_and_doubles_none(stack, chdb_dir):
-    settings = isolated(stack, chdb_dir, f"sink-{uuid.uuid4().hex[:6]}")
+async def test_a_store_outage_delays_rows_but_loses_and_doubles_none(kafka_stack, chdb_dir):
+    settings = isolated(kafka_stack, chdb_dir, f"sink-{uuid.uuid4().hex[:6]}")
     topics = settings.kafka.topics
     ensure_topics(
         settings.kafka,

@@ -14,8 +14,8 @@ from tests.integration.test_pipeline import docs, tenant
 from topology.stack import LocalStack
 
 
-async def test_a_milvus_outage_fails_questions_in_time_and_heals_by_itself(stack: LocalStack):
-    owner = tenant("milvus-down")
+async def test_a_milvus_outage_fails_questions_in_time_and_heals_by_itself(kafka_stack: LocalStack):
+    stack, owner = kafka_stack, tenant("milvus-down")
     async with Client(stack.settings) as client:
         await client.ingest(docs("lambda"), tenant=owner)
         await asyncio.to_thread(stack.stop_process, "milvus")

@@ -1,10 +1,10 @@
-"""The openai backend through the whole pipeline, on Tansu and on Apache Kafka: a stack
-of its own whose worker talks to a local Chat Completions server (streamed, 2 s
-timeout). HyDE: prompt versions switch it per version, the hypothetical passage's tokens
-and latency are recorded, a 429 is retried, the extractive stack refuses it with the way
-out. Outages: while the server answers 500 or 429 or too slowly, a question fails within
-its deadline after bounded retries; when the server is back, the next question is
-answered, with no restart."""
+"""The openai backend through the whole pipeline, on Apache Kafka: a stack of its own
+whose worker talks to a local Chat Completions server (streamed, 2 s timeout). HyDE:
+prompt versions switch it per version, the hypothetical passage's tokens and latency are
+recorded, a 429 is retried, the extractive stack refuses it with the way out. Outages:
+while the server answers 500 or 429 or too slowly, a question fails within its deadline
+after bounded retries; when the server is back, the next question is answered, with no
+restart."""
 
 from __future__ import annotations
 
@@ -40,24 +40,22 @@ async def chat() -> AsyncIterator[ChatServer]:
     await server.stop()
 
 
-@pytest.fixture(scope="module", params=["tansu", "kafka"])
-def broker(request: pytest.FixtureRequest) -> str | None:
-    """None: a Tansu of the stack's own; else the bootstrap servers of the Apache Kafka tier
-    (resolved here, outside the event loop: that fixture starts a stack synchronously)."""
-    if request.param == "tansu":
-        return None
-    return request.getfixturevalue("kafka_stack").settings.kafka.bootstrap_servers
+@pytest.fixture(scope="module")
+def broker(kafka_stack: LocalStack) -> str:
+    """The Apache Kafka tier's broker (resolved in a sync fixture: that one starts a stack
+    outside the event loop)."""
+    return kafka_stack.settings.kafka.bootstrap_servers
 
 
 @pytest.fixture(scope="module")
 async def openai_stack(
-    broker: str | None,
+    broker: str,
     chat: ChatServer,
     base_settings: Settings,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[LocalStack]:
-    """A stack whose worker uses the openai backend: its own Tansu, or the Apache Kafka of
-    the kafka tier with an app id and topics of its own (its own group, its own data)."""
+    """A stack whose worker uses the openai backend, on the Apache Kafka of the kafka tier
+    with an app id and topics of its own (its own group, its own Milvus and analytics)."""
     env = {
         "LLMOPS_LLM__BACKEND": "openai",
         "LLMOPS_LLM__BASE_URL": chat.url,
@@ -71,17 +69,16 @@ async def openai_stack(
         "LLMOPS_WORKER__LOG_LEVEL": "INFO",
     }
     settings = stack_settings(base_settings, tmp_path_factory.mktemp("openai-stack"))
-    if broker is not None:
-        topics = TopicNames(**{f: f"openai.{name}" for f, name in TopicNames().model_dump().items()})
-        env |= {"LLMOPS_WORKER__APP_ID": "llmops-openai"}
-        env |= {f"LLMOPS_KAFKA__TOPICS__{f.upper()}": name for f, name in topics.model_dump().items()}
-        settings = settings.model_copy(
-            update={
-                "kafka": settings.kafka.model_copy(update={"bootstrap_servers": broker, "topics": topics}),
-                "worker": settings.worker.model_copy(update={"app_id": "llmops-openai"}),
-            }
-        )
-    stack = LocalStack(settings, broker=broker is None, env=env)
+    topics = TopicNames(**{f: f"openai.{name}" for f, name in TopicNames().model_dump().items()})
+    env |= {"LLMOPS_WORKER__APP_ID": "llmops-openai"}
+    env |= {f"LLMOPS_KAFKA__TOPICS__{f.upper()}": name for f, name in topics.model_dump().items()}
+    settings = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(update={"bootstrap_servers": broker, "topics": topics}),
+            "worker": settings.worker.model_copy(update={"app_id": "llmops-openai"}),
+        }
+    )
+    stack = LocalStack(settings, broker=False, env=env)
     # The worker's readiness probe needs the chat server answering: this loop serves it.
     await asyncio.to_thread(stack.start)
     try:

@@ -23,28 +23,16 @@ from schemas import (
     DocumentSubmitted,
     Passage,
     PromptAssembled,
-    PromptSpec,
     QueryEmbedded,
     QueryReceived,
     decode,
     encode,
 )
 from tests.agents.test_handlers import FakeEmbedder, FakeStore
-from tests.agents.test_runtime import Topic
+from tests.agents.test_runtime import SPEC, Topic
 from topology.graph import STAGES
 
 LIMIT = 4096  # max_event_bytes here, so oversized payloads stay cheap to generate
-SPEC = PromptSpec(
-    template_id="t",
-    template_version="1",
-    system="s",
-    template="$context $question",
-    variables={"question": "q"},
-    retrieval_text="q",
-    top_k=2,
-    temperature=0,
-    max_tokens=5,
-)
 VALID = {
     "QueryReceived": QueryReceived(trace_id="t", producer="p", question="what is a lambda?"),
     "PromptAssembled": PromptAssembled(trace_id="t", producer="p", prompt=SPEC),

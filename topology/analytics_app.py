@@ -65,10 +65,11 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
 
     monitor = Monitor(store, settings.monitor, announce)
 
+    registry_topic_name = registry_topic(settings.worker.app_id)
+
     async def read_registry() -> Registry:
         return Registry(await asyncio.to_thread(registry.read_all, settings.kafka, registry_topic_name))
 
-    registry_topic_name = registry_topic(settings.worker.app_id)
     guard = ExperimentGuard(
         Analytics(store),
         read_registry,

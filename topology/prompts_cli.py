@@ -60,6 +60,21 @@ def resolve(registry: Registry, ref: str) -> PromptVersion:
         raise click.ClickException(str(exc)) from exc
 
 
+def moved(registry: Registry, label: str, version: str, reason: str) -> LabelMoved:
+    """The record that moves `label`, or a clear error for a label name Kafka keys refuse."""
+    try:
+        return move_label(registry, label, version, by="cli", reason=reason)
+    except ValidationError as exc:
+        raise click.ClickException(f"label {label!r}: {exc.errors()[0]['msg']}") from exc
+
+
+def find_experiment(s: Settings, name: str) -> Experiment:
+    experiment = read_registry(s).experiment(name)
+    if experiment is None:
+        raise click.ClickException(f"no experiment {name!r}; see `llmops experiments list`")
+    return experiment
+
+
 def load_prompt(path: Path) -> PromptVersion:
     try:
         raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
@@ -105,7 +120,7 @@ def push(file: Path, label: str | None) -> None:
     if not known:
         records.append(prompt)
     if label:
-        records.append(move_label(registry, label, prompt.version, by="cli", reason=f"push {file.name}"))
+        records.append(moved(registry, label, prompt.version, f"push {file.name}"))
     if records:
         write(s, *records)
     click.echo(f"{prompt.version} {prompt.name}{' (already registered)' if known else ''}")
@@ -176,8 +191,7 @@ def label(name: str, ref: str, reason: str) -> None:
     s = settings()
     registry = read_registry(s)
     prompt = resolve(registry, ref)
-    Arm(label=name, weight=1)  # the label's spelling rules, with a clear error
-    write(s, move_label(registry, name, prompt.version, by="cli", reason=reason))
+    write(s, moved(registry, name, prompt.version, reason))
     click.echo(f"label {name} -> {prompt.version}")
 
 
@@ -286,9 +300,7 @@ def stop(name: str, reason: str) -> None:
     from schemas import utc_now
 
     s = settings()
-    experiment = read_registry(s).experiment(name)
-    if experiment is None:
-        raise click.ClickException(f"no experiment {name!r}; see `llmops experiments list`")
+    experiment = find_experiment(s, name)
     if experiment.status != "running":
         raise click.ClickException(f"experiment {name} is {experiment.status} already")
     write(s, experiment.model_copy(update={"status": "stopped", "ended_at": utc_now(), "reason": reason}))
@@ -316,9 +328,7 @@ def report(name: str, as_json: bool) -> None:
     from topology.cli import with_analytics
 
     s = settings()
-    experiment = read_registry(s).experiment(name)
-    if experiment is None:
-        raise click.ClickException(f"no experiment {name!r}; see `llmops experiments list`")
+    experiment = find_experiment(s, name)
     stats = {a.arm: a for a in with_analytics(lambda analytics: arm_stats(analytics, experiment))}
     verdicts = {v.arm: v for v in judge(experiment, list(stats.values()))}
     rows: list[dict[str, Any]] = []

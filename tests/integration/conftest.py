@@ -61,12 +61,17 @@ def tansu_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactor
         yield stack
 
 
-@pytest.fixture(scope="session")
-def kafka_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def require_java(tier: str) -> None:
+    """Skip a tier that runs Apache Kafka where java or mvn is missing; fail in CI."""
     if not java_available():
         if REQUIRE_KAFKA:
             pytest.fail("LLMOPS_REQUIRE_APACHE_KAFKA=1 but java or mvn is missing")
-        pytest.skip("Apache Kafka tier skipped: no java/mvn on this machine")
+        pytest.skip(f"{tier} skipped: no java/mvn on this machine")
+
+
+@pytest.fixture(scope="session")
+def kafka_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    require_java("Apache Kafka tier")
     kafka = ApacheKafka(tmp_path_factory.mktemp("kafka"))
     kafka.start()
     try:

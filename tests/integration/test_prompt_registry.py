@@ -91,6 +91,9 @@ async def test_a_label_moved_with_the_cli_answers_the_next_request(stack: LocalS
     assert f'version = "{first.version}"' in shown and label in shown
     refused = llmops("prompts", "rollback", f"never-{label}", env=stack.env())
     assert refused.returncode == 1 and "no label" in refused.stderr
+    badly_named = llmops("prompts", "label", "no spaces!", first.version, env=stack.env())
+    assert badly_named.returncode == 1 and "label 'no spaces!'" in badly_named.stderr
+    assert "Traceback" not in badly_named.stderr
 
 
 def members_with_queries(stack: LocalStack) -> int:

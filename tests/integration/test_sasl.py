@@ -13,8 +13,8 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.client import Client
-from tests.integration.apache_kafka import ApacheKafka, java_available
-from tests.integration.conftest import REQUIRE_KAFKA, stack_settings
+from tests.integration.apache_kafka import ApacheKafka
+from tests.integration.conftest import require_java, stack_settings
 from tests.integration.test_cli import llmops
 from tests.integration.test_pipeline import docs, tenant
 from topology.settings import Settings
@@ -34,10 +34,7 @@ def sasl_env(password: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def sasl_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    if not java_available():
-        if REQUIRE_KAFKA:
-            pytest.fail("LLMOPS_REQUIRE_APACHE_KAFKA=1 but java or mvn is missing")
-        pytest.skip("SASL tier skipped: no java/mvn on this machine")
+    require_java("SASL tier")
     kafka = ApacheKafka(
         tmp_path_factory.mktemp("sasl-kafka"), sasl_users={"admin": "admin-secret", "alice": PASSWORD}
     )

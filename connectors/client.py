@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -26,6 +27,8 @@ from schemas import (
 )
 from schemas.errors import InvalidEvent, LLMOpsError, PermanentError, TransientError
 from schemas.feedback import FeedbackReceived, FeedbackType
+
+log = logging.getLogger(__name__)
 
 Reply = ResponseGenerated | DocumentIndexed | RequestFailed
 _replies: TypeAdapter[Reply] = TypeAdapter(Reply)
@@ -239,9 +242,14 @@ class Client:
         while True:
             # consume() waits its full timeout unless num_messages arrive: wait for one,
             # then drain what is already there, so a reply is handed over at once.
-            messages = await self._consumer.consume(num_messages=1, timeout=0.2)
-            if messages:
-                messages += await self._consumer.consume(num_messages=500, timeout=0)
+            try:
+                messages = await self._consumer.consume(num_messages=1, timeout=0.2)
+                if messages:
+                    messages += await self._consumer.consume(num_messages=500, timeout=0)
+            except Exception as exc:  # noqa: BLE001  # one bad poll must not end every pending ask
+                log.warning("reading replies failed, retrying: %s", exc)
+                await asyncio.sleep(0.2)
+                continue
             for message in messages:
                 if message.error() is not None:
                     continue

@@ -38,6 +38,18 @@ def read_qrels(path: Path) -> dict[str, set[str]]:
     return qrels
 
 
+def load_beir(directory: Path) -> tuple[list[str], list[str], list[str], list[str], dict[str, set[str]]]:
+    """A BEIR set for benchmarks: document ids and texts ("title text", as BEIR joins them),
+    then the test split's query ids, texts and judgements."""
+    corpus = [json.loads(line) for line in (directory / "corpus.jsonl").open()]
+    queries = {q["_id"]: q["text"] for q in map(json.loads, (directory / "queries.jsonl").open())}
+    qrels = read_qrels(directory / "qrels" / "test.tsv")
+    qids = sorted(qrels)
+    doc_ids = [d["_id"] for d in corpus]
+    texts = [f"{d.get('title', '')} {d['text']}".strip() for d in corpus]
+    return doc_ids, texts, qids, [queries[q] for q in qids], qrels
+
+
 def load_golden(directory: Path, limit: int | None = None) -> list[GoldenCase]:
     golden, beir = directory / "golden.jsonl", directory / "qrels" / "test.tsv"
     if golden.is_file():

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from connectors.model_precision import Precision, model_file
 from schemas.errors import PermanentError
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "llmops-stream" / "models" / "all-MiniLM-L6-v2"
@@ -32,6 +33,11 @@ class EmbeddingSettings(BaseModel):
     batch_size: int = Field(default=8, ge=1, description="Texts per ONNX Runtime call.")
     max_length: int = Field(default=256, ge=8, description="Tokens kept per text.")
     threads: int = Field(default=0, ge=0, description="Intra-op threads; 0 lets ORT decide.")
+    precision: Precision = Field(
+        default="fp32",
+        description="fp32; fp16 (CUDA only) or int8 (CPU) run the copy that "
+        "`llmops model export --precision P` writes beside model.onnx.",
+    )
 
 
 class ModelNotFound(PermanentError):
@@ -55,11 +61,13 @@ class OnnxEmbedder:
         from tokenizers import Tokenizer
 
         model_dir = self._settings.model_dir
-        onnx_path, tok_path = model_dir / "model.onnx", model_dir / "tokenizer.json"
+        precision = self._settings.precision
+        onnx_path, tok_path = model_file(model_dir, precision), model_dir / "tokenizer.json"
         if not onnx_path.is_file() or not tok_path.is_file():
+            flag = "" if precision == "fp32" else f" --precision {precision}"
             raise ModelNotFound(
-                f"no ONNX model in {model_dir} (need model.onnx and tokenizer.json); "
-                "run `llmops model export` or set LLMOPS_EMBEDDING__MODEL_DIR"
+                f"no ONNX model in {model_dir} (need {onnx_path.name} and tokenizer.json); "
+                f"run `llmops model export{flag}` or set LLMOPS_EMBEDDING__MODEL_DIR"
             )
         card = model_dir / MODEL_CARD
         if card.is_file():
@@ -78,6 +86,11 @@ class OnnxEmbedder:
             str(onnx_path), sess_options=options, providers=self._choose_providers(ort)
         )
         self.providers = list(self._session.get_providers())
+        if precision == "fp16" and "CUDAExecutionProvider" not in self.providers:
+            # ORT's CPU kernels mostly lack fp16: it would run cast-by-cast, far slower.
+            raise PermanentError(
+                "embedding.precision=fp16 needs the CUDA execution provider; use int8 on CPU"
+            )
         self._input_names = {i.name for i in self._session.get_inputs()}
         self.dim = int(self.embed(["probe"]).shape[1])
 

@@ -11,6 +11,9 @@ from pathlib import Path
 from schemas.errors import PermanentError
 
 MODEL_NAME = "all-MiniLM-L6-v2"
+# Bumped when the exported graph changes, so a cached older export is replaced.
+# 2: eager attention, fused by ORT's transformer optimizer (Attention, EmbedLayerNorm).
+GRAPH_VERSION = 2
 
 
 def bundled_weights() -> Path:
@@ -22,9 +25,12 @@ def bundled_weights() -> Path:
 
 
 def export(out_dir: Path, source: Path | None = None, force: bool = False) -> Path:
-    """Write model.onnx, tokenizer.json and a model card into out_dir; skip if present."""
-    if (out_dir / "model.onnx").is_file() and not force:
-        return out_dir
+    """Write model.onnx, tokenizer.json and a model card into out_dir; skip if an export of
+    this GRAPH_VERSION is there."""
+    card_path = out_dir / "llmops_model.json"
+    if (out_dir / "model.onnx").is_file() and card_path.is_file() and not force:
+        if json.loads(card_path.read_text()).get("graph_version") == GRAPH_VERSION:
+            return out_dir
     try:
         import torch
         from transformers import AutoModel
@@ -33,7 +39,10 @@ def export(out_dir: Path, source: Path | None = None, force: bool = False) -> Pa
             "exporting needs torch and transformers: pip install 'llmops-stream[model]'"
         ) from exc
     source = source or bundled_weights()
-    model = AutoModel.from_pretrained(str(source)).eval()
+    # Eager attention exports the classic mask-and-softmax pattern, which ORT's optimizer
+    # fuses into one Attention kernel per layer (SDPA's export is left unfused): 1.2-1.3x
+    # faster on 256-token texts on 2 CPU cores.
+    model = AutoModel.from_pretrained(str(source), attn_implementation="eager").eval()
 
     class KeywordForward(torch.nn.Module):
         # BertModel's positional argument order changed across transformers releases;
@@ -66,11 +75,28 @@ def export(out_dir: Path, source: Path | None = None, force: bool = False) -> Pa
                 opset_version=17,
                 dynamo=False,
             )
+        fuse(staging / "model.onnx", model.config.num_attention_heads, model.config.hidden_size)
         for name in ("tokenizer.json", "config.json"):
             shutil.copy(source / name, staging / name)
-        card = {"name": MODEL_NAME, "pooling": "mean", "normalize": True, "source": str(source)}
+        card = {
+            "name": MODEL_NAME,
+            "pooling": "mean",
+            "normalize": True,
+            "source": str(source),
+            "graph_version": GRAPH_VERSION,
+        }
         (staging / "llmops_model.json").write_text(json.dumps(card, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)  # atomic: a half-written export is never used
     return out_dir
+
+
+def fuse(path: Path, heads: int, hidden: int) -> None:
+    """Rewrite a BERT graph in place with ORT's transformer fusions (Attention,
+    EmbedLayerNorm, SkipLayerNorm, BiasGelu), so every session loads the fused graph."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden).save_model_to_file(
+        str(path)
+    )

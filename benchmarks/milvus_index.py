@@ -20,11 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from agents.evaluation import ndcg_at, read_qrels
+from agents.evaluation import load_beir, ndcg_at
 from connectors.embedder import OnnxEmbedder
 from connectors.milvus import Chunk, Found, MilvusSettings, MilvusStore
 from topology.settings import Settings
@@ -34,14 +36,23 @@ INDEXES = ("FLAT", "HNSW", "AUTOINDEX")
 CACHE = Path.home() / ".cache" / "llmops-stream" / "bench"
 
 
-def load_beir(directory: Path) -> tuple[list[str], list[str], list[str], list[str], dict[str, set[str]]]:
-    corpus = [json.loads(line) for line in (directory / "corpus.jsonl").open()]
-    queries = {q["_id"]: q["text"] for q in map(json.loads, (directory / "queries.jsonl").open())}
-    qrels = read_qrels(directory / "qrels" / "test.tsv")
-    qids = sorted(qrels)
-    doc_ids = [d["_id"] for d in corpus]
-    texts = [f"{d.get('title', '')} {d['text']}".strip() for d in corpus]
-    return doc_ids, texts, qids, [queries[q] for q in qids], qrels
+@contextmanager
+def milvus_lite_server() -> Iterator[str]:
+    """A Milvus Lite server on a free port over a temporary directory; yields its URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", tmp]
+        server = subprocess.Popen(  # noqa: S603
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(3)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.terminate()
+            server.wait()
 
 
 def cached_embeddings(embedder: OnnxEmbedder, source: Path, texts: list[str]) -> tuple[np.ndarray, float]:
@@ -109,70 +120,46 @@ def main() -> None:
 
     results: dict[str, dict[str, float]] = {}
     modes: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        server = subprocess.Popen(  # noqa: S603
-            [
-                sys.executable,
-                "-m",
-                "milvus_lite",
-                "server",
-                "--data-dir",
-                tmp,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            time.sleep(3)
-            for index in INDEXES:
-                store = MilvusStore(
-                    MilvusSettings(
-                        uri=f"http://127.0.0.1:{port}", collection=f"bench_{index.lower()}", index_type=index
-                    )
-                )
-                store.open()
-                store.ensure_collection(docs.shape[1])
-                for s in range(0, len(docs), 1000):
-                    store.upsert(
-                        [
-                            Chunk(
-                                id=doc_ids[i],
-                                tenant="bench",
-                                doc_id=doc_ids[i],
-                                chunk=0,
-                                title="",
-                                text=texts[i],  # "title text", as BM25 should see it
-                                vector=docs[i],
-                            )
-                            for i in range(s, min(s + 1000, len(docs)))
-                        ]
-                    )
-                timings, found = timed_searches(store, queries, questions, "dense", args.runs, args.batch)
-                if index == "FLAT":  # what BM25 and fusion add per query, on the exact index
-                    for mode in ("dense", "bm25", "hybrid"):
-                        mode_timings, mode_found = timed_searches(
-                            store, queries, questions, mode, args.runs, args.batch
+    with milvus_lite_server() as uri:
+        for index in INDEXES:
+            store = MilvusStore(
+                MilvusSettings(uri=uri, collection=f"bench_{index.lower()}", index_type=index)
+            )
+            store.open()
+            store.ensure_collection(docs.shape[1])
+            for s in range(0, len(docs), 1000):
+                store.upsert(
+                    [
+                        Chunk(
+                            id=doc_ids[i],
+                            tenant="bench",
+                            doc_id=doc_ids[i],
+                            chunk=0,
+                            title="",
+                            text=texts[i],  # "title text", as BM25 should see it
+                            vector=docs[i],
                         )
-                        modes[mode] = {"ndcg_at_10": mean_ndcg(mode_found, qids, qrels), **mode_timings}
-                store.close()
-                position = {d: i for i, d in enumerate(doc_ids)}
-                recall = statistics.mean(
-                    len({position[h.doc_id] for h in f.hits} & set(exact[i].tolist())) / 10
-                    for i, f in enumerate(found)
+                        for i in range(s, min(s + 1000, len(docs)))
+                    ]
                 )
-                results[index] = {
-                    "recall_at_10": recall,
-                    "ndcg_at_10": mean_ndcg(found, qids, qrels),
-                    **timings,
-                }
-        finally:
-            server.terminate()
-            server.wait()
+            timings, found = timed_searches(store, queries, questions, "dense", args.runs, args.batch)
+            if index == "FLAT":  # what BM25 and fusion add per query, on the exact index
+                for mode in ("dense", "bm25", "hybrid"):
+                    mode_timings, mode_found = timed_searches(
+                        store, queries, questions, mode, args.runs, args.batch
+                    )
+                    modes[mode] = {"ndcg_at_10": mean_ndcg(mode_found, qids, qrels), **mode_timings}
+            store.close()
+            position = {d: i for i, d in enumerate(doc_ids)}
+            recall = statistics.mean(
+                len({position[h.doc_id] for h in f.hits} & set(exact[i].tolist())) / 10
+                for i, f in enumerate(found)
+            )
+            results[index] = {
+                "recall_at_10": recall,
+                "ndcg_at_10": mean_ndcg(found, qids, qrels),
+                **timings,
+            }
     exact_ranked = [[doc_ids[j] for j in exact[i]] for i in range(len(qids))]
     exact_ndcg = statistics.mean(ndcg_at(r, qrels[q]) for r, q in zip(exact_ranked, qids, strict=True))
     report = {

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.evaluation import documents_in_order, ndcg_at, recall_at
+from agents.evaluation import documents_in_order, load_beir, ndcg_at, recall_at
 from benchmarks.ask_latency import pct
-from benchmarks.milvus_index import cached_embeddings, load_beir
+from benchmarks.milvus_index import cached_embeddings
 from connectors.client import Client
 from connectors.embedder import OnnxEmbedder
 from topology.settings import Settings

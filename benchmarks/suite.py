@@ -33,6 +33,12 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "analytics_sink": ([], ["--events", "2000", "--single", "100", "--rows", "100000", "--runs", "1"]),
     "ask_latency": ([], ["--asks", "5", "--runs", "1"]),
+    "milvus_scale": (
+        ["--data", "{scifact}"],
+        ["--data", "{scifact}", "--sizes", "20000", "--indexes", "FLAT,IVF_FLAT", "--runs", "1"],
+    ),
+    "stage_overhead": ([], ["--messages", "2000", "--runs", "1"]),
+    "pipeline_load": ([], ["--rates", "4,8", "--seconds", "5"]),
     "experiment_split": ([], ["--trials", "50"]),
 }
 

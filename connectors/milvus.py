@@ -44,6 +44,8 @@ class MilvusSettings(BaseModel):
     hnsw_m: int = Field(default=16, ge=4)
     hnsw_ef_construction: int = Field(default=200, ge=8)
     search_ef: int = Field(default=64, ge=1, description="HNSW ef at search time (>= top_k).")
+    ivf_nlist: int = Field(default=1024, ge=1, description="IVF_FLAT clusters.")
+    search_nprobe: int = Field(default=32, ge=1, description="IVF_FLAT clusters searched per query.")
     timeout_s: float = Field(default=10.0, gt=0)
     seal_after_upsert: bool = Field(
         default=True,
@@ -202,7 +204,10 @@ class MilvusStore:
         params: dict[str, Any] = {}
         if cfg.index_type == "HNSW":
             params = {"M": cfg.hnsw_m, "efConstruction": cfg.hnsw_ef_construction}
-        index.add_index("vector", index_type=cfg.index_type, metric_type="IP", params=params)
+        elif cfg.index_type == "IVF_FLAT":
+            params = {"nlist": cfg.ivf_nlist}
+        # Nested for Milvus Lite, as for the sparse index below.
+        index.add_index("vector", index_type=cfg.index_type, metric_type="IP", params={"params": params})
         index.add_index(
             "sparse",
             index_type="SPARSE_INVERTED_INDEX",
@@ -299,6 +304,8 @@ class MilvusStore:
         search_params: dict[str, Any] = {"metric_type": "IP" if field_name == "vector" else "BM25"}
         if field_name == "vector" and self._settings.index_type == "HNSW":
             search_params["params"] = {"ef": max(self._settings.search_ef, limit)}
+        elif field_name == "vector" and self._settings.index_type == "IVF_FLAT":
+            search_params["params"] = {"nprobe": self._settings.search_nprobe}
         return self._call(
             "search",
             collection_name=self._settings.collection,

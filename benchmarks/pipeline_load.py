@@ -1,0 +1,173 @@
+"""End-to-end throughput and latency as the offered load rises until the pipeline saturates.
+
+    python -m benchmarks.pipeline_load [--broker tansu|kafka] [--rates 2,4,8,16,32,64] [--seconds 20]
+
+Starts the stack (Tansu, or Apache Kafka with `--broker kafka`: needs Java and Maven;
+Milvus Lite server, one worker, the analytics process; ONNX on CPU, extractive
+generation), indexes the sample corpus, then offers questions open-loop at each rate for
+`--seconds`: each question is sent on schedule whether or not earlier ones were answered,
+as independent users would. Per rate: answers per second (answered / time from first send
+to last answer), end-to-end p50/p95/p99, failures, and the median time each stage's handler
+took (from the responses). It stops one rate after the answered rate falls below 80% of
+the offered one (saturation).
+
+Baseline in the same run: the embedding stage's standalone ceiling, the questions per
+second `OnnxEmbedder.embed` reaches on the same questions in micro-batches of the stage's
+size, with nothing else running. Prints JSON and a table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from benchmarks.ask_latency import pct
+from connectors.client import Client
+from connectors.embedder import OnnxEmbedder
+from schemas import ResponseGenerated
+from topology.samples import QUESTIONS, python_reference
+from topology.settings import Settings
+from topology.stack import LocalStack
+
+
+def embedding_ceiling(settings: Settings, seconds: float = 10) -> float:
+    """Questions per second the embedder alone reaches in the stage's micro-batches."""
+    embedder = OnnxEmbedder(settings.embedding)
+    embedder.open()
+    batch = [QUESTIONS[i % len(QUESTIONS)] for i in range(settings.worker.runtime.batch_max)]
+    embedder.embed(batch)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        embedder.embed(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - started)
+
+
+async def offer(client: Client, rate: float, seconds: float) -> dict[str, Any]:
+    """Send `rate` questions a second for `seconds`, open-loop; collect every outcome."""
+    count = max(1, round(rate * seconds))
+    latencies: list[float] = []
+    stages: dict[str, list[float]] = {}
+    failures: list[str] = []
+    finished: list[float] = []
+
+    async def one(i: int) -> None:
+        sent = time.perf_counter()
+        try:
+            response: ResponseGenerated = await client.ask(QUESTIONS[i % len(QUESTIONS)], timeout=120)
+        except Exception as exc:  # noqa: BLE001  # a failure is a result here
+            failures.append(f"{type(exc).__name__}: {exc}"[:200])
+            return
+        finished.append(time.perf_counter())
+        latencies.append((finished[-1] - sent) * 1000)
+        for stage, ms in response.latency_ms.items():
+            stages.setdefault(stage, []).append(ms)
+
+    started = time.perf_counter()
+    tasks = []
+    for i in range(count):
+        await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    elapsed = (max(finished) if finished else time.perf_counter()) - started
+    return {
+        "offered_per_s": rate,
+        "sent": count,
+        "answered": len(latencies),
+        "answered_per_s": len(latencies) / elapsed,
+        "failures": len(failures),
+        "failure_examples": failures[:3],
+        "p50_ms": pct(latencies, 0.5) if latencies else None,
+        "p95_ms": pct(latencies, 0.95) if latencies else None,
+        "p99_ms": pct(latencies, 0.99) if latencies else None,
+        "stage_p50_ms": {s: statistics.median(v) for s, v in stages.items()},
+    }
+
+
+async def ramp(settings: Settings, rates: list[float], seconds: float) -> list[dict[str, Any]]:
+    results = []
+    async with Client(settings) as client:
+        await client.ingest(python_reference(), timeout=900)
+        for question in QUESTIONS[:3]:  # warm-up: the first searches load the index
+            await client.ask(question, timeout=120)
+        for rate in rates:
+            results.append(await offer(client, rate, seconds))
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # progress
+            if results[-1]["answered_per_s"] < 0.8 * rate:
+                break
+            await asyncio.sleep(2)  # let the queues drain between steps
+    return results
+
+
+@contextmanager
+def stack(broker: str, base: Settings, tmp: Path) -> Iterator[LocalStack]:
+    cfg = base.stack.model_copy(update={"data_dir": tmp, "broker_port": 0, "milvus_port": 0})
+    settings = base.model_copy(update={"stack": cfg})
+    if broker == "tansu":
+        with LocalStack(settings) as running:
+            yield running
+        return
+    from tests.integration.apache_kafka import ApacheKafka
+
+    kafka = ApacheKafka(tmp / "kafka")
+    kafka.start()
+    try:
+        settings = settings.model_copy(
+            update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": kafka.bootstrap})}
+        )
+        with LocalStack(settings, broker=False) as running:
+            yield running
+    finally:
+        kafka.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
+    parser.add_argument("--rates", default="2,4,8,16,32,64", help="questions per second, rising")
+    parser.add_argument("--seconds", type=float, default=20, help="length of each step")
+    args = parser.parse_args()
+    base = Settings()
+    ceiling = embedding_ceiling(base)
+    with tempfile.TemporaryDirectory() as tmp, stack(args.broker, base, Path(tmp)) as running:
+        results = asyncio.run(ramp(running.settings, [float(r) for r in args.rates.split(",")], args.seconds))
+    best = max(r["answered_per_s"] for r in results)
+    report = {
+        "broker": args.broker,
+        "seconds_per_step": args.seconds,
+        "embedding_ceiling_per_s": ceiling,
+        "best_answered_per_s": best,
+        "best_vs_embedding_ceiling": best / ceiling,
+        "steps": results,
+    }
+    print(json.dumps(report, indent=2))
+    print(
+        f"\nbroker {args.broker}; embedding stage alone: {ceiling:.0f} questions/s; best end to end "
+        f"{best:.1f}/s ({best / ceiling:.0%} of it)"
+    )
+    stage_names = sorted({s for r in results for s in r["stage_p50_ms"]})
+    print(
+        f"{'offered/s':>10}{'answered/s':>11}{'failed':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+        + "".join(f"{s[:10]:>12}" for s in stage_names)
+    )
+    for r in results:
+        cells = "".join(f"{r['stage_p50_ms'].get(s, float('nan')):>12.1f}" for s in stage_names)
+        p = [r[k] if r[k] is not None else float("nan") for k in ("p50_ms", "p95_ms", "p99_ms")]
+        print(
+            f"{r['offered_per_s']:>10.0f}{r['answered_per_s']:>11.1f}{r['failures']:>7}"
+            f"{p[0]:>9.0f}{p[1]:>9.0f}{p[2]:>9.0f}{cells}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,8 @@ from schemas.errors import PermanentError
 MODEL_NAME = "all-MiniLM-L6-v2"
 # Bumped when the exported graph changes, so a cached older export is replaced.
 # 2: eager attention, fused by ORT's transformer optimizer (Attention, EmbedLayerNorm).
-GRAPH_VERSION = 2
+# 3: pooling and normalisation in the graph.
+GRAPH_VERSION = 3
 
 
 def bundled_weights() -> Path:
@@ -52,9 +53,15 @@ def export(out_dir: Path, source: Path | None = None, force: bool = False) -> Pa
             self.inner = inner
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(
+            hidden = self.inner(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
+            # Mean pooling over real tokens and L2 normalisation, as sentence-transformers
+            # does, inside the graph: only (batch, 384) leaves the session, which on a GPU
+            # saves copying every token's embedding back and pooling it on the CPU.
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
@@ -67,10 +74,12 @@ def export(out_dir: Path, source: Path | None = None, force: bool = False) -> Pa
                 (dummy, dummy, torch.zeros_like(dummy)),
                 str(staging / "model.onnx"),
                 input_names=["input_ids", "attention_mask", "token_type_ids"],
-                output_names=["token_embeddings"],
+                output_names=["sentence_embedding"],
                 dynamic_axes={
-                    name: {0: "batch", 1: "sequence"}
-                    for name in ("input_ids", "attention_mask", "token_type_ids", "token_embeddings")
+                    "input_ids": {0: "batch", 1: "sequence"},
+                    "attention_mask": {0: "batch", 1: "sequence"},
+                    "token_type_ids": {0: "batch", 1: "sequence"},
+                    "sentence_embedding": {0: "batch"},
                 },
                 opset_version=17,
                 dynamo=False,

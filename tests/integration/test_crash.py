@@ -10,6 +10,7 @@ import signal
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -17,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 from connectors.analytics import Analytics
 from connectors.client import Client
 from connectors.kafka import librdkafka_config
-from schemas import ResponseGenerated, decode
+from schemas import QueryReceived, ResponseGenerated, decode
 from tests.integration.test_pipeline import docs, tenant
 from tests.integration.test_prompt_registry import members_with_queries
 from topology.stack import LocalStack
@@ -36,7 +37,19 @@ async def steady(count: int, send) -> list:  # type: ignore[no-untyped-def]
 
 def responses_on_topic(stack: LocalStack, traces: set[str]) -> Counter[str]:
     """How many ResponseGenerated each of `traces` has on the responses topic."""
-    topic = stack.settings.kafka.topics.responses
+    return on_topic(
+        stack,
+        stack.settings.kafka.topics.responses,
+        lambda key, value: (
+            decode(value, ResponseGenerated).trace_id
+            if key.decode() in traces and b'"ResponseGenerated"' in value
+            else None
+        ),
+    )
+
+
+def on_topic(stack: LocalStack, topic: str, pick: Callable[[bytes, bytes], str | None]) -> Counter[str]:
+    """Read `topic` from the start to its end; count what `pick(key, value)` names."""
     consumer = Consumer(librdkafka_config(stack.settings.kafka, **{"group.id": f"t-{uuid.uuid4().hex}"}))
     counts: Counter[str] = Counter()
     try:
@@ -52,9 +65,8 @@ def responses_on_topic(stack: LocalStack, traces: set[str]) -> Counter[str]:
                     continue
                 if message.offset() + 1 >= ends[message.partition()]:
                     done.add(message.partition())
-                if message.key() and message.key().decode() in traces:
-                    if b'"ResponseGenerated"' in message.value():
-                        counts[decode(message.value(), ResponseGenerated).trace_id] += 1
+                if message.key() and (name := pick(message.key(), message.value())) is not None:
+                    counts[name] += 1
     finally:
         consumer.close()
     return counts
@@ -173,8 +185,36 @@ async def test_one_of_two_workers_killed_the_other_takes_over(kafka_stack: Local
 
         answers, taken_over_s = await asyncio.gather(steady(QUERIES, ask), kill_one())
     failed = [a for a in answers if isinstance(a, BaseException)]
-    assert not failed, failed[:3]
+    if failed:
+        lost = {f"What is a lambda? ({i})" for i, a in enumerate(answers) if isinstance(a, BaseException)}
+        pytest.fail(f"{len(failed)} of {QUERIES} unanswered: {failed[:3]}; " + await lost_where(stack, lost))
     assert len({a.trace_id for a in answers}) == QUERIES
     async with Client(stack.settings) as client:  # the survivor serves alone now: every partition is its
         assert (await client.ask("What is a lambda?", tenant=owner, timeout=60)).passages
     print(f"failover: {QUERIES} of {QUERIES} answered; one member left {taken_over_s:.1f}s after the kill")
+
+
+async def lost_where(stack: LocalStack, questions: set[str]) -> str:
+    """Where the unanswered questions' traces stopped: how many of them reached each topic."""
+    topics = stack.settings.kafka.topics
+    queries = await asyncio.to_thread(
+        on_topic,
+        stack,
+        topics.queries,
+        lambda key, value: key.decode() if decode(value, QueryReceived).question in questions else None,
+    )
+    traces = set(queries)
+    reached = {
+        name: len(
+            await asyncio.to_thread(
+                on_topic,
+                stack,
+                getattr(topics, name),
+                lambda key, _: key.decode() if key.decode() in traces else None,
+            )
+        )
+        for name in ("prompts", "embeddings", "contexts", "responses", "deadletter")
+    }
+    return f"their traces on each topic: queries {len(traces)}, " + ", ".join(
+        f"{k} {v}" for k, v in reached.items()
+    )

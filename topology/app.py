@@ -142,6 +142,9 @@ def registry_table(app: faust.App, settings: Settings) -> Any:
         key_serializer="raw",
         value_serializer="raw",
         partitions=1,
+        # As faust's own changelogs: never acked, so never committed by the group (its
+        # compacted holes would read as unhandled events; see topology/transport.py).
+        acks=False,
     )
     return app.GlobalTable(
         REGISTRY_TABLE,

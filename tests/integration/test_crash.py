@@ -157,9 +157,9 @@ async def test_killed_worker_and_analytics_lose_and_double_nothing(kafka_stack: 
 
 
 @pytest.mark.xfail(
-    reason="open (issue 6): with the CPU saturated, some runs still time out questions after one of two "
-    "workers is SIGKILLed, although every pipeline topic was consumed and committed; suspect the "
-    "client's reply path. Kept running so it is seen.",
+    reason="open (issue 6): with a CPU core kept busy, 1 run in 5 still left two queries partitions "
+    "unconsumed after the takeover (committed offset stuck, nothing fetched, no error logged). "
+    "The failure message says where the unanswered traces stopped. Kept running so it is seen.",
     strict=False,
 )
 async def test_one_of_two_workers_killed_the_other_takes_over(kafka_stack: LocalStack):
@@ -215,6 +215,47 @@ async def lost_where(stack: LocalStack, questions: set[str]) -> str:
         )
         for name in ("prompts", "embeddings", "contexts", "responses", "deadletter")
     }
-    return f"their traces on each topic: queries {len(traces)}, " + ", ".join(
-        f"{k} {v}" for k, v in reached.items()
+    where = await asyncio.to_thread(positions, stack, traces)
+    return (
+        f"their traces on each topic: queries {len(traces)}, "
+        + ", ".join(f"{k} {v}" for k, v in reached.items())
+        + f"; {where}"
     )
+
+
+def positions(stack: LocalStack, traces: set[str]) -> str:
+    """The lost traces' (partition, offset) on the queries and prompts topics, against the
+    worker group's committed offsets there."""
+    topics = stack.settings.kafka.topics
+    config = librdkafka_config(stack.settings.kafka, **{"group.id": stack.settings.worker.app_id})
+    group = Consumer(config)
+    found: dict[str, list[tuple[int, int]]] = {}
+    committed: dict[str, list[int]] = {}
+    try:
+        for topic in (topics.queries, topics.prompts):
+            partitions = sorted(group.list_topics(topic, timeout=10).topics[topic].partitions)
+            tps = group.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+            committed[topic] = [tp.offset for tp in tps]
+            reader = Consumer(
+                librdkafka_config(stack.settings.kafka, **{"group.id": f"t-{uuid.uuid4().hex}"})
+            )
+            try:
+                ends = {
+                    p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in partitions
+                }
+                reader.assign([TopicPartition(topic, p, 0) for p in partitions])
+                done = {p for p, end in ends.items() if end == 0}
+                while len(done) < len(partitions):
+                    for m in reader.consume(500, timeout=1.0):
+                        if m.error() is not None:
+                            continue
+                        if m.offset() + 1 >= ends[m.partition()]:
+                            done.add(m.partition())
+                        if m.key() and m.key().decode() in traces:
+                            found.setdefault(topic, []).append((m.partition(), m.offset()))
+            finally:
+                reader.close()
+    finally:
+        group.close()
+    return f"at (partition, offset) {found}; group committed {committed}"

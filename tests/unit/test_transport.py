@@ -48,3 +48,33 @@ def test_an_event_acked_while_the_flow_is_stopped_is_not_recorded():
     app.flow_control.suspend()
     assert not consumer.ack(message)
     assert not consumer._acked[tp]
+
+
+def test_a_gap_below_the_acked_events_is_read_again_once_it_outlives_a_commit(monkeypatch):
+    app, consumer, message, tp = consumer_and_message(generation=3)
+    app.flow_control.resume()
+    consumer._committed_offset[tp] = 6
+    consumer._acked[tp].extend([9, 10, 11])  # 6, 7 and 8 were dropped in a rebalance
+    asyncio.run(consumer._add_gap(tp, 6, 8))  # the fetch jumped over them: not counted as done
+    assert not consumer._gap[tp]
+    seeks = []
+
+    async def seek(partition, offset):
+        seeks.append((partition, offset))
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+    asyncio.run(consumer._commit_tps([tp], start_new_transaction=False))
+    assert seeks == []  # it may still close by itself
+    asyncio.run(consumer._commit_tps([tp], start_new_transaction=False))
+    assert seeks == [(tp, 6)]
+    assert consumer._committed_offset[tp] == 6  # nothing committed over the gap
+
+
+def test_no_gap_no_seek(monkeypatch):
+    app, consumer, message, tp = consumer_and_message(generation=3)
+    app.flow_control.resume()
+    consumer._committed_offset[tp] = 9
+    consumer._acked[tp].extend([9, 10, 11])
+    monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+    assert asyncio.run(consumer._next_unhandled(tp)) is None

@@ -28,8 +28,7 @@ import numpy as np
 
 from agents.evaluation import load_beir, ndcg_at
 from connectors.embedder import OnnxEmbedder
-from connectors.milvus import Chunk, Found, MilvusSettings, MilvusStore
-from schemas.errors import TransientError
+from connectors.milvus import Chunk, Found, MilvusSettings, MilvusStore, wait_for_milvus
 from topology.settings import Settings
 from topology.stack import free_port
 
@@ -50,25 +49,11 @@ def milvus_lite_server() -> Iterator[str]:
         )
         try:
             uri = f"http://127.0.0.1:{port}"
-            wait_for_milvus(uri, timeout=120)
+            wait_for_milvus(MilvusSettings(uri=uri), timeout=120)
             yield uri
         finally:
             server.terminate()
             server.wait()
-
-
-def wait_for_milvus(uri: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        probe = MilvusStore(MilvusSettings(uri=uri, timeout_s=2))
-        try:
-            probe.open()
-            probe.close()
-            return
-        except TransientError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def cached_embeddings(embedder: OnnxEmbedder, source: Path, texts: list[str]) -> tuple[np.ndarray, float]:

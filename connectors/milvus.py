@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -394,3 +395,24 @@ def _scores(rows: Sequence[dict[str, Any]], field_name: str) -> list[float]:
 def _hits(rows: Sequence[dict[str, Any]], field_name: str) -> list[Hit]:
     scores = _scores(rows, field_name)
     return [_hit(row["id"], row["entity"], score) for row, score in zip(rows, scores, strict=True)]
+
+
+def wait_for_milvus(
+    settings: MilvusSettings, timeout: float, between: Callable[[], None] = lambda: None
+) -> None:
+    """Block until Milvus at settings.uri answers; `between` runs before each try (a check
+    that the server process is still alive, say)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        between()
+        store = MilvusStore(settings.model_copy(update={"timeout_s": 2.0}))
+        try:
+            store.open()
+            store.ping()
+            return
+        except TransientError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+        finally:
+            store.close()

@@ -20,7 +20,7 @@ from typing import IO
 from connectors.analytics import ServiceStore
 from connectors.client import Client
 from connectors.kafka import wait_for_broker
-from connectors.milvus import MilvusStore
+from connectors.milvus import wait_for_milvus
 from schemas.errors import LLMOpsError, TransientError
 from topology.bootstrap import bootstrap
 from topology.settings import Settings
@@ -254,17 +254,4 @@ class LocalStack:
             await service.close()
 
     def _wait_for_milvus(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check_alive()
-            store = MilvusStore(self.settings.milvus.model_copy(update={"timeout_s": 2.0}))
-            try:
-                store.open()
-                store.ping()
-                return
-            except TransientError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-            finally:
-                store.close()
+        wait_for_milvus(self.settings.milvus, timeout, between=self._check_alive)

@@ -219,6 +219,7 @@ class LocalStack:
             proc.wait()
 
     def _spawn(self, name: str, argv: list[str]) -> None:
+        self.stop_process(name)  # a second start of a name must not orphan the first process
         handle = open(self.log_path(name), "ab")  # noqa: SIM115  (closed in stop())
         self._logs.append(handle)
         # Own session: Ctrl-C in the terminal reaches `llmops up`, which stops these in order.

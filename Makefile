@@ -37,7 +37,7 @@ test-unit: install
 	$(BIN)/pytest tests/unit tests/agents
 
 ## The benchmark suite on a data directory holding scifact/ (BEIR layout); writes
-## benchmarks/results/latest.json. QUICK=1 for small sizes. About an hour on 2 cores.
+## benchmarks/results/latest.json. QUICK=1 for small sizes. Two to three hours on 2 cores.
 bench: model
 	@test -n "$(DATA)" || { echo "usage: make bench DATA=/path/to/dir/with/scifact [QUICK=1] [ONLY=embedding,...]"; exit 2; }
 	$(BIN)/python -m benchmarks.suite --data $(DATA) $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))

@@ -178,7 +178,8 @@ async def test_one_of_two_workers_killed_the_other_takes_over(kafka_stack: Local
         async def kill_one() -> float:
             await asyncio.sleep(1.5)
             began = time.monotonic()
-            await asyncio.to_thread(stack.stop_process, "worker", signal.SIGKILL)
+            # The newcomer dies: the stack is left as the other tests expect it ("worker").
+            await asyncio.to_thread(stack.stop_process, "worker-2", signal.SIGKILL)
             while await asyncio.to_thread(members_with_queries, stack) != 1:
                 await asyncio.sleep(0.5)
             return time.monotonic() - began

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from connectors.analytics import Analytics
 from connectors.client import Client
@@ -40,16 +40,17 @@ def responses_on_topic(stack: LocalStack, traces: set[str]) -> Counter[str]:
     return on_topic(
         stack,
         stack.settings.kafka.topics.responses,
-        lambda key, value: (
-            decode(value, ResponseGenerated).trace_id
-            if key.decode() in traces and b'"ResponseGenerated"' in value
+        lambda m: (
+            decode(m.value(), ResponseGenerated).trace_id
+            if m.key().decode() in traces and b'"ResponseGenerated"' in m.value()
             else None
         ),
     )
 
 
-def on_topic(stack: LocalStack, topic: str, pick: Callable[[bytes, bytes], str | None]) -> Counter[str]:
-    """Read `topic` from the start to its end; count what `pick(key, value)` names."""
+def on_topic(stack: LocalStack, topic: str, pick: Callable[[Message], str | None]) -> Counter[str]:
+    """Read `topic` from the start to its end; count what `pick(message)` names (messages
+    with a key only)."""
     consumer = Consumer(librdkafka_config(stack.settings.kafka, **{"group.id": f"t-{uuid.uuid4().hex}"}))
     counts: Counter[str] = Counter()
     try:
@@ -65,7 +66,7 @@ def on_topic(stack: LocalStack, topic: str, pick: Callable[[bytes, bytes], str |
                     continue
                 if message.offset() + 1 >= ends[message.partition()]:
                     done.add(message.partition())
-                if message.key() and (name := pick(message.key(), message.value())) is not None:
+                if message.key() and (name := pick(message)) is not None:
                     counts[name] += 1
     finally:
         consumer.close()
@@ -202,7 +203,7 @@ async def lost_where(stack: LocalStack, questions: set[str]) -> str:
         on_topic,
         stack,
         topics.queries,
-        lambda key, value: key.decode() if decode(value, QueryReceived).question in questions else None,
+        lambda m: m.key().decode() if decode(m.value(), QueryReceived).question in questions else None,
     )
     traces = set(queries)
     reached = {
@@ -211,7 +212,7 @@ async def lost_where(stack: LocalStack, questions: set[str]) -> str:
                 on_topic,
                 stack,
                 getattr(topics, name),
-                lambda key, _: key.decode() if key.decode() in traces else None,
+                lambda m: m.key().decode() if m.key().decode() in traces else None,
             )
         )
         for name in ("prompts", "embeddings", "contexts", "responses", "deadletter")
@@ -225,38 +226,23 @@ async def lost_where(stack: LocalStack, questions: set[str]) -> str:
 
 
 def positions(stack: LocalStack, traces: set[str]) -> str:
-    """The lost traces' (partition, offset) on the queries and prompts topics, against the
+    """The lost traces' partition:offset on the queries and prompts topics, against the
     worker group's committed offsets there."""
     topics = stack.settings.kafka.topics
-    config = librdkafka_config(stack.settings.kafka, **{"group.id": stack.settings.worker.app_id})
-    group = Consumer(config)
-    found: dict[str, list[tuple[int, int]]] = {}
+    group = Consumer(librdkafka_config(stack.settings.kafka, **{"group.id": stack.settings.worker.app_id}))
+    found: dict[str, list[str]] = {}
     committed: dict[str, list[int]] = {}
     try:
         for topic in (topics.queries, topics.prompts):
             partitions = sorted(group.list_topics(topic, timeout=10).topics[topic].partitions)
             tps = group.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
             committed[topic] = [tp.offset for tp in tps]
-            reader = Consumer(
-                librdkafka_config(stack.settings.kafka, **{"group.id": f"t-{uuid.uuid4().hex}"})
+            at = on_topic(
+                stack,
+                topic,
+                lambda m: f"{m.partition()}:{m.offset()}" if m.key().decode() in traces else None,
             )
-            try:
-                ends = {
-                    p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    for p in partitions
-                }
-                reader.assign([TopicPartition(topic, p, 0) for p in partitions])
-                done = {p for p, end in ends.items() if end == 0}
-                while len(done) < len(partitions):
-                    for m in reader.consume(500, timeout=1.0):
-                        if m.error() is not None:
-                            continue
-                        if m.offset() + 1 >= ends[m.partition()]:
-                            done.add(m.partition())
-                        if m.key() and m.key().decode() in traces:
-                            found.setdefault(topic, []).append((m.partition(), m.offset()))
-            finally:
-                reader.close()
+            found[topic] = sorted(at)
     finally:
         group.close()
-    return f"at (partition, offset) {found}; group committed {committed}"
+    return f"at partition:offset {found}; group committed {committed}"

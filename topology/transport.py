@@ -19,7 +19,12 @@ them in two ways (questions went unanswered when one of two workers died):
   acks is a plain log with no holes (the compacted registry is read unacked), so here a
   jump is never counted as done, and each commit first looks for a gap below the acked
   events and seeks back to its start: the dropped events are handled again (at least
-  once, never zero times)."""
+  once, never zero times).
+- a partition can stop being read after a takeover, with no error: the failover test
+  once left two queries partitions unread at their committed offset while their questions
+  waited. A watchdog looks every commit interval for an assigned partition with events
+  past what was handled and nothing of it in flight; if it is still so one interval later,
+  it resumes the partition and seeks it to the first unhandled event."""
 
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import faust
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from faust.types.tuples import Message, ack_lock
+from mode import Service
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
 
 class _Consumer(driver.Consumer):
     _gaps_seen: dict[TP, int] = {}  # noqa: RUF012  # replaced, never mutated, per commit
+    _stalls_seen: dict[TP, int] = {}  # noqa: RUF012  # the same, per watchdog round
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -92,10 +99,66 @@ class _Consumer(driver.Consumer):
         acked = self._acked[tp]
         if not acked:
             return None
+        committed, lowest = await self._committed(tp), min(acked)
+        # Batches are acked as the broker takes their outputs, not always in order: an
+        # event below the acked ones may still be on its way.
+        if lowest <= committed or self._in_flight(tp, below=lowest):
+            return None
+        return committed
+
+    async def _committed(self, tp: TP) -> int:
         committed = self._committed_offset[tp]
         if committed is None:  # faust stores an unknown and a 0 commit alike
             committed = (await self.earliest_offsets(tp)).get(tp, 0)
-        return committed if min(acked) > committed else None
+        return committed
+
+    @Service.task
+    async def _stall_watchdog(self) -> None:
+        interval = self.commit_interval
+        await self.sleep(interval)
+        async for _ in self.itertimer(interval, name="stall_watchdog"):
+            if self.app.flow_control.is_active() and not self.app.in_recovery:
+                await self.unstall()
+
+    async def unstall(self) -> None:
+        """Resume and rewind an assigned partition that has events past the handled ones,
+        none of them in flight, and was found so at the same offset one round earlier."""
+        seen, self._stalls_seen = self._stalls_seen, {}
+        idle = {tp: await self._committed(tp) for tp in self.assignment() if self._idle(tp)}
+        if not idle:
+            return
+        ends = await self.highwaters(*idle)
+        for tp, handled in idle.items():
+            if ends.get(tp, 0) <= handled:
+                continue
+            if seen.get(tp) != handled:  # a fetch may be on its way: look again next round
+                self._stalls_seen[tp] = handled
+                continue
+            log.warning(
+                "%s: events %d to %d wait unread (paused: %s, read position %s); resuming the "
+                "partition and reading them from %d",
+                tp,
+                handled,
+                ends[tp] - 1,
+                tp in self._paused_partitions or tp not in self._get_active_partitions(),
+                await self.position(tp),
+                handled,
+            )
+            self.resume_partitions({tp})
+            await self.seek(tp, handled)
+
+    def _in_flight(self, tp: TP, below: int | None = None) -> bool:
+        """An event of `tp` (below offset `below`) is being handled."""
+        return any(m.tp == tp and (below is None or m.offset < below) for m in list(self._unacked_messages))
+
+    def _idle(self, tp: TP) -> bool:
+        """Nothing of `tp` is queued, being handled or handled but uncommitted."""
+        if self._acked[tp] or not self.app.topics.acks_enabled_for(tp.topic) or self._is_changelog_tp(tp):
+            return False
+        if self._in_flight(tp):
+            return False
+        channels = cast(Any, self.app.topics)._tp_index.get(tp, ())
+        return not any(getattr(c, "_queue", None) is not None and c._queue.qsize() for c in channels)
 
 
 def fetched_before_rebalance(app: Any, message: Message) -> bool:

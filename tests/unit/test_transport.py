@@ -78,3 +78,64 @@ def test_no_gap_no_seek(monkeypatch):
     consumer._acked[tp].extend([9, 10, 11])
     monkeypatch.setattr(consumer, "assignment", lambda: {tp})
     assert asyncio.run(consumer._next_unhandled(tp)) is None
+
+
+def stalled_consumer(monkeypatch, end: int):  # type: ignore[no-untyped-def]
+    """A consumer whose one partition was paused at committed offset 6 with events up to
+    `end`, recording the watchdog's seeks."""
+    app, consumer, message, tp = consumer_and_message(generation=3)
+    app.flow_control.resume()
+    consumer._committed_offset[tp] = 6
+    consumer.pause_partitions({tp})
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek(partition, offset):
+        seeks.append((partition, offset))
+
+    async def highwaters(*tps):
+        return {t: end for t in tps}
+
+    async def position(partition):
+        return 6
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(consumer, "highwaters", highwaters)
+    monkeypatch.setattr(consumer, "position", position)
+    monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+    return consumer, message, tp, seeks
+
+
+def test_a_partition_left_unread_is_resumed_and_rewound_once_it_outlives_a_round(monkeypatch):
+    consumer, _, tp, seeks = stalled_consumer(monkeypatch, end=17)
+    asyncio.run(consumer.unstall())
+    assert seeks == []  # a fetch may be on its way
+    asyncio.run(consumer.unstall())
+    assert seeks == [(tp, 6)]
+    assert tp in consumer._get_active_partitions()
+    assert tp not in consumer._paused_partitions
+
+
+def test_a_partition_with_an_event_in_flight_is_left_alone(monkeypatch):
+    consumer, message, tp, seeks = stalled_consumer(monkeypatch, end=17)
+    consumer._unacked_messages.add(message)  # a slow handler holds offset 7
+    for _ in range(3):
+        asyncio.run(consumer.unstall())
+    assert seeks == []
+
+
+def test_a_partition_read_to_its_end_is_left_alone(monkeypatch):
+    consumer, _, tp, seeks = stalled_consumer(monkeypatch, end=6)
+    for _ in range(3):
+        asyncio.run(consumer.unstall())
+    assert seeks == []
+
+
+def test_an_event_still_being_handled_below_the_acked_ones_is_no_gap(monkeypatch):
+    app, consumer, message, tp = consumer_and_message(generation=3, offset=6)
+    app.flow_control.resume()
+    consumer._committed_offset[tp] = 6
+    consumer._acked[tp].extend([7, 8])  # a later batch's outputs were acknowledged first
+    consumer._unacked_messages.add(message)  # offset 6 waits for its own
+    assert asyncio.run(consumer._next_unhandled(tp)) is None
+    consumer._unacked_messages.discard(message)  # dropped: now it is one
+    assert asyncio.run(consumer._next_unhandled(tp)) == 6

@@ -10,7 +10,8 @@ contender move them all to an output topic, once per run, and reports messages p
 - bare loop (baseline): a confluent-kafka Consumer polling batches of 500 and a Producer
   producing each message, delivery reports polled as it goes, flushed at the end;
 - faust, raw: our stage plumbing with nothing in it (`acked_batches`: micro-batches of
-  `worker.runtime.batch_max`, every send awaited once per batch, acked after);
+  `worker.runtime.batch_max`, each acked once its sends are acknowledged, with up to
+  `worker.runtime.batches_in_flight` batches waiting for that while the next is handled);
 - faust, stage runtime: the same plus what every stage does to each event (decode and
   validate, hand to a pass-through handler, encode, publish, and a StageCompleted report
   to the telemetry topic: two messages out per message in).
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -124,15 +125,18 @@ def faust_worker(args: argparse.Namespace) -> None:
         telemetry=sender(raw_topic(app, settings, "telemetry")),
     )
 
-    async def raw(batch: list[Incoming]) -> None:
-        await asyncio.gather(*[await emit(m.key or b"", m.value or b"") for m in batch])
+    async def raw(batch: list[Incoming]) -> Awaitable[object]:
+        return asyncio.gather(*[await emit(m.key or b"", m.value or b"") for m in batch])
 
-    process = runner.process if args.variant == "faust, stage runtime" else raw
+    handle = runner.handle if args.variant == "faust, stage runtime" else raw
 
-    async def counted(batch: list[Incoming]) -> None:
+    async def counted(batch: list[Incoming]) -> Awaitable[object]:
         state["started"] = state["started"] or time.perf_counter()
-        await process(batch)
-        state["moved"] += len(batch)
+        return moved(await handle(batch), len(batch))
+
+    async def moved(delivered: Awaitable[object], count: int) -> None:
+        await delivered
+        state["moved"] += count
         if state["moved"] >= args.messages:
             Path(args.result).write_text(str(time.perf_counter() - state["started"]))  # noqa: ASYNC240  # once, at the end
             os.kill(os.getpid(), signal.SIGTERM)
@@ -140,7 +144,9 @@ def faust_worker(args: argparse.Namespace) -> None:
     @app.agent(source, name="echo")
     async def agent(stream: faust.StreamT) -> None:
         runtime = settings.worker.runtime
-        await acked_batches(stream, runtime.batch_max, runtime.batch_within_s, counted)
+        await acked_batches(
+            stream, runtime.batch_max, runtime.batch_within_s, counted, runtime.batches_in_flight
+        )
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 

@@ -28,7 +28,7 @@ from schemas.alerts import Alert
 from schemas.errors import LLMOpsError
 from schemas.feedback import FeedbackReceived
 from schemas.telemetry import StageCompleted
-from topology.app import acked_batches, new_app, raw_topic, sender
+from topology.app import acked_batches, completed, new_app, raw_topic, sender
 from topology.settings import Settings
 from topology.topics import analytics_app_id, registry_topic
 
@@ -205,7 +205,8 @@ def register_sink(
 
     async def agent(stream: faust.StreamT) -> None:
         await ready()
-        await acked_batches(stream, settings.batch_max, settings.batch_within_s, runner.process)
+        # One batch at a time: a batch is done when it is stored, and stores go in order.
+        await acked_batches(stream, settings.batch_max, settings.batch_within_s, completed(runner.process), 0)
 
     agent.__name__ = runner.name.replace("-", "_")
     app.agent(source, name=runner.name)(agent)

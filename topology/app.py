@@ -3,7 +3,9 @@ and one agent per stage of the graph. No import-time globals."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -163,25 +165,59 @@ def register(app: faust.App, stage: Stage, runner: StageRunner, source: faust.To
 
     async def agent(stream: faust.StreamT) -> None:
         await runner.deps.ready()
-        await acked_batches(stream, runtime.batch_max, runtime.batch_within_s, runner.process)
+        await acked_batches(
+            stream, runtime.batch_max, runtime.batch_within_s, runner.handle, runtime.batches_in_flight
+        )
 
     agent.__name__ = stage.name
     app.agent(source, name=stage.name)(agent)
 
 
+Handle = Callable[[list[Incoming]], Awaitable[Awaitable[object]]]
+
+
 async def acked_batches(
-    stream: faust.StreamT, most: int, within: float, process: Callable[[list[Incoming]], Awaitable[object]]
+    stream: faust.StreamT, most: int, within: float, handle: Handle, in_flight: int
 ) -> None:
-    """Hand the stream to `process` in micro-batches, acknowledging a batch only once
-    `process` returns: faust commits offsets up to acknowledged events, so what a crash or
-    a rebalance interrupts is delivered again. (take_events acks its batch in a `finally`:
-    a rebalance that cancelled an agent mid-batch committed events it never handled, and
-    a question was lost in the failover test.)"""
+    """Hand the stream to `handle` in micro-batches and acknowledge each batch once what
+    `handle` returned completes (its outputs are on the broker): faust commits offsets up
+    to acknowledged events, so what a crash or a rebalance interrupts is delivered again.
+    (take_events acks its batch in a `finally`: a rebalance that cancelled an agent
+    mid-batch committed events it never handled, and a question was lost in the failover
+    test.) Up to `in_flight` batches wait for the broker while the next is handled: the
+    outputs stay in order, since `handle` queues them in order, and a commit stops at the
+    first batch still waiting."""
     batches = cast(Any, stream).noack_take(most, within=within)
-    async for events in batches:
-        await process([incoming(e) for e in events])
-        for event in events:
-            await stream.ack(event)
+    waiting: deque[asyncio.Future[None]] = deque()
+    try:
+        async for events in batches:
+            delivered = await handle([incoming(e) for e in events])
+            waiting.append(asyncio.ensure_future(_ack_when(stream, events, delivered)))
+            while waiting and (waiting[0].done() or len(waiting) > in_flight):
+                await waiting.popleft()  # raises what a failed delivery raised, as before
+        while waiting:
+            await waiting.popleft()
+    finally:
+        for ack in waiting:
+            ack.cancel()
+
+
+async def _ack_when(stream: faust.StreamT, events: list[faust.EventT], delivered: Awaitable[object]) -> None:
+    await delivered
+    for event in events:
+        await stream.ack(event)
+
+
+def completed(process: Callable[[list[Incoming]], Awaitable[object]]) -> Handle:
+    """`process` as a Handle, for work that is finished (stored) when it returns."""
+
+    async def handle(batch: list[Incoming]) -> Awaitable[object]:
+        await process(batch)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    return handle
 
 
 def incoming(event: faust.EventT) -> Incoming:

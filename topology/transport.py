@@ -28,11 +28,13 @@ them in two ways (questions went unanswered when one of two workers died):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from faust.types.tuples import Message, ack_lock
@@ -134,6 +136,10 @@ class _Consumer(driver.Consumer):
             if seen.get(tp) != handled:  # a fetch may be on its way: look again next round
                 self._stalls_seen[tp] = handled
                 continue
+            try:  # for the log only: what was fetched of it
+                position: int | None = await asyncio.wait_for(self.position(tp), 1)
+            except (TimeoutError, KafkaError):
+                position = None
             log.warning(
                 "%s: events %d to %d wait unread (paused: %s, read position %s); resuming the "
                 "partition and reading them from %d",
@@ -141,7 +147,7 @@ class _Consumer(driver.Consumer):
                 handled,
                 ends[tp] - 1,
                 tp in self._paused_partitions or tp not in self._get_active_partitions(),
-                await self.position(tp),
+                position,
                 handled,
             )
             self.resume_partitions({tp})

@@ -46,12 +46,6 @@ class RuntimeSettings(BaseModel):
     max_event_bytes: int = Field(
         default=1_000_000, ge=1024, description="Larger messages are dead-lettered unread (poison guard)."
     )
-    batches_in_flight: int = Field(
-        default=4,
-        ge=0,
-        description="Micro-batches whose outputs may still await the broker's acknowledgement "
-        "while the next one is handled (0: one at a time).",
-    )
     backoff_s: float = Field(default=0.2, ge=0, description="First retry delay; doubles each time.")
     backoff_max_s: float = Field(default=5.0, ge=0)
 
@@ -99,12 +93,6 @@ class StageRunner:
     async def process(self, batch: Sequence[Incoming]) -> None:
         """Handle one micro-batch; returns once every output is acknowledged by the broker,
         so the caller may commit the batch's offsets."""
-        await (await self.handle(batch))
-
-    async def handle(self, batch: Sequence[Incoming]) -> Awaitable[object]:
-        """Handle one micro-batch and queue its outputs, in order; returns what completes
-        once the broker has acknowledged every one of them (the batch's offsets may be
-        committed after that, not before)."""
         deliveries: list[Awaitable[Any]] = []
         pending: list[tuple[Incoming, Event]] = []
         started_at = utc_now()
@@ -142,7 +130,7 @@ class StageRunner:
                 log.warning("%s: retrying %d event(s) in %.2fs", self.name, len(pending), delay)
                 await asyncio.sleep(delay)
                 attempt += 1
-        return asyncio.gather(*deliveries)
+        await asyncio.gather(*deliveries)
 
     async def _call(self, events: list[Event]) -> Sequence[Result]:
         try:

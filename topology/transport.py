@@ -101,12 +101,8 @@ class _Consumer(driver.Consumer):
         acked = self._acked[tp]
         if not acked:
             return None
-        committed, lowest = await self._committed(tp), min(acked)
-        # Batches are acked as the broker takes their outputs, not always in order: an
-        # event below the acked ones may still be on its way.
-        if lowest <= committed or self._in_flight(tp, below=lowest):
-            return None
-        return committed
+        committed = await self._committed(tp)
+        return committed if min(acked) > committed else None
 
     async def _committed(self, tp: TP) -> int:
         committed = self._committed_offset[tp]
@@ -153,15 +149,11 @@ class _Consumer(driver.Consumer):
             self.resume_partitions({tp})
             await self.seek(tp, handled)
 
-    def _in_flight(self, tp: TP, below: int | None = None) -> bool:
-        """An event of `tp` (below offset `below`) is being handled."""
-        return any(m.tp == tp and (below is None or m.offset < below) for m in list(self._unacked_messages))
-
     def _idle(self, tp: TP) -> bool:
         """Nothing of `tp` is queued, being handled or handled but uncommitted."""
         if self._acked[tp] or not self.app.topics.acks_enabled_for(tp.topic) or self._is_changelog_tp(tp):
             return False
-        if self._in_flight(tp):
+        if any(m.tp == tp for m in list(self._unacked_messages)):  # being handled
             return False
         channels = cast(Any, self.app.topics)._tp_index.get(tp, ())
         return not any(getattr(c, "_queue", None) is not None and c._queue.qsize() for c in channels)

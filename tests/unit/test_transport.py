@@ -128,14 +128,3 @@ def test_a_partition_read_to_its_end_is_left_alone(monkeypatch):
     for _ in range(3):
         asyncio.run(consumer.unstall())
     assert seeks == []
-
-
-def test_an_event_still_being_handled_below_the_acked_ones_is_no_gap(monkeypatch):
-    app, consumer, message, tp = consumer_and_message(generation=3, offset=6)
-    app.flow_control.resume()
-    consumer._committed_offset[tp] = 6
-    consumer._acked[tp].extend([7, 8])  # a later batch's outputs were acknowledged first
-    consumer._unacked_messages.add(message)  # offset 6 waits for its own
-    assert asyncio.run(consumer._next_unhandled(tp)) is None
-    consumer._unacked_messages.discard(message)  # dropped: now it is one
-    assert asyncio.run(consumer._next_unhandled(tp)) == 6

@@ -10,8 +10,8 @@ contender move them all to an output topic, once per run, and reports messages p
 - bare loop (baseline): a confluent-kafka Consumer polling batches of 500 and a Producer
   producing each message, delivery reports polled as it goes, flushed at the end;
 - faust, raw: our stage plumbing with nothing in it (`acked_batches`: micro-batches of
-  `worker.runtime.batch_max`, each acked once its sends are acknowledged, with up to
-  `worker.runtime.batches_in_flight` batches waiting for that while the next is handled);
+  `worker.runtime.batch_max`, sent through `Publisher` (librdkafka), every send awaited
+  once per batch, acked after);
 - faust, stage runtime: the same plus what every stage does to each event (decode and
   validate, hand to a pass-through handler, encode, publish, and a StageCompleted report
   to the telemetry topic: two messages out per message in).
@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ def faust_worker(args: argparse.Namespace) -> None:
     import faust
 
     from agents.runtime import Incoming, StageRunner
-    from topology.app import acked_batches, new_app, raw_topic, sender
+    from topology.app import acked_batches, new_app, raw_topic, run_worker, sender, stage_publisher
     from topology.settings import Settings
 
     settings = Settings()
@@ -106,8 +106,9 @@ def faust_worker(args: argparse.Namespace) -> None:
         }
     )
     app = new_app(settings, f"bench-{uuid.uuid4().hex[:8]}", web_enabled=False, topic_disable_leader=True)
-    source, sink = raw_topic(app, settings, "queries"), raw_topic(app, settings, "prompts")
-    emit = sender(sink)
+    source = raw_topic(app, settings, "queries")
+    publisher = stage_publisher(app, settings)
+    emit = sender(publisher, args.sink)
     state: dict[str, float] = {"moved": 0, "started": 0.0}
 
     async def echo(events: Sequence[Any], deps: Any) -> list[Any]:
@@ -122,21 +123,18 @@ def faust_worker(args: argparse.Namespace) -> None:
         dead_letter=emit,
         reply=None,
         settings=settings.worker.runtime,
-        telemetry=sender(raw_topic(app, settings, "telemetry")),
+        telemetry=sender(publisher, args.sink + "-t"),
     )
 
-    async def raw(batch: list[Incoming]) -> Awaitable[object]:
-        return asyncio.gather(*[await emit(m.key or b"", m.value or b"") for m in batch])
+    async def raw(batch: list[Incoming]) -> None:
+        await asyncio.gather(*[await emit(m.key or b"", m.value or b"") for m in batch])
 
-    handle = runner.handle if args.variant == "faust, stage runtime" else raw
+    process = runner.process if args.variant == "faust, stage runtime" else raw
 
-    async def counted(batch: list[Incoming]) -> Awaitable[object]:
+    async def counted(batch: list[Incoming]) -> None:
         state["started"] = state["started"] or time.perf_counter()
-        return moved(await handle(batch), len(batch))
-
-    async def moved(delivered: Awaitable[object], count: int) -> None:
-        await delivered
-        state["moved"] += count
+        await process(batch)
+        state["moved"] += len(batch)
         if state["moved"] >= args.messages:
             Path(args.result).write_text(str(time.perf_counter() - state["started"]))  # noqa: ASYNC240  # once, at the end
             os.kill(os.getpid(), signal.SIGTERM)
@@ -144,11 +142,9 @@ def faust_worker(args: argparse.Namespace) -> None:
     @app.agent(source, name="echo")
     async def agent(stream: faust.StreamT) -> None:
         runtime = settings.worker.runtime
-        await acked_batches(
-            stream, runtime.batch_max, runtime.batch_within_s, counted, runtime.batches_in_flight
-        )
+        await acked_batches(stream, runtime.batch_max, runtime.batch_within_s, counted)
 
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    run_worker(app, "WARNING")
 
 
 def run_faust(kafka: KafkaSettings, variant: str, source: str, sink: str, count: int) -> float:

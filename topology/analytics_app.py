@@ -28,7 +28,7 @@ from schemas.alerts import Alert
 from schemas.errors import LLMOpsError
 from schemas.feedback import FeedbackReceived
 from schemas.telemetry import StageCompleted
-from topology.app import acked_batches, completed, new_app, raw_topic, sender
+from topology.app import acked_batches, new_app, raw_topic, sender, stage_publisher
 from topology.settings import Settings
 from topology.topics import analytics_app_id, registry_topic
 
@@ -51,16 +51,14 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
     def topic(field: str) -> faust.TopicT:
         return raw_topic(app, settings, field)
 
-    dead_letter = sender(topic("deadletter"))
+    publisher = stage_publisher(app, settings)
+    dead_letter = sender(publisher, settings.kafka.topics.deadletter)
 
     async def feedback_rows(events: Any, s: AnalyticsStore) -> Any:
         return await feedback.rows(events, s, settings.feedback, settings.telemetry.text)
 
-    alerts_topic = topic("alerts")
-
     async def announce(alert: Alert) -> None:
-        delivered = await alerts_topic.send(key=alert.alert_id.encode(), value=encode(alert))
-        await delivered
+        await publisher.publish(settings.kafka.topics.alerts, [(alert.alert_id.encode(), encode(alert))])
         await post(settings.webhook, slack_payload(alert))
 
     monitor = Monitor(store, settings.monitor, announce)
@@ -205,8 +203,7 @@ def register_sink(
 
     async def agent(stream: faust.StreamT) -> None:
         await ready()
-        # One batch at a time: a batch is done when it is stored, and stores go in order.
-        await acked_batches(stream, settings.batch_max, settings.batch_within_s, completed(runner.process), 0)
+        await acked_batches(stream, settings.batch_max, settings.batch_within_s, runner.process)
 
     agent.__name__ = runner.name.replace("-", "_")
     app.agent(source, name=runner.name)(agent)

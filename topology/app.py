@@ -3,9 +3,7 @@ and one agent per stage of the graph. No import-time globals."""
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -15,7 +13,7 @@ from agents.deps import Dependencies
 from agents.registry import Registry
 from agents.runtime import Incoming, StageRunner
 from connectors.embedder import OnnxEmbedder
-from connectors.kafka import KafkaSettings
+from connectors.kafka import KafkaSettings, Publisher
 from connectors.llm import build_backend
 from connectors.milvus import MilvusStore
 from topology.graph import STAGES, Stage
@@ -76,6 +74,21 @@ def new_app(settings: Settings, app_id: str, **options: Any) -> faust.App:
     )
 
 
+class _Worker(faust.Worker):
+    """faust's Worker without its terminal spinner. To turn the spinner on every log
+    record, faust sets the root logger to DEBUG whatever the log level, so aiokafka and
+    faust built a debug record for every message sent: 12% of one hop's CPU (py-spy)."""
+
+    def on_setup_root_logger(self, logger: Any, level: int) -> None:
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)
+
+
+def run_worker(app: faust.App, log_level: str) -> None:
+    """Run `app` as a worker in this process until it is stopped."""
+    _Worker(app, loglevel=log_level, quiet=True).execute_from_commandline()
+
+
 def raw_topic(app: faust.App, settings: Settings, field: str) -> faust.TopicT:
     """A topic of TopicNames as bytes in and out: our runtime decodes, so a bad message
     can't crash an agent."""
@@ -89,23 +102,34 @@ def raw_topic(app: faust.App, settings: Settings, field: str) -> faust.TopicT:
     )
 
 
-def sender(t: faust.TopicT) -> Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]:
+def sender(publisher: Publisher, topic: str) -> Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]:
+    """Queue a message on `topic`; the awaitable it returns completes when the broker has
+    it. The stages send through librdkafka (Publisher), not faust's aiokafka producer: a
+    faust Topic.send cost about 100 us a message in Python, most of one hop (README)."""
+
     async def send(key: bytes, value: bytes) -> Awaitable[Any]:
-        return await t.send(key=key, value=value)
+        return await publisher.send(topic, key, value)
 
     return send
+
+
+def stage_publisher(app: faust.App, settings: Settings) -> Publisher:
+    """The app's producer for what its agents send, flushed and stopped with the app."""
+    publisher = Publisher(settings.kafka, client_id=f"{app.conf.id}-stages")
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode stub: async receivers
+    async def stop_publisher(sender: Any, *_: Any, **__: Any) -> None:
+        await publisher.stop()
+
+    return publisher
 
 
 def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.App:
     deps = deps or build_dependencies(settings)
     app = new_app(settings, settings.worker.app_id, web_enabled=False, topic_disable_leader=True)
 
-    def topic(field: str) -> faust.TopicT:
-        return raw_topic(app, settings, field)
-
     deps.registry = Registry(registry_table(app, settings))
-    deadletter = topic("deadletter")
-    telemetry = topic("telemetry")
+    publisher, names = stage_publisher(app, settings), settings.kafka.topics
     for stage in STAGES:
         register(
             app,
@@ -115,14 +139,14 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
                 input_model=stage.input_model,
                 handler=stage.handler,
                 deps=deps,
-                emit=sender(topic(stage.produces)),
-                dead_letter=sender(deadletter),
-                reply=sender(topic(stage.replies_to)),
+                emit=sender(publisher, getattr(names, stage.produces)),
+                dead_letter=sender(publisher, names.deadletter),
+                reply=sender(publisher, getattr(names, stage.replies_to)),
                 settings=settings.worker.runtime,
-                telemetry=sender(telemetry),
+                telemetry=sender(publisher, names.telemetry),
                 telemetry_settings=settings.telemetry,
             ),
-            topic(stage.consumes),
+            raw_topic(app, settings, stage.consumes),
         )
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode stub: async receivers
@@ -165,59 +189,25 @@ def register(app: faust.App, stage: Stage, runner: StageRunner, source: faust.To
 
     async def agent(stream: faust.StreamT) -> None:
         await runner.deps.ready()
-        await acked_batches(
-            stream, runtime.batch_max, runtime.batch_within_s, runner.handle, runtime.batches_in_flight
-        )
+        await acked_batches(stream, runtime.batch_max, runtime.batch_within_s, runner.process)
 
     agent.__name__ = stage.name
     app.agent(source, name=stage.name)(agent)
 
 
-Handle = Callable[[list[Incoming]], Awaitable[Awaitable[object]]]
-
-
 async def acked_batches(
-    stream: faust.StreamT, most: int, within: float, handle: Handle, in_flight: int
+    stream: faust.StreamT, most: int, within: float, process: Callable[[list[Incoming]], Awaitable[object]]
 ) -> None:
-    """Hand the stream to `handle` in micro-batches and acknowledge each batch once what
-    `handle` returned completes (its outputs are on the broker): faust commits offsets up
-    to acknowledged events, so what a crash or a rebalance interrupts is delivered again.
-    (take_events acks its batch in a `finally`: a rebalance that cancelled an agent
-    mid-batch committed events it never handled, and a question was lost in the failover
-    test.) Up to `in_flight` batches wait for the broker while the next is handled: the
-    outputs stay in order, since `handle` queues them in order, and a commit stops at the
-    first batch still waiting."""
+    """Hand the stream to `process` in micro-batches, acknowledging a batch only once
+    `process` returns: faust commits offsets up to acknowledged events, so what a crash or
+    a rebalance interrupts is delivered again. (take_events acks its batch in a `finally`:
+    a rebalance that cancelled an agent mid-batch committed events it never handled, and
+    a question was lost in the failover test.)"""
     batches = cast(Any, stream).noack_take(most, within=within)
-    waiting: deque[asyncio.Future[None]] = deque()
-    try:
-        async for events in batches:
-            delivered = await handle([incoming(e) for e in events])
-            waiting.append(asyncio.ensure_future(_ack_when(stream, events, delivered)))
-            while waiting and (waiting[0].done() or len(waiting) > in_flight):
-                await waiting.popleft()  # raises what a failed delivery raised, as before
-        while waiting:
-            await waiting.popleft()
-    finally:
-        for ack in waiting:
-            ack.cancel()
-
-
-async def _ack_when(stream: faust.StreamT, events: list[faust.EventT], delivered: Awaitable[object]) -> None:
-    await delivered
-    for event in events:
-        await stream.ack(event)
-
-
-def completed(process: Callable[[list[Incoming]], Awaitable[object]]) -> Handle:
-    """`process` as a Handle, for work that is finished (stored) when it returns."""
-
-    async def handle(batch: list[Incoming]) -> Awaitable[object]:
-        await process(batch)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-    return handle
+    async for events in batches:
+        await process([incoming(e) for e in events])
+        for event in events:
+            await stream.ack(event)
 
 
 def incoming(event: faust.EventT) -> Incoming:

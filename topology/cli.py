@@ -115,13 +115,11 @@ def up(
 def worker() -> None:
     """Run one faust worker of the pipeline (all stages) against the configured broker,
     Milvus and LLM. Start several for scale-out: they share partitions as one group."""
-    import faust
-
-    from topology.app import create_app
+    from topology.app import create_app, run_worker
 
     settings = load_settings()
     app = create_app(settings)
-    faust.Worker(app, loglevel=settings.worker.log_level, quiet=True).execute_from_commandline()
+    run_worker(app, settings.worker.log_level)
 
 
 @main.command()
@@ -130,13 +128,12 @@ def analytics() -> None:
     service that `llmops report`, `llmops trace` and `Analytics` read through. With chDB
     (the default) exactly one runs, since the directory opens in one process only; with a
     ClickHouse server (LLMOPS_CLICKHOUSE__URL) run as many as you like."""
-    import faust
-
     from topology.analytics_app import create_analytics_app
+    from topology.app import run_worker
 
     settings = load_settings()
     app = create_analytics_app(settings)
-    faust.Worker(app, loglevel=settings.worker.log_level, quiet=True).execute_from_commandline()
+    run_worker(app, settings.worker.log_level)
 
 
 @main.command("bootstrap")

@@ -8,8 +8,10 @@ generation), indexes the sample corpus, then offers questions open-loop at each 
 `--seconds`: each question is sent on schedule whether or not earlier ones were answered,
 as independent users would. Per rate: answers per second (answered / time from first send
 to last answer), end-to-end p50/p95/p99, failures, and the median time each stage's handler
-took (from the responses). It stops one rate after the answered rate falls below 80% of
-the offered one (saturation).
+took (from the responses), and where the machine's CPU went: cores kept busy by each part
+of the stack (worker, analytics, broker, Milvus, this load generator and client) and their
+CPU milliseconds per answer, read from /proc. It stops one rate after the answered rate
+falls below 80% of the offered one (saturation).
 
 Baseline in the same run: the embedding stage's standalone ceiling, the questions per
 second `OnnxEmbedder.embed` reaches on the same questions in micro-batches of the stage's
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -51,6 +54,36 @@ def embedding_ceiling(settings: Settings, seconds: float = 10) -> float:
     return done / (time.perf_counter() - started)
 
 
+# Which process a CPU second belongs to, by a word of its command line (first match).
+PROCESSES = (
+    ("worker", "topology.cli worker"),
+    ("analytics", "topology.cli analytics"),
+    ("broker", "tansu"),
+    ("broker", "kafka.Kafka"),
+    ("milvus", "milvus"),
+)
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) each part of the stack has used so far, from /proc;
+    this process is the load generator and client."""
+    tick, me = os.sysconf("SC_CLK_TCK"), os.getpid()
+    used: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        name = "load generator" if int(entry.name) == me else None
+        name = name or next((n for n, word in PROCESSES if word in command), None)
+        if name is not None:
+            used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
 async def offer(client: Client, rate: float, seconds: float) -> dict[str, Any]:
     """Send `rate` questions a second for `seconds`, open-loop; collect every outcome."""
     count = max(1, round(rate * seconds))
@@ -71,13 +104,14 @@ async def offer(client: Client, rate: float, seconds: float) -> dict[str, Any]:
         for stage, ms in response.latency_ms.items():
             stages.setdefault(stage, []).append(ms)
 
-    started = time.perf_counter()
+    cpu_before, started = cpu_seconds(), time.perf_counter()
     tasks = []
     for i in range(count):
         await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
     elapsed = (max(finished) if finished else time.perf_counter()) - started
+    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds().items()}
     return {
         "offered_per_s": rate,
         "sent": count,
@@ -89,6 +123,9 @@ async def offer(client: Client, rate: float, seconds: float) -> dict[str, Any]:
         "p95_ms": pct(latencies, 0.95) if latencies else None,
         "p99_ms": pct(latencies, 0.99) if latencies else None,
         "stage_p50_ms": {s: statistics.median(v) for s, v in stages.items()},
+        # Where the machine's CPU went during the step (all cores; 1.0 = one core busy).
+        "cores_busy": {k: v / elapsed for k, v in sorted(cpu.items())},
+        "cpu_ms_per_answer": {k: v * 1000 / max(1, len(latencies)) for k, v in sorted(cpu.items())},
     }
 
 
@@ -167,6 +204,13 @@ def main() -> None:
             f"{r['offered_per_s']:>10.0f}{r['answered_per_s']:>11.1f}{r['failures']:>7}"
             f"{p[0]:>9.0f}{p[1]:>9.0f}{p[2]:>9.0f}{cells}"
         )
+    parts = sorted({k for r in results for k in r["cores_busy"]})
+    print(f"\ncores busy per part of the stack ({os.cpu_count()} cores), and CPU ms per answer")
+    print(f"{'offered/s':>10}" + "".join(f"{p[:14]:>16}" for p in parts))
+    for r in results:
+        busy, per_answer = r["cores_busy"], r["cpu_ms_per_answer"]
+        cells = "".join(f"{busy.get(p, 0):>7.2f} /{per_answer.get(p, 0):>6.1f}ms" for p in parts)
+        print(f"{r['offered_per_s']:>10.0f}{cells}")
 
 
 if __name__ == "__main__":

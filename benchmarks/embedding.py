@@ -15,8 +15,10 @@ the FLOPs the model needs for the texts' real tokens (no padding counted) over t
 time, tokenisation included, against numpy's fp32 matmul peak with the same threads (on
 CUDA, against torch's fp32 and fp16 matmul peak on the GPU). Also: the share of executed
 FLOPs that padding wasted, and the cosine of each embedding to the reference (PyTorch, else
-ONNX fp32 on CPU). `--quality` embeds the whole corpus and the test queries at each
-precision and reports nDCG@10 of exact search. Prints JSON and a table."""
+ONNX fp32 on CPU). With int8: ONNX Runtime's int8 GEMM against its fp32 GEMM on the model's
+layer shapes, the ceiling of what int8 can gain here. `--quality` embeds the whole corpus
+and the test queries at each precision and reports nDCG@10 of exact search. Prints JSON
+and a table."""
 
 from __future__ import annotations
 
@@ -81,6 +83,61 @@ def matmul_peak(threads: int, size: int = 2048, repeats: int = 7) -> float:
             a @ b
             best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
+
+
+def ort_matmul_ratio(
+    threads: int, tokens: int = 1024, repeats: int = 10, rounds: int = 5
+) -> dict[str, float]:
+    """ONNX Runtime's own int8 GEMM (MatMulInteger, uint8 x int8) against its fp32 MatMul on
+    this CPU, over the model's layer shapes weighted by their FLOPs: the most an int8 model
+    can gain here before quantising activations and the ops that stay fp32."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+
+    def session(k: int, n: int, int8: bool) -> Callable[[], object]:
+        kind = (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32) if int8 else (TensorProto.FLOAT,) * 3
+        weights = rng.integers(-127, 127, (k, n), dtype=np.int8) if int8 else rng.standard_normal((k, n))
+        weights = weights.astype(np.int8 if int8 else np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger" if int8 else "MatMul", ["a", "w"], ["y"])],
+            "gemm",
+            [helper.make_tensor_value_info("a", kind[0], [tokens, k])],
+            [helper.make_tensor_value_info("y", kind[2], [tokens, n])],
+            initializer=[helper.make_tensor("w", kind[1], [k, n], weights.tobytes(), raw=True)],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        a = rng.integers(0, 255, (tokens, k), dtype=np.uint8) if int8 else rng.standard_normal((tokens, k))
+        feed = {"a": a if int8 else a.astype(np.float32)}
+        sess.run(None, feed)
+        return lambda: sess.run(None, feed)
+
+    def best_seconds(run: Callable[[], object]) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    # Per layer: Q, K, V and the output projection (384x384 each), FFN up and down.
+    shapes = [(HIDDEN, HIDDEN)] * 4 + [(HIDDEN, FFN), (FFN, HIDDEN)]
+    fp32_runs = [session(k, n, False) for k, n in shapes]
+    int8_runs = [session(k, n, True) for k, n in shapes]
+    fp32, int8 = [], []
+    for _ in range(rounds):  # interleaved: a drift in the machine's load hits both alike
+        fp32.append(sum(best_seconds(r) for r in fp32_runs))
+        int8.append(sum(best_seconds(r) for r in int8_runs))
+    work = sum(2 * tokens * k * n for k, n in shapes)
+    return {
+        "fp32_gflops": work / statistics.median(fp32) / 1e9,
+        "int8_gops": work / statistics.median(int8) / 1e9,
+        "int8_vs_fp32": statistics.median(f / i for f, i in zip(fp32, int8, strict=True)),
+    }
 
 
 def gpu_matmul_peaks(size: int = 8192, repeats: int = 10) -> dict[str, float]:
@@ -189,6 +246,7 @@ def main() -> None:
 
     peak = matmul_peak(args.threads)
     gpu_peaks = gpu_matmul_peaks() if args.device == "cuda" else {}
+    ort_gemm = ort_matmul_ratio(args.threads) if "int8" in precisions else {}
     rows: list[dict[str, Any]] = []
     for batch in batches:
         baseline_s, reference = None, None
@@ -233,6 +291,7 @@ def main() -> None:
         "device": args.device,
         "numpy_fp32_peak_gflops": peak,
         "gpu_peak_gflops": gpu_peaks,
+        "ort_cpu_gemm": ort_gemm,
         "useful_gflop": useful / 1e9,
         "runs": args.runs,
         "results": rows,
@@ -243,6 +302,11 @@ def main() -> None:
         f"\n{len(texts)} SciFact texts, {report['tokens_mean']:.0f} tokens on average (max "
         f"{report['tokens_max']}), {args.threads} threads; numpy fp32 peak {peak:.1f} GFLOP/s"
         + "".join(f"; GPU {k} peak {v / 1000:.0f} TFLOP/s" for k, v in gpu_peaks.items())
+        + (
+            f"; ONNX Runtime int8 GEMM {ort_gemm['int8_vs_fp32']:.2f}x its fp32 GEMM on the model's shapes"
+            if ort_gemm
+            else ""
+        )
     )
     print(
         f"{'engine':<18}{'batch':>6}{'sent/s':>10}{'vs base':>9}{'GFLOP/s':>10}"

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from schemas.errors import PermanentError, TransientError
 
+log = logging.getLogger(__name__)
+
 
 class TopicNames(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -203,8 +205,11 @@ class Publisher:
     async def stop(self) -> None:
         if self._producer is None:
             return
-        if self._outstanding:  # the poller settles them
-            await asyncio.wait_for(self._drained.wait(), 30)
+        try:
+            if self._outstanding:  # the poller settles them
+                await asyncio.wait_for(self._drained.wait(), 30)
+        except TimeoutError:  # their events were not acked, so they are read again
+            log.warning("%s: %d messages not delivered at stop", self._client_id, self._outstanding)
         if self._poller is not None:
             self._poller.cancel()
         self._producer = None

@@ -101,14 +101,15 @@ class _Consumer(driver.Consumer):
         acked = self._acked[tp]
         if not acked:
             return None
-        committed = await self._committed(tp)
+        committed = (await self._committed([tp]))[tp]
         return committed if min(acked) > committed else None
 
-    async def _committed(self, tp: TP) -> int:
-        committed = self._committed_offset[tp]
-        if committed is None:  # faust stores an unknown and a 0 commit alike
-            committed = (await self.earliest_offsets(tp)).get(tp, 0)
-        return committed
+    async def _committed(self, tps: list[TP]) -> dict[TP, int]:
+        """The committed offset of each of `tps`; faust stores an unknown and a 0 commit
+        alike, so for those the earliest offset, in one request for all of them."""
+        unknown = [tp for tp in tps if self._committed_offset[tp] is None]
+        earliest = await self.earliest_offsets(*unknown) if unknown else {}
+        return {tp: self._committed_offset[tp] or earliest.get(tp, 0) for tp in tps}
 
     @Service.task
     async def _stall_watchdog(self) -> None:
@@ -122,11 +123,12 @@ class _Consumer(driver.Consumer):
         """Resume and rewind an assigned partition that has events past the handled ones,
         none of them in flight, and was found so at the same offset one round earlier."""
         seen, self._stalls_seen = self._stalls_seen, {}
-        idle = {tp: await self._committed(tp) for tp in self.assignment() if self._idle(tp)}
+        idle = [tp for tp in self.assignment() if self._idle(tp)]
         if not idle:
             return
+        committed = await self._committed(idle)
         ends = await self.highwaters(*idle)
-        for tp, handled in idle.items():
+        for tp, handled in committed.items():
             if ends.get(tp, 0) <= handled:
                 continue
             if seen.get(tp) != handled:  # a fetch may be on its way: look again next round

@@ -75,14 +75,20 @@ def matmul_peak(threads: int, size: int = 2048, repeats: int = 7) -> float:
         rng.standard_normal((size, size), dtype=np.float32),
         rng.standard_normal((size, size), dtype=np.float32),
     )
-    best = float("inf")
     with threadpool_limits(threads):
         a @ b  # warm-up
-        for _ in range(repeats):
-            started = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - started)
+        best = best_seconds(lambda: a @ b, repeats)
     return 2 * size**3 / best / 1e9
+
+
+def best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of `repeats` calls of `run`: the machine's ceiling, not its noise."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def ort_matmul_ratio(
@@ -116,22 +122,14 @@ def ort_matmul_ratio(
         sess.run(None, feed)
         return lambda: sess.run(None, feed)
 
-    def best_seconds(run: Callable[[], object]) -> float:
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - started)
-        return best
-
     # Per layer: Q, K, V and the output projection (384x384 each), FFN up and down.
     shapes = [(HIDDEN, HIDDEN)] * 4 + [(HIDDEN, FFN), (FFN, HIDDEN)]
     fp32_runs = [session(k, n, False) for k, n in shapes]
     int8_runs = [session(k, n, True) for k, n in shapes]
     fp32, int8 = [], []
     for _ in range(rounds):  # interleaved: a drift in the machine's load hits both alike
-        fp32.append(sum(best_seconds(r) for r in fp32_runs))
-        int8.append(sum(best_seconds(r) for r in int8_runs))
+        fp32.append(sum(best_seconds(r, repeats) for r in fp32_runs))
+        int8.append(sum(best_seconds(r, repeats) for r in int8_runs))
     work = sum(2 * tokens * k * n for k, n in shapes)
     return {
         "fp32_gflops": work / statistics.median(fp32) / 1e9,

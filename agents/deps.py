@@ -3,46 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
-
-import numpy as np
 
 from agents.config import PipelineSettings
 from agents.registry import Registry
-from connectors.llm import Backend
-from connectors.milvus import Chunk, Found
-from schemas.queries import RetrievalMode
-
-
-class Embedder(Protocol):
-    name: str
-    dim: int
-
-    def open(self) -> None: ...
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
-
-
-class PassageStore(Protocol):
-    def open(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def upsert(self, chunks: Sequence[Chunk]) -> None: ...
-
-    def search(
-        self,
-        vectors: Sequence[Sequence[float]],
-        tenant: str,
-        top_k: int,
-        *,
-        texts: Sequence[str] = (),
-        mode: RetrievalMode = "dense",
-    ) -> list[Found]: ...
+from connectors.ports import Backend, Embedder, PassageStore
 
 
 @dataclass

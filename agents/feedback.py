@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.telemetry import TextMode, redact
-from connectors.clickhouse import AnalyticsStore
+from connectors.ports import AnalyticsStore
 from schemas.errors import PermanentError
 from schemas.feedback import FeedbackReceived
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from string import Template
 
 from agents.deps import Dependencies
-from connectors.llm import RenderedPrompt, Source
+from connectors.ports import RenderedPrompt, Source
 from schemas import ContextRetrieved, ResponseGenerated
 from schemas.errors import PermanentError
 

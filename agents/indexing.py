@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Sequence
 
 from agents.deps import Dependencies
-from connectors.milvus import Chunk
+from connectors.ports import Chunk
 from schemas import DocumentIndexed, DocumentSubmitted
 
 STAGE = "indexing"

@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from agents import drift
 from connectors.analytics import when
-from connectors.clickhouse import AnalyticsStore
+from connectors.ports import AnalyticsStore
 from schemas import new_id
 from schemas.alerts import Alert, AlertResolved, BudgetExceeded, DriftDetected, SloBreached
 

@@ -10,7 +10,7 @@ from string import Template
 from agents import intake
 from agents.deps import Dependencies
 from agents.registry import builtin
-from connectors.llm import Generation, RenderedPrompt
+from connectors.ports import Generation, RenderedPrompt
 from schemas import PromptAssembled, PromptSpec, QueryReceived
 from schemas.errors import PermanentError
 from schemas.prompts import PromptVersion

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from agents.deps import Dependencies
-from connectors.milvus import Found
+from connectors.ports import Found
 from schemas import ContextRetrieved, Passage, QueryEmbedded, RetrievalMode
 
 STAGE = "retrieval"

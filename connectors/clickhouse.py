@@ -10,14 +10,14 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from clickhouse_connect.driver.binding import format_bind_value
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from connectors.ports import AnalyticsStore, Rows
 from schemas.errors import PermanentError, TransientError
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -48,46 +48,6 @@ class StoreUnavailable(TransientError):
 
 class QueryFailed(PermanentError):
     """ClickHouse rejected the query itself (syntax, unknown column, bad parameter)."""
-
-
-@dataclass(frozen=True)
-class Rows:
-    columns: list[str]
-    types: list[str]
-    rows: list[list[Any]]
-
-    def dicts(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"columns": self.columns, "types": self.types, "rows": self.rows}
-
-    @classmethod
-    def from_json(cls, payload: Mapping[str, Any]) -> Rows:
-        return cls(list(payload["columns"]), list(payload["types"]), [list(r) for r in payload["rows"]])
-
-    @classmethod
-    def parse(cls, raw: bytes | str) -> Rows:
-        """Rows from ClickHouse's JSONCompact output (both backends produce it)."""
-        if not raw.strip():
-            return cls([], [], [])
-        doc = json.loads(raw)
-        meta = doc.get("meta", [])
-        return cls([m["name"] for m in meta], [m["type"] for m in meta], doc.get("data", []))
-
-
-class AnalyticsStore(Protocol):
-    backend: str
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Rows: ...
-
-    async def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None: ...
-
-    async def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
 
 
 def json_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:

@@ -9,11 +9,11 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from connectors.ports import Backend, Generation, RenderedPrompt, Source
 from schemas.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -35,43 +35,6 @@ class LLMSettings(BaseModel):
         "(the time to the first token is logged at debug level).",
     )
     max_sentences: int = Field(default=3, ge=1, description="extractive: sentences per answer.")
-
-
-@dataclass(frozen=True)
-class Source:
-    id: str
-    title: str
-    text: str
-
-
-@dataclass(frozen=True)
-class RenderedPrompt:
-    system: str
-    user: str
-    question: str
-    sources: Sequence[Source]
-    temperature: float
-    max_tokens: int
-    model: str | None = None  # None: the backend's configured model
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    model: str
-    citations: list[str]
-    usage_details: dict[str, int] = field(default_factory=dict)
-
-
-class Backend(Protocol):
-    name: str
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def generate(self, prompt: RenderedPrompt) -> Generation: ...
 
 
 _WORD = re.compile(r"[a-z0-9]+")

@@ -16,11 +16,11 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from connectors.ports import Chunk, Found, Hit
 from schemas.envelope import TENANT_PATTERN
 from schemas.errors import PermanentError, TransientError
 from schemas.queries import RetrievalMode
@@ -75,37 +75,6 @@ class MilvusSettings(BaseModel):
     fusion_candidates: int = Field(
         default=100, ge=1, le=1000, description="Passages each leg of a hybrid search ranks before fusion."
     )
-
-
-@dataclass(frozen=True)
-class Chunk:
-    id: str
-    tenant: str
-    doc_id: str
-    chunk: int
-    title: str
-    text: str
-    vector: Sequence[float]
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    doc_id: str
-    chunk: int
-    title: str
-    text: str
-    score: float  # the mode's own: inner product (dense), BM25 (bm25) or fused RRF (hybrid)
-
-
-@dataclass(frozen=True)
-class Found:
-    """One query's passages, best first, and each leg's own top scores (best first, as
-    many as passages were asked for); a leg that did not run has none."""
-
-    hits: list[Hit]
-    dense_scores: list[float] = field(default_factory=list)
-    bm25_scores: list[float] = field(default_factory=list)
 
 
 _ENTITY_FIELDS = ["doc_id", "chunk", "title", "text"]

@@ -55,5 +55,10 @@ format: install
 schemas: install
 	$(BIN)/python -m schemas.export
 
+## Rewrite docs/configuration.md from the settings tree (a unit test fails when it is stale).
+.PHONY: docs
+docs: install
+	$(BIN)/python -m topology.config_reference
+
 clean:
 	rm -rf $(VENV) .llmops .pytest_cache .mypy_cache .ruff_cache *.egg-info

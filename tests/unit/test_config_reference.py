@@ -1,0 +1,59 @@
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr
+
+from topology.config_reference import COMMAND, TARGET, default_text, render, section
+from topology.settings import Settings
+
+
+def test_the_configuration_reference_is_current():
+    stale = f"{TARGET} is stale: run `{COMMAND}` (or `make docs`) and commit it"
+    assert TARGET.is_file(), stale
+    assert TARGET.read_text(encoding="utf-8") == render(), stale
+
+
+def test_every_setting_of_the_tree_is_listed_with_its_variable():
+    text = render()
+
+    def variables(model: Any, env: str) -> list[str]:
+        found = []
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                found += variables(annotation, f"{env}__{name.upper()}")
+            else:
+                found.append(f"{env}__{name.upper()}")
+        return found
+
+    names = [
+        v
+        for name, f in Settings.model_fields.items()
+        for v in variables(f.annotation, f"LLMOPS_{name.upper()}")
+    ]
+    assert len(names) > 100
+    missing = [name for name in names if f"| `{name}` |" not in text]
+    assert not missing
+
+
+def test_secrets_show_no_value_and_defaults_ignore_the_environment(monkeypatch):
+    class Section(BaseModel):
+        """A section."""
+
+        password: SecretStr = SecretStr("hunter2")
+        token: SecretStr | None = None
+        pattern: str = Field(default="a|b", description="x | y")
+
+    out: list[str] = []
+    section(Section, "LLMOPS_TEST", "test", out)
+    text = "\n".join(out)
+    assert "hunter2" not in text
+    assert "| `LLMOPS_TEST__PASSWORD` | secret | (secret) |" in text
+    assert "| `LLMOPS_TEST__TOKEN` | secret \\| unset | unset |" in text
+    # a pipe inside a cell would end it
+    assert "| `a\\|b` | x \\| y |" in text
+    assert default_text(Section.model_fields["password"]) == "(secret)"
+
+    before = render()
+    monkeypatch.setenv("LLMOPS_KAFKA__PARTITIONS", "9")
+    monkeypatch.setenv("LLMOPS_LLM__API_KEY", "sk-canary")
+    assert render() == before

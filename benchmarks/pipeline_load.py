@@ -152,7 +152,7 @@ def stack(broker: str, base: Settings, tmp: Path) -> Iterator[LocalStack]:
         with LocalStack(settings) as running:
             yield running
         return
-    from tests.integration.apache_kafka import ApacheKafka
+    from topology.apache_kafka import ApacheKafka
 
     kafka = ApacheKafka(tmp / "kafka")
     kafka.start()

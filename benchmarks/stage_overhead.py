@@ -163,7 +163,7 @@ def broker(choice: str) -> Iterator[KafkaSettings]:
         return
     with tempfile.TemporaryDirectory() as tmp:
         if choice == "kafka":
-            from tests.integration.apache_kafka import ApacheKafka
+            from topology.apache_kafka import ApacheKafka
 
             server = ApacheKafka(Path(tmp))
             server.start()

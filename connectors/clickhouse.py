@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ class ClickHouseSettings(BaseModel):
     )
     path: Path = Field(default=Path(".llmops/analytics"), description="chDB data directory.")
     ddl_dir: Path = Field(
-        default=Path(__file__).resolve().parents[1] / "docker" / "clickhouse",
+        # Shipped inside the package (package data), so an installed wheel has it too.
+        default=Path(str(files("connectors") / "ddl")),
         description="Versioned DDL files (NNN_name.sql) that `llmops bootstrap` applies.",
     )
     database: str = Field(default="llmops", pattern=NAME.pattern)

@@ -28,8 +28,8 @@ class EmbeddingSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto uses the CUDA execution provider when installed."
     )
-    # 8 measured fastest on 2 cores for both ~210-token chunks (20/s) and short sentences
-    # (200/s); 32 gave 17/s and 156/s: larger padded batches fall out of cache.
+    # Small batches measured fastest on CPU for both passages and short questions: larger
+    # padded batches fall out of cache (benchmarks/embedding.py).
     batch_size: int = Field(default=8, ge=1, description="Texts per ONNX Runtime call.")
     max_length: int = Field(default=256, ge=8, description="Tokens kept per text.")
     threads: int = Field(default=0, ge=0, description="Intra-op threads; 0 lets ORT decide.")

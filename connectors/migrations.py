@@ -1,4 +1,4 @@
-"""Versioned DDL: docker/clickhouse/NNN_name.sql files, applied in order, each once,
+"""Versioned DDL: connectors/ddl/NNN_name.sql files, applied in order, each once,
 recorded in `schema_migrations` with a checksum. An applied file that changed is an
 error: add a new file instead. The same files serve chDB and a ClickHouse server."""
 

@@ -39,8 +39,8 @@ class MilvusSettings(BaseModel):
     uri: str = Field(default="http://127.0.0.1:19530", description="Milvus (or Lite server) URI.")
     token: SecretStr | None = Field(default=None, description="user:password or API key.")
     collection: str = "passages"
-    # Measured on SciFact (5,183 docs, benchmarks/milvus_index.py): FLAT is exact and the fastest
-    # there (11 ms a call, 1.1 ms a query batched; HNSW 16 ms, 1.25 ms, recall 0.994).
+    # FLAT is exact, and at the collection sizes of the retrieval benchmark it was also the
+    # fastest (benchmarks/milvus_index.py; figures in docs/benchmarks.md).
     index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = "FLAT"
     hnsw_m: int = Field(default=16, ge=4)
     hnsw_ef_construction: int = Field(default=200, ge=8)
@@ -51,7 +51,7 @@ class MilvusSettings(BaseModel):
     seal_after_upsert: bool = Field(
         default=True,
         description="Flush after each upsert batch. Milvus Lite searches unsealed rows by brute "
-        "force in Python: at 5k rows one search took 175 ms unsealed, 16 ms sealed.",
+        "force in Python, many times slower than sealed ones.",
     )
     keepalive_s: float = Field(
         default=300.0,
@@ -63,14 +63,15 @@ class MilvusSettings(BaseModel):
         default_factory=lambda: {"tokenizer": "standard", "filter": ["lowercase"]},
         description="Milvus analyzer for the BM25 field (set when a collection is created).",
     )
-    # BEIR's BM25 settings: on SciFact (offline, Milvus Lite) hybrid nDCG@10 0.711 with them,
-    # 0.703-0.706 with Milvus's default k1 1.5, b 0.75.
+    # BEIR's BM25 settings: hybrid retrieval scored a little higher with them than with
+    # Milvus's defaults (benchmarks/retrieval_quality.py; figures in docs/benchmarks.md).
     bm25_k1: float = Field(default=0.9, gt=0)
     bm25_b: float = Field(default=0.4, ge=0, le=1)
     rrf_k: int = Field(
         default=10,
         ge=1,
-        description="Reciprocal rank fusion constant. On SciFact k=10 scored nDCG@10 0.702, k=60 0.686.",
+        description="Reciprocal rank fusion constant (the usual 60 ranked lower in the retrieval "
+        "benchmark: docs/benchmarks.md).",
     )
     fusion_candidates: int = Field(
         default=100, ge=1, le=1000, description="Passages each leg of a hybrid search ranks before fusion."

@@ -41,9 +41,8 @@ def export(out_dir: Path, source: Path | None = None, force: bool = False) -> Pa
         ) from exc
     source = source or bundled_weights()
     # Eager attention exports the classic mask-and-softmax pattern, which ORT's optimizer
-    # fuses into one Attention kernel per layer (SDPA's export is left unfused): on 2 CPU
-    # cores a batch of 8 256-token texts took 360 ms instead of 479, one such text 50 ms
-    # instead of 56.
+    # fuses into one Attention kernel per layer (SDPA's export is left unfused), which
+    # measured faster on CPU (benchmarks/embedding.py).
     model = AutoModel.from_pretrained(str(source), attn_implementation="eager").eval()
 
     class KeywordForward(torch.nn.Module):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from connectors.embedder import OnnxEmbedder
-from tests.integration.apache_kafka import ApacheKafka, java_available
+from topology.apache_kafka import ApacheKafka, java_available
 from topology.settings import Settings
 from topology.stack import LocalStack
 

@@ -13,10 +13,10 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.client import Client
-from tests.integration.apache_kafka import ApacheKafka
 from tests.integration.conftest import require_java, stack_settings
 from tests.integration.test_cli import llmops
 from tests.integration.test_pipeline import docs, tenant
+from topology.apache_kafka import ApacheKafka
 from topology.settings import Settings
 from topology.stack import LocalStack
 

@@ -1,10 +1,10 @@
-"""Apache Kafka (KRaft, one node) for the integration tests: jars from Maven Central via
-`mvn` (cached outside git), started with the machine's Java."""
+"""Apache Kafka (KRaft, one node) for the broker tests and the benchmarks: jars from
+Maven Central via `mvn` (cached outside git, under ~/.cache/llmops-stream), started with
+the machine's Java. Not part of `llmops up`, which runs the embedded broker."""
 
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import subprocess
 import time
@@ -15,7 +15,7 @@ from topology.stack import free_port
 
 POM = Path(__file__).parent / "kafka" / "pom.xml"
 VERSION = "4.1.2"  # keep equal to docker/compose.yaml and the pom
-CACHE = Path(os.environ.get("LLMOPS_CACHE_DIR", Path.home() / ".cache" / "llmops-stream"))
+CACHE = Path.home() / ".cache" / "llmops-stream"
 
 LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
@@ -35,12 +35,12 @@ def fetch_jars() -> Path:
     libs = CACHE / f"kafka-{VERSION}" / "libs"
     if not (libs / f"kafka_2.13-{VERSION}.jar").is_file():
         subprocess.run(  # noqa: S603
-            [
+            [  # noqa: S607  (mvn from PATH, like java below)
                 "mvn",
                 "-q",
                 "-f",
                 str(POM),
-                "dependency:copy-dependencies",  # noqa: S607
+                "dependency:copy-dependencies",
                 f"-DoutputDirectory={libs}",
             ],
             check=True,
@@ -109,8 +109,8 @@ class ApacheKafka:
             capture_output=True,
         )
         log = (self.workdir / "kafka.log").open("ab")
-        self._proc = subprocess.Popen(
-            [*java, "kafka.Kafka", str(props)],  # noqa: S603
+        self._proc = subprocess.Popen(  # noqa: S603
+            [*java, "kafka.Kafka", str(props)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

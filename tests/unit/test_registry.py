@@ -104,7 +104,7 @@ def test_the_readmes_prompt_file_is_a_valid_version():
     import tomllib
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "prompts-and-experiments.md").read_text()
     [block] = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
     prompt = PromptVersion.model_validate(tomllib.loads(block))
     assert (prompt.model, prompt.seed, prompt.retrieval_mode) == ("gpt-4o-mini", 7, "hybrid")

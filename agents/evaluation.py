@@ -1,9 +1,16 @@
-"""Golden sets and their scores: what `llmops prompts evaluate` and the retrieval
-benchmarks measure. Pure: no I/O beyond reading the golden set's files.
+"""Golden sets and their scores: what `llmops prompts evaluate` and the retrieval and
+answer-quality benchmarks measure. Pure: no I/O beyond reading the golden set's files.
 
-A golden set is a directory with either `golden.jsonl` (one case per line: `question`,
-`doc_ids` expected among the passages, optional `answer`) or BEIR's layout
-(`queries.jsonl` with `_id` and `text`, `qrels/test.tsv` with query-id, corpus-id, score)."""
+A golden set is a JSON Lines file, or a directory holding one as `golden.jsonl`, with
+one case per line: `question`, and any of `doc_ids` (documents expected among the
+retrieved passages), `passage_ids` (the passages that answer it: chunk ids, which
+depend on the tenant the documents were indexed for), `key_phrases` (short strings a
+correct answer contains) and `answer` (a reference answer). A directory may hold BEIR's
+layout instead (`queries.jsonl` with `_id` and `text`, `qrels/test.tsv` with query-id,
+corpus-id, score).
+
+The answer metrics need no judge model: citation precision and recall against the
+expected passages, key-phrase recall, and a groundedness proxy (see `groundedness`)."""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +33,8 @@ class GoldenCase:
     question: str
     relevant: frozenset[str] = field(default_factory=frozenset)  # document ids
     answer: str = ""
+    passages: frozenset[str] = field(default_factory=frozenset)  # ids of the passages that answer it
+    key_phrases: tuple[str, ...] = ()
 
 
 def read_qrels(path: Path) -> dict[str, set[str]]:
@@ -50,32 +59,47 @@ def load_beir(directory: Path) -> tuple[list[str], list[str], list[str], list[st
     return doc_ids, texts, qids, [queries[q] for q in qids], qrels
 
 
-def load_golden(directory: Path, limit: int | None = None) -> list[GoldenCase]:
-    golden, beir = directory / "golden.jsonl", directory / "qrels" / "test.tsv"
+def load_golden(path: Path, limit: int | None = None) -> list[GoldenCase]:
+    """A golden set from a JSON Lines file, a directory with `golden.jsonl`, or a BEIR
+    directory; the first `limit` cases when given."""
+    golden = path if path.is_file() else path / "golden.jsonl"
+    beir = path / "qrels" / "test.tsv"
     if golden.is_file():
-        cases = []
-        for number, line in enumerate(golden.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                relevant = frozenset(map(str, row.get("doc_ids", [])))
-                cases.append(GoldenCase(row["question"], relevant, row.get("answer", "")))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                expected = "a JSON object with question, doc_ids and/or answer"
-                raise PermanentError(f"{golden}:{number}: expected {expected}: {exc!r}") from exc
-    elif beir.is_file() and (directory / "queries.jsonl").is_file():
-        texts = {q["_id"]: q["text"] for q in map(json.loads, (directory / "queries.jsonl").open())}
+        lines = enumerate(golden.read_text().splitlines(), start=1)
+        cases = [_case(golden, number, line) for number, line in lines if line.strip()]
+    elif beir.is_file() and (path / "queries.jsonl").is_file():
+        texts = {q["_id"]: q["text"] for q in map(json.loads, (path / "queries.jsonl").open())}
         qrels = read_qrels(beir)
         cases = [GoldenCase(texts[q], frozenset(qrels[q])) for q in sorted(qrels) if q in texts]
     else:
-        raise PermanentError(f"{directory}: no golden.jsonl, and no BEIR queries.jsonl + qrels/test.tsv")
+        raise PermanentError(f"{path}: no golden.jsonl, and no BEIR queries.jsonl + qrels/test.tsv")
     if not cases:
-        raise PermanentError(f"{directory}: the golden set is empty")
-    unscorable = [c.question for c in cases if not c.relevant and not c.answer]
+        raise PermanentError(f"{path}: the golden set is empty")
+    unscorable = [c.question for c in cases if not (c.relevant or c.answer or c.passages or c.key_phrases)]
     if unscorable:
-        raise PermanentError(f"{len(unscorable)} cases name no doc_ids and no answer, e.g. {unscorable[0]!r}")
+        raise PermanentError(
+            f"{len(unscorable)} cases name no doc_ids and no answer (nor passage_ids or key_phrases), "
+            f"e.g. {unscorable[0]!r}"
+        )
     return cases[:limit] if limit else cases
+
+
+def _case(golden: Path, number: int, line: str) -> GoldenCase:
+    try:
+        row = json.loads(line)
+        phrases = row.get("key_phrases", [])
+        if isinstance(phrases, str) or not all(isinstance(p, str) for p in phrases):
+            raise TypeError("key_phrases must be a list of strings")
+        return GoldenCase(
+            row["question"],
+            frozenset(map(str, row.get("doc_ids", []))),
+            row.get("answer", ""),
+            frozenset(map(str, row.get("passage_ids", []))),
+            tuple(phrases),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        expected = "a JSON object with question and doc_ids, passage_ids, key_phrases and/or answer"
+        raise PermanentError(f"{golden}:{number}: expected {expected}: {exc!r}") from exc
 
 
 def ndcg_at(ranked: Sequence[str], relevant: set[str] | frozenset[str], k: int = 10) -> float:
@@ -103,9 +127,17 @@ def answer_f1(predicted: str, expected: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def case_scores(case: GoldenCase, doc_ids: Sequence[str], answer: str) -> dict[str, float]:
+def case_scores(
+    case: GoldenCase,
+    doc_ids: Sequence[str],
+    answer: str,
+    *,
+    citations: Sequence[str] | None = None,
+    passages: Mapping[str, str] | None = None,
+) -> dict[str, float]:
     """The metrics one answer earns: retrieval ones when the case names documents, answer
-    F1 when it names an answer."""
+    F1 when it names an answer, and the answer metrics of `answer_scores` when the
+    response's `citations` and `passages` (passage id -> text, as retrieved) are given."""
     scores: dict[str, float] = {}
     if case.relevant:
         ranked = documents_in_order(doc_ids)
@@ -116,7 +148,106 @@ def case_scores(case: GoldenCase, doc_ids: Sequence[str], answer: str) -> dict[s
         )
     if case.answer:
         scores["answer_f1"] = answer_f1(answer, case.answer)
+    if citations is not None:
+        scores.update(answer_scores(case, answer, citations, passages or {}))
     return scores
+
+
+def answer_scores(
+    case: GoldenCase, answer: str, citations: Sequence[str], passages: Mapping[str, str]
+) -> dict[str, float]:
+    """Answer metrics that need no judge model. `citations`: the passage ids the answer
+    cites; `passages`: passage id -> text of the passages the generator was given.
+
+    - citation_precision, citation_recall: against the case's expected passages;
+    - context_recall: expected passages among those the generator was given (the ceiling
+      of citation recall that retrieval and the prompt's passage count set);
+    - key_phrase_recall: the case's key phrases found in the answer;
+    - groundedness: see `groundedness`, over the texts of the cited passages."""
+    scores: dict[str, float] = {}
+    if case.passages:
+        scores.update(
+            citation_precision=citation_precision(citations, case.passages),
+            citation_recall=citation_recall(citations, case.passages),
+            context_recall=citation_recall(list(passages), case.passages),
+        )
+    if case.key_phrases:
+        scores["key_phrase_recall"] = key_phrase_recall(answer, case.key_phrases)
+    scores["groundedness"] = groundedness(answer, [passages[c] for c in citations if c in passages])
+    return scores
+
+
+def citation_precision(cited: Sequence[str], expected: Collection[str]) -> float:
+    """Share of the distinct cited passages that are expected ones. An answer that cites
+    nothing scores 0: an uncited claim cannot be checked against anything."""
+    distinct = set(cited)
+    return len(distinct & set(expected)) / len(distinct) if distinct else 0.0
+
+
+def citation_recall(cited: Sequence[str], expected: Collection[str]) -> float:
+    """Share of the expected passages that the answer cites."""
+    wanted = set(expected)
+    return len(set(cited) & wanted) / len(wanted) if wanted else 0.0
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def key_phrase_recall(answer: str, phrases: Sequence[str]) -> float:
+    """Share of `phrases` that occur in the answer, ignoring case and runs of whitespace
+    (a substring test: "raise" is found in "re-raises")."""
+    if not phrases:
+        return 0.0
+    text = _normalised(answer)
+    return sum(_normalised(p) in text for p in phrases) / len(phrases)
+
+
+# Term splitting as the extractive backend does it (lower-cased runs of letters and digits,
+# one-letter terms dropped), with a longer stop list: here every function word a
+# paraphrase adds would otherwise count as an unsupported term.
+_WORD = re.compile(r"[a-z0-9]+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n{2,}")
+_CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
+STOP_WORDS = frozenset(
+    """a about above after again all also an and any are as at be because been before being
+    below between both but by can could did do does doing done during each either else
+    for from further had has have having he her here hers him his how however i if in into
+    is it its itself just may might more most must my no nor not of off on once one only
+    or other our out over own same shall she should so some such than that the their them
+    then there these they this those through to too under until up upon us very was we
+    were what when where whether which while who whom why will with within without would
+    yet you your""".split()
+)
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased words of two or more letters or digits, minus stop words."""
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 1 and w not in STOP_WORDS}
+
+
+def sentences(text: str) -> list[str]:
+    """The answer's sentences, citation markers such as [2] removed."""
+    return [s.strip() for s in _SENTENCE_END.split(_CITATION.sub("", text)) if s.strip()]
+
+
+def groundedness(answer: str, cited_texts: Sequence[str], threshold: float = 0.5) -> float:
+    """A groundedness proxy: the share of the answer's sentences (those with any content
+    word) at least `threshold` of whose content words occur in the cited passages. An
+    answer with no such sentence, or that cites nothing, scores 0.
+
+    It is lexical, so it cannot catch: a faithful paraphrase in other words (scored
+    ungrounded); a wrong statement built from the passage's own words, such as swapped
+    roles or numbers ("the key is evaluated after the value": scored grounded); a
+    negation or hedge added or dropped ("not" is a stop word; "never" is one word of many);
+    a claim grounded in a passage the answer did not cite (only the cited ones count)."""
+    support: set[str] = set().union(*map(content_words, cited_texts)) if cited_texts else set()
+    shares = []
+    for sentence in sentences(answer):
+        words = content_words(sentence)
+        if words:
+            shares.append(len(words & support) / len(words))
+    return sum(share >= threshold for share in shares) / len(shares) if shares else 0.0
 
 
 def mean_scores(per_case: Sequence[dict[str, float]]) -> dict[str, float]:

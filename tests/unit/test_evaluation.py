@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,133 @@ def test_scores_collapse_chunks_to_documents_and_rank_them():
     assert mean_scores([perfect, late])["recall_at_10"] == 0.75
     assert ndcg_at(["x"] * 10 + ["a"], {"a"}) == 0.0
     assert answer_f1("", "x") == 0.0
+
+
+def test_a_golden_file_with_passages_and_key_phrases_loads(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    row = {"question": "q", "passage_ids": ["p1", "p2"], "key_phrases": ["a b", "c"]}
+    path.write_text(json.dumps(row) + "\n" + json.dumps({"question": "r", "key_phrases": ["x"]}) + "\n")
+    first, second = load_golden(path)
+    assert (first.passages, first.key_phrases, first.relevant) == (
+        frozenset({"p1", "p2"}),
+        ("a b", "c"),
+        set(),
+    )
+    assert second.key_phrases == ("x",)
+    path.write_text(json.dumps({"question": "q", "key_phrases": "one string"}) + "\n")
+    with pytest.raises(PermanentError, match="answers.jsonl:1.*list of strings"):
+        load_golden(path)
+
+
+def test_citation_precision_and_recall_count_distinct_passages():
+    from agents.evaluation import citation_precision, citation_recall
+
+    expected = {"a", "c", "x"}
+    assert citation_precision(["a", "b", "b", "c"], expected) == 2 / 3
+    assert citation_recall(["a", "b", "b", "c"], expected) == 2 / 3
+    assert citation_precision(["a"], expected) == 1.0
+    assert citation_recall(["a", "a"], expected) == 1 / 3
+    assert citation_precision([], expected) == 0.0  # nothing cited: nothing checkable
+    assert citation_recall(["b"], expected) == 0.0
+
+
+def test_key_phrase_recall_ignores_case_and_whitespace():
+    from agents.evaluation import key_phrase_recall
+
+    answer = "In a dict comprehension the KEY is evaluated\n   before the value [1]."
+    phrases = ["key is evaluated before", "after the value", "Dict  Comprehension"]
+    assert key_phrase_recall(answer, phrases) == 2 / 3
+    assert key_phrase_recall(answer, []) == 0.0
+
+
+PASSAGE = "The context manager's __exit__() method receives the exception type, value and traceback."
+
+
+def test_groundedness_is_the_share_of_sentences_mostly_made_of_cited_words():
+    from agents.evaluation import content_words, groundedness, sentences
+
+    assert content_words("The type of the exception") == {"type", "exception"}
+    assert sentences("One thing [1]. Two!\n\nThree [2, 3]") == ["One thing.", "Two!", "Three"]
+    answer = (
+        "The __exit__ method gets the exception type, value and traceback [1]. "
+        "Bananas grow quickly in tropical climates [2]."
+    )
+    # First sentence: 6 of its 7 content words are in the passage; the second: none.
+    assert groundedness(answer, [PASSAGE]) == 0.5
+    assert groundedness(answer, [PASSAGE, "Bananas grow in tropical climates, quickly."]) == 1.0
+    assert groundedness(answer, [PASSAGE], threshold=0.9) == 0.0
+    assert groundedness(answer, []) == 0.0  # cites nothing
+    assert groundedness("", [PASSAGE]) == 0.0
+    # Citation markers are not words of the sentence: with "12" counted, 2 of 4 would miss 0.6.
+    assert groundedness("Exit gets traceback [12].", ["exit traceback"], threshold=0.6) == 1.0
+
+
+def test_groundedness_cannot_see_negation_or_swapped_facts():
+    """The documented blind spots: the proxy reads words, not meaning."""
+    from agents.evaluation import groundedness
+
+    assert (
+        groundedness("The __exit__ method never receives the exception type, value or traceback.", [PASSAGE])
+        == 1.0
+    )
+    assert groundedness("The traceback receives the __exit__ method's value.", [PASSAGE]) == 1.0
+    assert groundedness("Its teardown hook is handed the error's kind, payload and stack.", [PASSAGE]) == 0.0
+
+
+def test_case_scores_add_the_answer_metrics_when_citations_are_given():
+    from agents.evaluation import GoldenCase
+
+    case = GoldenCase(
+        "q", frozenset({"d1"}), passages=frozenset({"p1", "p2"}), key_phrases=("traceback", "nested")
+    )
+    passages = {"p1": PASSAGE, "p3": "Something else entirely."}
+    answer = "__exit__ gets the exception type, value and traceback [1]."
+    scores = case_scores(case, ["d1", "d2"], answer, citations=["p1", "p3"], passages=passages)
+    assert scores == {
+        "ndcg_at_10": 1.0,
+        "recall_at_10": 1.0,
+        "hit_at_1": 1.0,
+        "citation_precision": 0.5,
+        "citation_recall": 0.5,
+        "context_recall": 0.5,  # p1 of p1, p2 reached the generator
+        "key_phrase_recall": 0.5,
+        "groundedness": 1.0,
+    }
+    assert "groundedness" not in case_scores(case, ["d1"], answer)  # no citations: retrieval metrics only
+
+
+GOLDEN = Path(__file__).resolve().parents[2] / "benchmarks" / "golden" / "answers.jsonl"
+
+
+def sample_passages(tenant: str = "default") -> dict[str, tuple[str, str]]:
+    """Passage id -> (document id, text) of the sample corpus, chunked as the indexing
+    stage does with the default settings."""
+    from agents.config import PipelineSettings
+    from agents.indexing import chunk_id, chunk_words
+    from topology.samples import python_reference
+
+    cfg = PipelineSettings()
+    return {
+        chunk_id(tenant, doc["doc_id"], index): (doc["doc_id"], text)
+        for doc in python_reference()
+        for index, text in enumerate(chunk_words(doc["text"], cfg.chunk_words, cfg.chunk_overlap))
+    }
+
+
+def test_the_answer_golden_set_matches_the_sample_corpus():
+    """Every listed passage exists in the sample corpus as the demo indexes it, and every
+    key phrase occurs in one of its case's passages: a change of chunking or of the
+    corpus text fails here, not silently in the benchmark."""
+    cases = load_golden(GOLDEN)
+    passages = sample_passages()
+    assert len(cases) >= 40
+    assert len({c.question for c in cases}) == len(cases)
+    for case in cases:
+        assert case.passages and 1 <= len(case.key_phrases) <= 4, case.question
+        missing = case.passages - passages.keys()
+        assert not missing, f"{case.question!r}: no passage {sorted(missing)} in the sample corpus"
+        assert case.relevant == {passages[p][0] for p in case.passages}, case.question
+        texts = [" ".join(passages[p][1].lower().split()) for p in case.passages]
+        for phrase in case.key_phrases:
+            wanted = " ".join(phrase.lower().split())
+            assert any(wanted in t for t in texts), f"{case.question!r}: {phrase!r} in none of its passages"

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from agents.config import PipelineSettings
-from agents.registry import Registry
+from agents.routing import Registry
 from connectors.ports import Backend, Embedder, PassageStore
 
 

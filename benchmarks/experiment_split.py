@@ -4,7 +4,7 @@ configured one, and how fast a worker routes a request.
     python -m benchmarks.experiment_split [--trials 300] [--seed 7]
 
 For each split and number of users, many experiments (random names, random user ids)
-are assigned with `agents.registry.assign` (BLAKE2b of experiment and user); the table
+are assigned with `agents.routing.assign` (BLAKE2b of experiment and user); the table
 gives the share of experiments whose observed split is within 1 point of the configured
 one. The baseline in the same run draws each user's arm with numpy's uniform generator,
 the ideal a hash can only match; the binomial bound is sqrt(p(1-p)/n)*1.96 <= 0.01."""
@@ -20,7 +20,7 @@ import uuid
 import numpy as np
 
 from agents.config import PipelineSettings
-from agents.registry import Registry, assign, builtin
+from agents.routing import Registry, assign
 from schemas.prompts import Arm, Experiment, LabelMoved, PromptVersion, record_key
 
 USERS = (300, 1_000, 2_000, 3_000, 4_000, 6_000, 8_000, 10_000, 12_000, 16_000)
@@ -49,7 +49,7 @@ def route_rate(requests: int) -> float:
         Experiment(name="e", arms=[Arm(label="production", weight=90), Arm(label="canary", weight=10)]),
     ]
     registry = Registry({record_key(r).encode(): r.model_dump_json().encode() for r in records})
-    fallback = builtin(PipelineSettings())
+    fallback = PipelineSettings().prompt
     began = time.perf_counter()
     for i in range(requests):
         registry.route("production", f"user-{i}", None, fallback)

@@ -1,30 +1,55 @@
 """faust's aiokafka transport with a configurable fetch wait, and offsets that a
-rebalance cannot commit past unhandled events.
+rebalance cannot commit past unhandled events. Each patch overrides or reads a private
+faust or aiokafka name; tests/unit/test_faust_internals.py fails when an upgrade renames
+one, changes its signature or stops calling it (a patch that no longer applies would
+otherwise go unnoticed: the tests below call the overrides directly).
 
-faust hard-codes fetch_max_wait_ms=1500 for its worker consumer. Apache Kafka answers a
-waiting fetch as soon as data arrives, so that costs nothing there; Tansu holds the fetch
-for the full wait, which made every hop cost up to 1.5 s (a 4-hop query took 2.9 s; with
-20 ms it took 0.1 s). This transport makes the wait a setting (worker.fetch_max_wait_ms).
+patch                           the loss or cost it prevents                                  tests
+------------------------------  ------------------------------------------------------------  ----------
+_ConsumerThread                 faust hard-codes fetch_max_wait_ms=1500 for its worker        T1
+  ._create_worker_consumer:     consumer. Apache Kafka answers a waiting fetch as soon as
+  sets aiokafka's               data arrives; Tansu holds it for the full wait, so every hop
+  _fetch_max_wait_ms from       could cost that much there.
+  worker.fetch_max_wait_ms
+_Consumer.ack: an event         faust's streams ack the events they skip during a rebalance,  T2, T3, T9
+  fetched before a rebalance    so their offsets counted as done and the next commit went
+  (or acked while the flow is   past events nobody handled: questions went unanswered when
+  stopped) is released, not     one of two workers died.
+  recorded
+_Consumer._add_gap: records     faust takes a jump in fetched offsets for a hole in the log   T4, T9
+  nothing                       (compaction, transaction markers) and counts the skipped
+                                offsets as done. Every topic this consumer acks is a plain
+                                log (the compacted registry is read unacked), so a jump
+                                means events were dropped in a rebalance.
+_Consumer._commit_tps: seeks    A dropped event is fetched again only if the seek after the   T4, T5, T9
+  back to a gap below the       rebalance goes back to it, which it did not always
+  acked events once it          (seek_to_committed leaves a partition with no committed
+  outlived a commit interval,   offset where it is; events fetched before the rebalance can
+  commits the other partitions  move the read position past the seek). Later events were then
+                                acked over the gap and the commit stalled at it forever.
+_Consumer._stall_watchdog,      After a takeover a partition could stop being read with no    T6, T7, T8,
+  unstall: resume and rewind a  error, its questions waiting at the committed offset.         T9
+  partition with events past
+  the handled ones, none in
+  flight, two rounds running
+_Consumer._new_consumer_thread, the plumbing that makes faust build the classes above          T10
+  _Transport.Consumer,          instead of its own.
+  PipelineApp._new_transport
 
-A rebalance can drop events a worker had fetched but not handled, and faust then lost
-them in two ways (questions went unanswered when one of two workers died):
-- its streams ack the events they skip during a rebalance, so their offsets counted as
-  done. Here such an ack releases the event without recording its offset.
-- a dropped event is fetched again only if the seek after the rebalance goes back to it,
-  which it did not always (seek_to_committed leaves a partition with no committed offset
-  where it is, and events fetched before the rebalance can move faust's read position past
-  the seek). faust took a jump in the fetched offsets for a hole in the log (compaction,
-  transaction markers) and counted the skipped offsets as done; otherwise later events
-  were acked over a gap and the commit stalled at it forever. Every topic this consumer
-  acks is a plain log with no holes (the compacted registry is read unacked), so here a
-  jump is never counted as done, and each commit first looks for a gap below the acked
-  events and seeks back to its start: the dropped events are handled again (at least
-  once, never zero times).
-- a partition can stop being read after a takeover, with no error: the failover test
-  once left two queries partitions unread at their committed offset while their questions
-  waited. A watchdog looks every commit interval for an assigned partition with events
-  past what was handled and nothing of it in flight; if it is still so one interval later,
-  it resumes the partition and seeks it to the first unhandled event."""
+Private members read, checked by T10: Consumer._unacked_messages, ._acked,
+._committed_offset, ._paused_partitions, ._get_active_partitions(), ._is_changelog_tp();
+Conductor._tp_index; Channel._queue; aiokafka's AIOKafkaConsumer._fetch_max_wait_ms.
+
+T1  tests/unit/test_transport.py::test_the_worker_consumer_fetches_with_the_configured_wait_not_faust_s
+T2  tests/unit/test_transport.py::test_an_event_fetched_before_the_rebalance_is_released_but_not_recorded
+T3  tests/unit/test_transport.py::test_an_event_acked_while_the_flow_is_stopped_is_not_recorded
+T4  tests/unit/test_transport.py::test_a_gap_below_the_acked_events_is_read_again_once_it_outlives_a_commit
+T5  tests/unit/test_transport.py::test_no_gap_no_seek
+T6  tests/unit/test_transport.py::test_a_partition_left_unread_is_resumed_and_rewound_once_it_outlives_a_round
+T7  tests/unit/test_transport.py::test_a_partition_with_an_event_in_flight_is_left_alone
+T8  tests/unit/test_transport.py::test_a_partition_read_to_its_end_is_left_alone
+T9  tests/integration/test_crash.py::test_one_of_two_workers_killed_the_other_takes_over
+T10 tests/unit/test_faust_internals.py"""
 
 from __future__ import annotations
 

@@ -128,3 +128,16 @@ def test_a_partition_read_to_its_end_is_left_alone(monkeypatch):
     for _ in range(3):
         asyncio.run(consumer.unstall())
     assert seeks == []
+
+
+def test_the_worker_consumer_fetches_with_the_configured_wait_not_faust_s():
+    settings = Settings()
+    worker = settings.worker.model_copy(update={"fetch_max_wait_ms": 37})
+    app = new_app(settings.model_copy(update={"worker": worker}), "transport-test")
+
+    async def build():  # type: ignore[no-untyped-def]
+        # aiokafka's consumer wants a running loop; building it does no I/O.
+        return app.consumer._thread._create_worker_consumer(app.transport)
+
+    consumer = asyncio.run(build())
+    assert consumer._fetch_max_wait_ms == 37  # faust alone would pass 1500

@@ -4,8 +4,10 @@ answer-quality benchmarks measure. Pure: no I/O beyond reading the golden set's 
 A golden set is a JSON Lines file, or a directory holding one as `golden.jsonl`, with
 one case per line: `question`, and any of `doc_ids` (documents expected among the
 retrieved passages), `passage_ids` (the passages that answer it: chunk ids, which
-depend on the tenant the documents were indexed for), `key_phrases` (short strings a
-correct answer contains) and `answer` (a reference answer). A directory may hold BEIR's
+depend on the tenant the documents were indexed for; an item may be a list of ids, the
+passages that carry one piece of the answer alike, e.g. the same text in two documents,
+so citing any of them covers that piece), `key_phrases` (short strings a correct answer
+contains) and `answer` (a reference answer). A directory may hold BEIR's
 layout instead (`queries.jsonl` with `_id` and `text`, `qrels/test.tsv` with query-id,
 corpus-id, score).
 
@@ -33,8 +35,13 @@ class GoldenCase:
     question: str
     relevant: frozenset[str] = field(default_factory=frozenset)  # document ids
     answer: str = ""
-    passages: frozenset[str] = field(default_factory=frozenset)  # ids of the passages that answer it
+    # The pieces of the answer, each as the ids of the passages that carry it.
+    passages: tuple[frozenset[str], ...] = ()
     key_phrases: tuple[str, ...] = ()
+
+    @property
+    def expected_passages(self) -> frozenset[str]:
+        return frozenset().union(*self.passages)
 
 
 def read_qrels(path: Path) -> dict[str, set[str]]:
@@ -94,12 +101,20 @@ def _case(golden: Path, number: int, line: str) -> GoldenCase:
             row["question"],
             frozenset(map(str, row.get("doc_ids", []))),
             row.get("answer", ""),
-            frozenset(map(str, row.get("passage_ids", []))),
+            tuple(_group(item) for item in row.get("passage_ids", [])),
             tuple(phrases),
         )
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         expected = "a JSON object with question and doc_ids, passage_ids, key_phrases and/or answer"
         raise PermanentError(f"{golden}:{number}: expected {expected}: {exc!r}") from exc
+
+
+def _group(item: str | list[str]) -> frozenset[str]:
+    if isinstance(item, str):
+        return frozenset({item})
+    if not item or not all(isinstance(i, str) for i in item):
+        raise TypeError("passage_ids items must be ids or non-empty lists of ids")
+    return frozenset(item)
 
 
 def ndcg_at(ranked: Sequence[str], relevant: set[str] | frozenset[str], k: int = 10) -> float:
@@ -159,15 +174,16 @@ def answer_scores(
     """Answer metrics that need no judge model. `citations`: the passage ids the answer
     cites; `passages`: passage id -> text of the passages the generator was given.
 
-    - citation_precision, citation_recall: against the case's expected passages;
-    - context_recall: expected passages among those the generator was given (the ceiling
-      of citation recall that retrieval and the prompt's passage count set);
+    - citation_precision: cited passages among the expected ones;
+    - citation_recall: pieces of the answer (`GoldenCase.passages`) with a cited passage;
+    - context_recall: pieces with a passage among those the generator was given (the
+      ceiling of citation recall that retrieval and the prompt's passage count set);
     - key_phrase_recall: the case's key phrases found in the answer;
     - groundedness: see `groundedness`, over the texts of the cited passages."""
     scores: dict[str, float] = {}
     if case.passages:
         scores.update(
-            citation_precision=citation_precision(citations, case.passages),
+            citation_precision=citation_precision(citations, case.expected_passages),
             citation_recall=citation_recall(citations, case.passages),
             context_recall=citation_recall(list(passages), case.passages),
         )
@@ -184,10 +200,11 @@ def citation_precision(cited: Sequence[str], expected: Collection[str]) -> float
     return len(distinct & set(expected)) / len(distinct) if distinct else 0.0
 
 
-def citation_recall(cited: Sequence[str], expected: Collection[str]) -> float:
-    """Share of the expected passages that the answer cites."""
-    wanted = set(expected)
-    return len(set(cited) & wanted) / len(wanted) if wanted else 0.0
+def citation_recall(cited: Sequence[str], pieces: Sequence[Collection[str]]) -> float:
+    """Share of the answer's pieces (each: the ids of the passages that carry it) of
+    which the answer cites at least one passage."""
+    distinct = set(cited)
+    return sum(not distinct.isdisjoint(piece) for piece in pieces) / len(pieces) if pieces else 0.0
 
 
 def _normalised(text: str) -> str:

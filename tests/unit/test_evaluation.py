@@ -59,30 +59,38 @@ def test_scores_collapse_chunks_to_documents_and_rank_them():
 
 def test_a_golden_file_with_passages_and_key_phrases_loads(tmp_path):
     path = tmp_path / "answers.jsonl"
-    row = {"question": "q", "passage_ids": ["p1", "p2"], "key_phrases": ["a b", "c"]}
+    row = {"question": "q", "passage_ids": ["p1", ["p2", "p3"]], "key_phrases": ["a b", "c"]}
     path.write_text(json.dumps(row) + "\n" + json.dumps({"question": "r", "key_phrases": ["x"]}) + "\n")
     first, second = load_golden(path)
-    assert (first.passages, first.key_phrases, first.relevant) == (
-        frozenset({"p1", "p2"}),
+    assert first.passages == (frozenset({"p1"}), frozenset({"p2", "p3"}))
+    assert (first.expected_passages, first.key_phrases, first.relevant) == (
+        {"p1", "p2", "p3"},
         ("a b", "c"),
         set(),
     )
-    assert second.key_phrases == ("x",)
-    path.write_text(json.dumps({"question": "q", "key_phrases": "one string"}) + "\n")
-    with pytest.raises(PermanentError, match="answers.jsonl:1.*list of strings"):
-        load_golden(path)
+    assert (second.passages, second.key_phrases) == ((), ("x",))
+    for bad, error in (
+        [{"key_phrases": "one string"}, "list of strings"],
+        [{"passage_ids": [[]]}, "lists of ids"],
+    ):
+        path.write_text(json.dumps({"question": "q", **bad}) + "\n")
+        with pytest.raises(PermanentError, match=f"answers.jsonl:1.*{error}"):
+            load_golden(path)
 
 
-def test_citation_precision_and_recall_count_distinct_passages():
+def test_citation_precision_counts_distinct_passages_and_recall_counts_pieces():
     from agents.evaluation import citation_precision, citation_recall
 
     expected = {"a", "c", "x"}
     assert citation_precision(["a", "b", "b", "c"], expected) == 2 / 3
-    assert citation_recall(["a", "b", "b", "c"], expected) == 2 / 3
     assert citation_precision(["a"], expected) == 1.0
-    assert citation_recall(["a", "a"], expected) == 1 / 3
     assert citation_precision([], expected) == 0.0  # nothing cited: nothing checkable
-    assert citation_recall(["b"], expected) == 0.0
+    pieces = [{"a"}, {"c", "c-copy"}, {"x"}]
+    assert citation_recall(["a", "b", "b", "c"], pieces) == 2 / 3
+    assert citation_recall(["c-copy", "a", "a"], pieces) == 2 / 3  # either copy covers its piece
+    assert citation_recall(["c", "c-copy"], pieces) == 1 / 3
+    assert citation_recall(["b"], pieces) == 0.0
+    assert citation_recall(["a"], []) == 0.0
 
 
 def test_key_phrase_recall_ignores_case_and_whitespace():
@@ -132,7 +140,10 @@ def test_case_scores_add_the_answer_metrics_when_citations_are_given():
     from agents.evaluation import GoldenCase
 
     case = GoldenCase(
-        "q", frozenset({"d1"}), passages=frozenset({"p1", "p2"}), key_phrases=("traceback", "nested")
+        "q",
+        frozenset({"d1"}),
+        passages=(frozenset({"p1"}), frozenset({"p2", "p2-copy"})),
+        key_phrases=("traceback", "nested"),
     )
     passages = {"p1": PASSAGE, "p3": "Something else entirely."}
     answer = "__exit__ gets the exception type, value and traceback [1]."
@@ -143,7 +154,7 @@ def test_case_scores_add_the_answer_metrics_when_citations_are_given():
         "hit_at_1": 1.0,
         "citation_precision": 0.5,
         "citation_recall": 0.5,
-        "context_recall": 0.5,  # p1 of p1, p2 reached the generator
+        "context_recall": 0.5,  # the first piece reached the generator, the second did not
         "key_phrase_recall": 0.5,
         "groundedness": 1.0,
     }
@@ -169,19 +180,24 @@ def sample_passages(tenant: str = "default") -> dict[str, tuple[str, str]]:
 
 
 def test_the_answer_golden_set_matches_the_sample_corpus():
-    """Every listed passage exists in the sample corpus as the demo indexes it, and every
-    key phrase occurs in one of its case's passages: a change of chunking or of the
-    corpus text fails here, not silently in the benchmark."""
+    """Each case lists, per piece of its answer, exactly the sample corpus's passages (as
+    the demo indexes it) that contain one of that piece's evidence quotes, and every key
+    phrase occurs in one of its passages: a change of chunking or of the corpus text
+    fails here, not silently in the benchmark."""
     cases = load_golden(GOLDEN)
+    rows = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
     passages = sample_passages()
+    flat = {pid: " ".join(text.lower().split()) for pid, (_, text) in passages.items()}
     assert len(cases) >= 40
     assert len({c.question for c in cases}) == len(cases)
-    for case in cases:
-        assert case.passages and 1 <= len(case.key_phrases) <= 4, case.question
-        missing = case.passages - passages.keys()
-        assert not missing, f"{case.question!r}: no passage {sorted(missing)} in the sample corpus"
-        assert case.relevant == {passages[p][0] for p in case.passages}, case.question
-        texts = [" ".join(passages[p][1].lower().split()) for p in case.passages]
+    for case, row in zip(cases, rows, strict=True):
+        assert case.passages and 2 <= len(case.key_phrases) <= 4, case.question
+        assert len(row["evidence"]) == len(case.passages), case.question
+        for piece, quotes in zip(case.passages, row["evidence"], strict=True):
+            carrying = {pid for pid, text in flat.items() if any(q.lower() in text for q in quotes)}
+            assert piece == carrying, f"{case.question!r}: passages for {quotes} are now {sorted(carrying)}"
+        assert case.relevant == {passages[p][0] for p in case.expected_passages}, case.question
+        texts = [flat[p] for p in case.expected_passages]
         for phrase in case.key_phrases:
             wanted = " ".join(phrase.lower().split())
             assert any(wanted in t for t in texts), f"{case.question!r}: {phrase!r} in none of its passages"

@@ -78,9 +78,14 @@ def show_path(path: Path) -> str:
     return path.as_posix()
 
 
-def default_text(field: FieldInfo) -> str:
+# default_text's "no value given": the field's own default.
+OWN_DEFAULT: Any = object()
+
+
+def default_text(field: FieldInfo, value: Any = OWN_DEFAULT) -> str:
     annotation: Any = field.annotation
-    value = field.get_default(call_default_factory=True)
+    if value is OWN_DEFAULT:
+        value = field.get_default(call_default_factory=True)
     if value is None:
         return "unset"
     if is_secret(field.annotation):
@@ -104,16 +109,23 @@ def first_paragraph(model: type[BaseModel]) -> str:
     return " ".join(doc.strip().split("\n\n")[0].split())
 
 
-def section(model: type[BaseModel], env: str, path: str, out: list[str]) -> None:
+def section(
+    model: type[BaseModel], env: str, path: str, out: list[str], defaults: BaseModel | None = None
+) -> None:
+    """`defaults`: the parent's default for this section, where its fields' own defaults
+    are not the section's (the built-in prompt is a PromptVersion with its own values)."""
     rows, nested = [], []
     for name, field in model.model_fields.items():
         variable = f"{env}__{name.upper()}"
         annotation = field.annotation
+        value = (
+            getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
+        )
         if is_section(annotation):
-            nested.append((annotation, variable, f"{path}.{name}"))
+            nested.append((annotation, variable, f"{path}.{name}", value))
             continue
         rows.append(
-            f"| `{variable}` | {type_name(field.annotation)} | {default_text(field)} "
+            f"| `{variable}` | {type_name(field.annotation)} | {default_text(field, value)} "
             f"| {describe(field.description)} |"
         )
     out += ["", f"## `{path}`", "", f"`{env}__*`: `{model.__name__}` in `{model.__module__}`."]
@@ -121,8 +133,8 @@ def section(model: type[BaseModel], env: str, path: str, out: list[str]) -> None
         out += ["", intro]
     if rows:
         out += ["", "| variable | type | default | description |", "|---|---|---|---|", *rows]
-    for child, variable, child_path in nested:
-        section(child, variable, child_path, out)
+    for child, variable, child_path, child_defaults in nested:
+        section(child, variable, child_path, out, child_defaults)
 
 
 def render() -> str:

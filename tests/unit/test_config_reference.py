@@ -53,6 +53,19 @@ def test_secrets_show_no_value_and_defaults_ignore_the_environment(monkeypatch):
     assert "| `a\\|b` | x \\| y |" in text
     assert default_text(Section.model_fields["password"]) == "(secret)"
 
+    class Prompt(BaseModel):
+        name: str  # required in the model, given by the parent's default
+        temperature: float = 1.0
+
+    class Parent(BaseModel):
+        prompt: Prompt = Prompt(name="built-in", temperature=0.0)
+
+    out = []
+    section(Parent, "LLMOPS_P", "p", out)
+    text = "\n".join(out)
+    assert "| `LLMOPS_P__PROMPT__NAME` | str | `built-in` |" in text
+    assert "| `LLMOPS_P__PROMPT__TEMPERATURE` | float | `0.0` |" in text
+
     before = render()
     monkeypatch.setenv("LLMOPS_KAFKA__PARTITIONS", "9")
     monkeypatch.setenv("LLMOPS_LLM__API_KEY", "sk-canary")

@@ -344,6 +344,26 @@ class MilvusStore:
             raise TransientError(f"Milvus {method} failed: {exc}") from exc
 
 
+def copy_collection(reader: MilvusStore, writer: MilvusStore, batch: int = 1_000) -> int:
+    """Copy every passage of `reader`'s collection into `writer`'s, which must not exist
+    yet and is created with the current schema and indexes (`llmops reindex`). Vectors
+    are copied, not recomputed. Returns the number of passages copied."""
+    rows = reader.rows(batch)
+    first = next(rows, None)
+    if first is None:
+        raise PermanentError("the source collection is empty or missing: nothing to copy")
+    if not writer.ensure_collection(len(first.vector)):
+        raise PermanentError("the target collection exists already: choose a new name")
+    copied, pending = 0, [first]
+    for chunk in rows:
+        pending.append(chunk)
+        if len(pending) == batch:
+            writer.upsert(pending)
+            copied, pending = copied + len(pending), []
+    writer.upsert(pending)
+    return copied + len(pending)
+
+
 def _hit(pid: Any, entity: dict[str, Any], score: float) -> Hit:
     return Hit(
         id=str(pid),

@@ -85,14 +85,6 @@ ALL = sorted(
     key=lambda imp: (imp.path, imp.line, imp.target),
 )
 
-# Imports that break a rule today and are being removed under issue 16 in the same round of
-# work (SQL and the concrete analytics client move out of the agents). Each entry must still
-# exist: one that is gone fails below, so the list can only shrink.
-TEMPORARY = {
-    ("agents.experiments", "connectors.analytics"): "issue 16 item 2: experiments use Analytics",
-    ("agents.sink", "connectors.clickhouse"): "issue 16 item 1: the sink's SQL uses checked_table",
-}
-
 
 def ours(target: str) -> str | None:
     """The first-level package of ours that `target` belongs to, if any."""
@@ -105,27 +97,12 @@ def layer(name: str) -> str:
 
 
 def broken(rule) -> list[str]:  # type: ignore[no-untyped-def]
-    return [
-        f"{imp}: {why}" for imp in ALL if (why := rule(imp)) and (imp.module, imp.target) not in TEMPORARY
-    ]
+    return [f"{imp}: {why}" for imp in ALL if (why := rule(imp))]
 
 
 def fail_with(violations: list[str]) -> None:
     if violations:
         pytest.fail("import rules of ARCHITECTURE.md §3 broken:\n" + "\n".join(violations), pytrace=False)
-
-
-def test_every_temporary_exception_is_still_needed():
-    present = {(imp.module, imp.target) for imp in ALL}
-    gone = [
-        f"{module} no longer imports {target}"
-        for module, target in TEMPORARY
-        if (module, target) not in present
-    ]
-    if gone:
-        pytest.fail(
-            "remove from TEMPORARY in tests/unit/test_import_rules.py:\n" + "\n".join(gone), pytrace=False
-        )
 
 
 def test_the_rules_see_every_layer():

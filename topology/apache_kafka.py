@@ -119,7 +119,7 @@ class ApacheKafka:
     def _wait(self, timeout: float) -> None:
         from confluent_kafka.admin import AdminClient
 
-        conf = {"bootstrap.servers": self.bootstrap}
+        conf: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap}
         if self.sasl_users:
             name, password = next(iter(self.sasl_users.items()))
             conf |= {

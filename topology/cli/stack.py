@@ -65,6 +65,7 @@ def up(
     with LocalStack(settings) as stack:
         click.echo(f"broker   {stack.settings.kafka.bootstrap_servers}")
         click.echo(f"milvus   {stack.settings.milvus.uri}")
+        click.echo(f"llm      {stack.llm_url or 'none (extractive)'} ({stack.settings.llm.model})")
         click.echo(f"analytics {stack.settings.analytics.url} ({stack.settings.clickhouse.path})")
         click.echo(f"logs     {stack.data_dir / 'logs'}")
         click.echo(f"ready in {stack.timings['ready_s']:.1f}s. Press Ctrl-C to stop.")
@@ -162,7 +163,11 @@ def demo(settings: Settings, keep: Path | None) -> None:
         # The analytics store outlives the demo (`llmops report` reads it afterwards).
         clickhouse = settings.clickhouse.model_copy(update={"path": settings.clickhouse.path.resolve()})
         settings = settings.model_copy(
-            update={"clickhouse": clickhouse, "analytics": settings.analytics.model_copy(update={"port": 0})}
+            update={
+                "clickhouse": clickhouse,
+                "analytics": settings.analytics.model_copy(update={"port": 0}),
+                "local_llm": settings.local_llm.model_copy(update={"port": 0}),
+            }
         )
         click.echo("starting the embedded stack (Tansu broker, Milvus Lite server, faust worker)...")
         with LocalStack(settings.model_copy(update={"stack": stack_cfg})) as stack:

@@ -19,15 +19,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agents.drift import normal_sf
-from agents.monitor import alert_row
-from agents.registry import Registry, move_label
-from connectors.analytics import Analytics
+from agents.routing import Registry, move_label
+from connectors.ports import ExperimentReads
 from schemas import utc_now
 from schemas.alerts import Alert, ExperimentRolledBack
 from schemas.prompts import Experiment, LabelMoved
 
 log = logging.getLogger(__name__)
-STAGE = "monitor"
+# The producer of its alert events. The label it moves still says `moved_by="monitor"`:
+# the analytics process's monitoring moved it (what `llmops prompts` shows).
+STAGE = "experiment-guard"
 Z95 = 1.959964
 
 
@@ -122,7 +123,7 @@ def judge(experiment: Experiment, stats: Sequence[ArmStats]) -> list[Verdict]:
     return verdicts
 
 
-async def arm_stats(analytics: Analytics, experiment: Experiment) -> list[ArmStats]:
+async def arm_stats(analytics: ExperimentReads, experiment: Experiment) -> list[ArmStats]:
     rows = await analytics.experiment_arms(experiment.name, experiment.started_at)
     return [ArmStats.from_row(r) for r in rows.dicts()]
 
@@ -132,12 +133,13 @@ Records = Sequence[LabelMoved | Experiment]
 
 class ExperimentGuard:
     """For each running experiment with auto_rollback: judge its arms; point every worse
-    arm's label at the control's version, end the experiment as rolled_back, and announce
-    an ExperimentRolledBack alert (stored in the alerts table like the monitor's)."""
+    arm's label at the control's version, end the experiment as rolled_back, and publish
+    an ExperimentRolledBack alert (the alerts sink stores and delivers it, as the
+    monitor's)."""
 
     def __init__(
         self,
-        analytics: Analytics,
+        analytics: ExperimentReads,
         read: Callable[[], Awaitable[Registry]],
         write: Callable[[Records], Awaitable[None]],
         publish: Callable[[Alert], Awaitable[None]] | None = None,
@@ -186,7 +188,6 @@ class ExperimentGuard:
             )
             for v in worse
         ]
-        await self.analytics.store.insert("alerts", [alert_row(a) for a in alerts])
         for alert in alerts:
             log.warning("experiment %s: %s", experiment.name, alert.message)
             if self.publish is not None:

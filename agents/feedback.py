@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.telemetry import TextMode, redact
-from connectors.ports import AnalyticsStore
+from connectors.ports import FeedbackLinks
 from schemas.errors import PermanentError
 from schemas.feedback import FeedbackReceived
 
@@ -49,29 +49,14 @@ def check(event: FeedbackReceived, settings: FeedbackSettings) -> None:
         )
 
 
-# A trace's prompt version and model, from its telemetry; same tenant only, so feedback
-# never links to another tenant's trace. SOURCE is the set of trace ids to look at.
-_FACTS = """
-SELECT trace_id, tenant,
-       anyIf(template_id, template_id != '') AS template_id,
-       anyIf(template_version, template_version != '') AS template_version,
-       anyIf(model, stage = 'generation') AS model
-FROM telemetry
-WHERE trace_id IN SOURCE
-GROUP BY trace_id, tenant
-"""
-TRACE_FACTS = _FACTS.replace("SOURCE", "{traces:Array(String)}")
-
-
 async def rows(
     events: Sequence[FeedbackReceived],
-    store: AnalyticsStore,
+    data: FeedbackLinks,
     settings: FeedbackSettings,
     text: TextMode = "keep",
 ) -> list[dict[str, Any] | BaseException]:
     """`text`: the telemetry text setting (keep, hash, drop), applied to comments."""
-    found = await store.query(TRACE_FACTS, {"traces": sorted({e.trace_id for e in events})})
-    facts = {(r["trace_id"], r["tenant"]): r for r in found.dicts()}
+    facts = await data.trace_facts([e.trace_id for e in events])
     out: list[dict[str, Any] | BaseException] = []
     for event in events:
         try:
@@ -93,31 +78,13 @@ async def rows(
                 "comment": redact(event.comment, text),
                 "user": event.user or "",
                 "trace_seen": trace is not None,
-                "template_id": trace["template_id"] if trace else "",
-                "template_version": trace["template_version"] if trace else "",
-                "model": trace["model"] if trace else "",
+                "template_id": trace.template_id if trace else "",
+                "template_version": trace.template_version if trace else "",
+                "model": trace.model if trace else "",
                 "revision": 0,
             }
         )
     return out
-
-
-# Re-insert unlinked feedback whose trace has arrived, linked, with a higher revision.
-# The rollup's view counts only linked rows, so each rating is counted once, when linked.
-_UNLINKED = "(SELECT trace_id FROM feedback FINAL WHERE NOT trace_seen)"
-LINK_SQL = f"""
-INSERT INTO feedback (event_id, trace_id, tenant, occurred_at, name, data_type, score, category,
-                      comment, user, trace_seen, template_id, template_version, model, revision)
-SELECT f.event_id, f.trace_id, f.tenant, f.occurred_at, f.name, f.data_type, f.score, f.category,
-       f.comment, f.user, true, t.template_id, t.template_version, t.model, f.revision + 1
-FROM (
-    SELECT * FROM feedback FINAL
-    WHERE NOT trace_seen
-      AND (empty({{traces:Array(String)}}) OR trace_id IN {{traces:Array(String)}})
-      AND stored_at <= now64(3) - toIntervalSecond({{settle_s:UInt32}})
-) AS f
-INNER JOIN ({_FACTS.replace("SOURCE", _UNLINKED)}) AS t ON f.trace_id = t.trace_id AND f.tenant = t.tenant
-"""  # noqa: S608  (constants only; no value is spliced in)
 
 
 class Linker:
@@ -127,18 +94,18 @@ class Linker:
     rest (after a restart, say), only rows older than `settle_s`, so it never races the
     targeted links; a lock keeps this process's links one at a time."""
 
-    def __init__(self, store: AnalyticsStore, settle_s: int = 30) -> None:
-        self._store = store
+    def __init__(self, data: FeedbackLinks, settle_s: int = 30) -> None:
+        self._data = data
         self._settle_s = settle_s
         self._lock = asyncio.Lock()
         self.pending: set[str] = set()
 
     async def link(self, traces: Iterable[str] = (), *, sweep: bool = False) -> None:
-        parameters = {"traces": sorted(traces), "settle_s": self._settle_s if sweep else 0}
-        if not sweep and not parameters["traces"]:
+        named = sorted(traces)
+        if not sweep and not named:
             return
         async with self._lock:
-            await self._store.command(LINK_SQL, parameters)
+            await self._data.link_feedback(named, self._settle_s if sweep else 0)
 
     async def feedback_stored(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Hook after a feedback batch lands: try to link what arrived unlinked."""

@@ -7,19 +7,15 @@ but not announced (flapping is one alert, not ten)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from agents import drift
-from connectors.analytics import when
-from connectors.ports import AnalyticsStore
+from connectors.ports import Moments, MonitorReads, StageLoad, Window
 from schemas import new_id
 from schemas.alerts import Alert, AlertResolved, BudgetExceeded, DriftDetected, SloBreached
 
@@ -69,6 +65,12 @@ class MonitorSettings(BaseModel):
         default=30.0, gt=0, description="How often running experiments are judged for automatic rollback."
     )
 
+    @property
+    def tick_every_s(self) -> float:
+        """How often the timer asks whether a window has closed: often enough to evaluate
+        each soon after it closes, at most every 30 s, at least every second."""
+        return max(1.0, min(30.0, self.window_s / 5))
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -84,32 +86,9 @@ class Finding:
     p_value: float | None = None
 
 
-@dataclass(frozen=True)
-class Window:
-    start: datetime
-    end: datetime
-
-    def params(self, prefix: str = "") -> dict[str, str]:
-        return {f"{prefix}start": when(self.start), f"{prefix}end": when(self.end)}
-
-
-SPAN = "started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}"
-REF_SPAN = "started_at >= {ref_start:DateTime64(3, 'UTC')} AND started_at < {ref_end:DateTime64(3, 'UTC')}"
-
-
-async def _vectors(store: AnalyticsStore, span: str, params: dict[str, Any], n: int) -> np.ndarray:
-    rows = await store.query(
-        f"SELECT query_vector FROM telemetry WHERE stage = 'embedding' AND notEmpty(query_vector) AND {span} "  # noqa: S608
-        "ORDER BY cityHash64(trace_id) LIMIT {n:UInt32}",  # constant SQL; values are bound
-        {**params, "n": n},
-    )
-    return np.array([r[0] for r in rows.rows], dtype=np.float32)
-
-
-async def embedding_drift(store: AnalyticsStore, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
-    params = {**w.params(), **ref.params("ref_")}
-    current = await _vectors(store, SPAN, params, s.embedding_sample)
-    reference = await _vectors(store, REF_SPAN, params, s.embedding_sample)
+async def embedding_drift(data: MonitorReads, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
+    current = await data.query_vectors(w, s.embedding_sample)
+    reference = await data.query_vectors(ref, s.embedding_sample)
     if min(len(current), len(reference)) < s.min_samples:
         return []
     # Half a second of numpy at 200 vs 200: off the event loop the sink shares.
@@ -131,36 +110,10 @@ async def embedding_drift(store: AnalyticsStore, w: Window, ref: Window, s: Moni
     ]
 
 
-# Per side (the window: cur, the reference: NOT cur): moments of a value over the rows
-# where it is defined, and a flag's count over all rows. VALUE, VALID and FLAG are
-# expressions from this module; the stage and times are bound.
-MOMENTS = f"""
-SELECT avgIf(x, cur AND valid) AS m, varSampIf(x, cur AND valid) AS v, countIf(cur AND valid) AS n,
-       avgIf(x, NOT cur AND valid) AS rm, varSampIf(x, NOT cur AND valid) AS rv,
-       countIf(NOT cur AND valid) AS rn,
-       countIf(cur) AS total, countIf(NOT cur) AS ref_total,
-       sumIf(flag, cur) AS hits, sumIf(flag, NOT cur) AS ref_hits
-FROM (
-    SELECT VALUE AS x, VALID AS valid, FLAG AS flag, ({SPAN}) AS cur
-    FROM telemetry
-    WHERE stage = {{stage:String}} AND status = 'ok' AND (({SPAN}) OR ({REF_SPAN}))
-)
-"""  # noqa: S608  (constant SQL; values bound)
-
-
-async def _moments(
-    store: AnalyticsStore, stage: str, value: str, valid: str, flag: str, w: Window, ref: Window
-) -> dict[str, Any]:
-    sql = MOMENTS.replace("VALUE", value).replace("VALID", valid).replace("FLAG", flag)
-    return (await store.query(sql, {**w.params(), **ref.params("ref_"), "stage": stage})).dicts()[0]
-
-
-def _mean_finding(
-    check: str, subject: str, what: str, m: dict[str, Any], s: MonitorSettings
-) -> list[Finding]:
-    if min(m["n"], m["rn"]) < s.min_samples:
+def mean_finding(check: str, subject: str, what: str, m: Moments, s: MonitorSettings) -> list[Finding]:
+    if min(m.n, m.ref_n) < s.min_samples:
         return []
-    test = drift.compare_means(m["m"], m["v"] or 0.0, m["n"], m["rm"], m["rv"] or 0.0, m["rn"])
+    test = drift.compare_means(m.mean, m.variance, m.n, m.ref_mean, m.ref_variance, m.ref_n)
     relative = abs(test.change) / max(abs(test.reference), 1e-9)
     firing = test.p_value < s.alpha and relative >= s.min_relative_change
     return [
@@ -178,12 +131,10 @@ def _mean_finding(
     ]
 
 
-def _rate_finding(
-    check: str, subject: str, what: str, m: dict[str, Any], s: MonitorSettings
-) -> list[Finding]:
-    if min(m["total"], m["ref_total"]) < s.min_samples:
+def rate_finding(check: str, subject: str, what: str, m: Moments, s: MonitorSettings) -> list[Finding]:
+    if min(m.total, m.ref_total) < s.min_samples:
         return []
-    test = drift.compare_rates(int(m["hits"]), int(m["total"]), int(m["ref_hits"]), int(m["ref_total"]))
+    test = drift.compare_rates(m.hits, m.total, m.ref_hits, m.ref_total)
     firing = test.p_value < s.alpha and abs(test.change) >= s.min_rate_change
     return [
         Finding(
@@ -199,139 +150,116 @@ def _rate_finding(
     ]
 
 
-async def retrieval_drift(store: AnalyticsStore, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
-    # Mean top-1 embedding similarity (the dense leg's, whatever the mode fused) over searches
-    # that ran it and found something; the empty-result rate over all searches.
-    m = await _moments(
-        store, "retrieval", "dense_scores[1]", "notEmpty(dense_scores)", "empty(passage_scores)", w, ref
-    )
-    return _mean_finding("retrieval_top1", "retrieval", "mean top-1 similarity", m, s) + _rate_finding(
+async def retrieval_drift(data: MonitorReads, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
+    # Mean top-1 embedding similarity over searches that ran the dense leg and found
+    # something; the empty-result rate over all searches.
+    m = await data.stage_moments("retrieval", w, ref)
+    return mean_finding("retrieval_top1", "retrieval", "mean top-1 similarity", m, s) + rate_finding(
         "retrieval_empty", "retrieval", "empty-result rate", m, s
     )
 
 
-async def response_drift(store: AnalyticsStore, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
-    m = await _moments(store, "generation", "lengthUTF8(answer)", "1", "notEmpty(citations)", w, ref)
-    return _mean_finding("answer_length", "generation", "mean answer length", m, s) + _rate_finding(
+async def response_drift(data: MonitorReads, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
+    m = await data.stage_moments("response", w, ref)
+    return mean_finding("answer_length", "generation", "mean answer length", m, s) + rate_finding(
         "citation_rate", "generation", "citation rate", m, s
     )
 
 
-async def latency_and_errors(
-    store: AnalyticsStore, w: Window, ref: Window, s: MonitorSettings
-) -> list[Finding]:
-    rows = await store.query(
-        f"""
-        SELECT stage, count() AS n, countIf(status = 'error') AS errors, quantile(0.95)(latency_ms) AS p95
-        FROM telemetry WHERE {SPAN} AND stage != 'indexing' GROUP BY stage
-        """,  # noqa: S608  (constant SQL; values bound)
-        w.params(),
-    )
+def load_findings(loads: Sequence[StageLoad], s: MonitorSettings) -> list[Finding]:
     found = []
-    for r in rows.dicts():
-        if r["n"] < s.slo_min_events:
+    for r in loads:
+        if r.events < s.slo_min_events:
             continue
-        objective = s.slo_p95_ms.get(r["stage"])
+        objective = s.slo_p95_ms.get(r.stage)
         if objective is not None:
             found.append(
                 Finding(
                     "latency_slo",
-                    r["stage"],
+                    r.stage,
                     SloBreached,
-                    r["p95"] > objective,
-                    r["p95"],
+                    r.p95_ms > objective,
+                    r.p95_ms,
                     objective,
-                    f"{r['stage']} p95 {r['p95']:.1f} ms against an objective of {objective:.0f} ms "
-                    f"({r['n']} events)",
+                    f"{r.stage} p95 {r.p95_ms:.1f} ms against an objective of {objective:.0f} ms "
+                    f"({r.events} events)",
                 )
             )
-        rate = r["errors"] / r["n"]
+        rate = r.errors / r.events
         found.append(
             Finding(
                 "error_rate",
-                r["stage"],
+                r.stage,
                 SloBreached,
                 rate > s.max_error_rate,
                 rate,
                 s.max_error_rate,
-                f"{r['stage']} error rate {rate:.1%} against a limit of {s.max_error_rate:.1%} "
-                f"({r['n']} events)",
+                f"{r.stage} error rate {rate:.1%} against a limit of {s.max_error_rate:.1%} "
+                f"({r.events} events)",
             )
         )
     return found
 
 
-async def budget(store: AnalyticsStore, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
-    if not s.budgets_usd_per_day and s.default_budget_usd_per_day is None:
-        return []
-    rows = await store.query(
-        "SELECT tenant, sum(cost_usd) AS spent FROM cost_days WHERE day = toDate({end:DateTime64(3, 'UTC')}) "
-        "GROUP BY tenant",
-        w.params(),
-    )
+async def latency_and_errors(data: MonitorReads, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
+    return load_findings(await data.stage_loads(w), s)
+
+
+def budget_findings(spent: Mapping[str, float], s: MonitorSettings) -> list[Finding]:
     found = []
-    for r in rows.dicts():
-        limit = s.budgets_usd_per_day.get(r["tenant"], s.default_budget_usd_per_day)
+    for tenant, amount in spent.items():
+        limit = s.budgets_usd_per_day.get(tenant, s.default_budget_usd_per_day)
         if limit is None:
             continue
         found.append(
             Finding(
                 "budget",
-                r["tenant"],
+                tenant,
                 BudgetExceeded,
-                r["spent"] > limit,
-                r["spent"],
+                amount > limit,
+                amount,
                 limit,
-                f"tenant {r['tenant']} spent ${r['spent']:.4f} today against a daily budget of ${limit:.2f}",
+                f"tenant {tenant} spent ${amount:.4f} today against a daily budget of ${limit:.2f}",
             )
         )
     return found
 
 
-async def feedback_drop(store: AnalyticsStore, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
-    rows = await store.query(
-        """
-        SELECT concat(template_id, '@', template_version) AS version,
-               avgIf(score, cur) AS m, varSampIf(score, cur) AS v, countIf(cur) AS n,
-               avgIf(score, NOT cur) AS rm, varSampIf(score, NOT cur) AS rv, countIf(NOT cur) AS rn
-        FROM (
-            SELECT template_id, template_version, score,
-                   occurred_at >= {start:DateTime64(3, 'UTC')} AS cur
-            FROM feedback FINAL
-            WHERE trace_seen AND score IS NOT NULL AND name = 'user'
-              AND ((occurred_at >= {start:DateTime64(3, 'UTC')}
-                    AND occurred_at < {end:DateTime64(3, 'UTC')})
-                OR (occurred_at >= {ref_start:DateTime64(3, 'UTC')}
-                    AND occurred_at < {ref_end:DateTime64(3, 'UTC')}))
-        )
-        GROUP BY version
-        """,
-        {**w.params(), **ref.params("ref_")},
-    )
+async def budget(data: MonitorReads, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
+    if not s.budgets_usd_per_day and s.default_budget_usd_per_day is None:
+        return []
+    return budget_findings(await data.spend_by_tenant(w.end), s)
+
+
+def feedback_findings(by_version: Mapping[str, Moments], s: MonitorSettings) -> list[Finding]:
     found = []
-    for r in rows.dicts():
-        if min(r["n"], r["rn"]) < s.feedback_min_ratings:
+    for version, m in by_version.items():
+        if min(m.n, m.ref_n) < s.feedback_min_ratings:
             continue
-        test = drift.compare_means(r["m"], r["v"] or 0.0, r["n"], r["rm"], r["rv"] or 0.0, r["rn"])
+        test = drift.compare_means(m.mean, m.variance, m.n, m.ref_mean, m.ref_variance, m.ref_n)
         one_sided = test.p_value / 2 if test.change < 0 else 1 - test.p_value / 2
         firing = -test.change >= s.feedback_max_drop and one_sided < s.alpha
         found.append(
             Finding(
                 "feedback_drop",
-                r["version"],
+                version,
                 DriftDetected,
                 firing,
                 test.current,
                 test.reference,
-                f"prompt {r['version']}: mean user score {test.current:.2f} vs {test.reference:.2f} "
-                f"({r['n']} vs {r['rn']} ratings, one-sided p={one_sided:.3g})",
+                f"prompt {version}: mean user score {test.current:.2f} vs {test.reference:.2f} "
+                f"({m.n} vs {m.ref_n} ratings, one-sided p={one_sided:.3g})",
                 one_sided,
             )
         )
     return found
 
 
-CHECKS: tuple[Callable[[AnalyticsStore, Window, Window, MonitorSettings], Awaitable[list[Finding]]], ...] = (
+async def feedback_drop(data: MonitorReads, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
+    return feedback_findings(await data.rating_moments(w, ref), s)
+
+
+CHECKS: tuple[Callable[[MonitorReads, Window, Window, MonitorSettings], Awaitable[list[Finding]]], ...] = (
     embedding_drift,
     retrieval_drift,
     response_drift,
@@ -383,13 +311,16 @@ class IncidentBook:
 
 
 class Monitor:
+    """Evaluates windows and publishes what changed; the alerts sink stores and delivers
+    the alerts (the monitor writes nothing)."""
+
     def __init__(
         self,
-        store: AnalyticsStore,
+        data: MonitorReads,
         settings: MonitorSettings,
         publish: Callable[[Alert], Awaitable[None]] | None = None,
     ) -> None:
-        self.store = store
+        self.data = data
         self.settings = settings
         self.publish = publish
         self.book = IncidentBook(settings)
@@ -397,19 +328,11 @@ class Monitor:
 
     async def load(self) -> None:
         """Pick up the incidents still open from the alerts table (after a restart)."""
-        rows = await self.store.query(
-            """
-            SELECT alert_id, check_name, subject, argMax(event_type, occurred_at) AS last,
-                   max(occurred_at) AS at
-            FROM alerts GROUP BY alert_id, check_name, subject
-            """
-        )
-        for r in rows.dicts():
-            at = datetime.fromisoformat(r["at"]).replace(tzinfo=UTC)
-            key = (r["check_name"], r["subject"])
-            if r["last"] != "AlertResolved":
-                self.book.open[key] = Incident(r["alert_id"], at)
-            self.book.last_alert[key] = max(self.book.last_alert.get(key, at), at)
+        for state in await self.data.alert_states():
+            key = (state.check, state.subject)
+            if state.last_event_type != "AlertResolved":
+                self.book.open[key] = Incident(state.alert_id, state.at)
+            self.book.last_alert[key] = max(self.book.last_alert.get(key, state.at), state.at)
 
     def reference(self, w: Window) -> Window:
         s = self.settings
@@ -421,7 +344,7 @@ class Monitor:
         ref = self.reference(w)
         findings: list[Finding] = []
         for check in CHECKS:
-            findings += await check(self.store, w, ref, self.settings)
+            findings += await check(self.data, w, ref, self.settings)
         return findings
 
     async def run_window(self, w: Window) -> list[Alert]:
@@ -446,12 +369,10 @@ class Monitor:
                     message=message,
                 )
             )
-        if alerts:
-            await self.store.insert("alerts", [alert_row(a) for a in alerts])
-            for alert in alerts:
-                log.warning("%s %s/%s: %s", type(alert).__name__, alert.check, alert.subject, alert.message)
-                if self.publish is not None:
-                    await self.publish(alert)
+        for alert in alerts:
+            log.warning("%s %s/%s: %s", type(alert).__name__, alert.check, alert.subject, alert.message)
+            if self.publish is not None:
+                await self.publish(alert)
         return alerts
 
     async def tick(self, now: datetime | None = None) -> list[Alert]:
@@ -465,36 +386,3 @@ class Monitor:
         alerts = await self.run_window(Window(end - timedelta(seconds=size), end))
         self.evaluated_until = end  # only now: a window that failed is tried again
         return alerts
-
-
-def alert_row(alert: Alert) -> dict[str, Any]:
-    return {
-        "event_id": alert.event_id,
-        "alert_id": alert.alert_id,
-        "event_type": type(alert).__name__,
-        "check_name": alert.check,
-        "subject": alert.subject,
-        "value": alert.value,
-        "threshold": alert.threshold,
-        "p_value": alert.p_value,
-        "window_start": alert.window_start,
-        "window_end": alert.window_end,
-        "message": alert.message,
-        "occurred_at": alert.occurred_at,
-    }
-
-
-def slack_payload(alert: Alert) -> dict[str, Any]:
-    """Slack-compatible incoming-webhook JSON (`text`, plus blocks for richer clients)."""
-    icon = ":white_check_mark:" if isinstance(alert, AlertResolved) else ":rotating_light:"
-    title = f"{icon} {type(alert).__name__}: {alert.check} / {alert.subject}"
-    return {
-        "text": f"{title}\n{alert.message}",
-        "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}*\n{alert.message}"}},
-            {
-                "type": "context",
-                "elements": [{"type": "mrkdwn", "text": json.dumps({"alert_id": alert.alert_id})}],
-            },
-        ],
-    }

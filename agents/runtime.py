@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agents.telemetry import TelemetrySettings, report
+from agents.telemetry import TelemetrySettings, stage_completed
 from schemas import DeadLetter, Event, RequestFailed, decode, encode, new_id, utc_now
 from schemas.deadletter import ORIGINAL_KEPT
 from schemas.envelope import TENANT_PATTERN
@@ -29,10 +29,59 @@ log = logging.getLogger(__name__)
 In = TypeVar("In", bound=Event)
 Out = TypeVar("Out", bound=Event)
 D = TypeVar("D")
+T = TypeVar("T")
 # A batch handler returns one result per input, in order: an event to emit, None for
 # nothing to emit, or the exception that this input failed with.
 Result = Event | None | BaseException
 BatchHandler = Callable[[Sequence[Any], Any], Awaitable[Sequence[Result]]]
+
+
+class Backoff(BaseModel):
+    """Retry delays: `first_s`, doubling each attempt, never more than `max_s`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    first_s: float = Field(default=0.2, ge=0, description="First retry delay; doubles each time.")
+    max_s: float = Field(default=5.0, ge=0, description="Longest delay between two tries.")
+
+    def delay(self, attempt: int) -> float:
+        """The wait after failed attempt number `attempt` (1 for the first)."""
+        return min(self.first_s * 2 ** (attempt - 1), self.max_s)
+
+
+def accept_flat_backoff(data: Any) -> Any:
+    """Accept the flat keys of earlier versions (LLMOPS_SINK__BACKOFF_S, ..._BACKOFF_MAX_S,
+    and the runtime's) as the nested `backoff` section."""
+    if not isinstance(data, dict) or not ({"backoff_s", "backoff_max_s"} & data.keys()):
+        return data
+    data = dict(data)
+    nested = data.get("backoff")
+    merged = dict(nested) if isinstance(nested, dict) else (nested.model_dump() if nested else {})
+    if "backoff_s" in data:
+        merged["first_s"] = data.pop("backoff_s")
+    if "backoff_max_s" in data:
+        merged["max_s"] = data.pop("backoff_max_s")
+    data["backoff"] = merged
+    return data
+
+
+async def until_done(name: str, what: str, step: Callable[[], Awaitable[T]], backoff: Backoff) -> T:
+    """Retry `step` with backoff until it succeeds (for work that must not be dropped:
+    a sink's batch stays unacknowledged meanwhile, so the broker keeps it). Every error is
+    retried; ones not marked transient (our own SQL, say) are logged as errors, since an
+    operator can fix them (apply migrations) without losing a batch."""
+    attempt = 1
+    while True:
+        try:
+            return await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            delay = backoff.delay(attempt)
+            level = logging.WARNING if isinstance(exc, TransientError) else logging.ERROR
+            log.log(level, "%s: %s failed (%s); retrying in %.1fs", name, what, str(exc)[:300], delay)
+            await asyncio.sleep(delay)
+            attempt += 1
 
 
 class RuntimeSettings(BaseModel):
@@ -46,8 +95,9 @@ class RuntimeSettings(BaseModel):
     max_event_bytes: int = Field(
         default=1_000_000, ge=1024, description="Larger messages are dead-lettered unread (poison guard)."
     )
-    backoff_s: float = Field(default=0.2, ge=0, description="First retry delay; doubles each time.")
-    backoff_max_s: float = Field(default=5.0, ge=0)
+    backoff: Backoff = Field(default=Backoff(), description="Between tries of a transient error.")
+
+    _flat = model_validator(mode="before")(accept_flat_backoff)
 
 
 def per_event(handler: Callable[[In, D], Awaitable[Out | None]]) -> BatchHandler:
@@ -126,7 +176,7 @@ class StageRunner:
                     deliveries += await self._report(event, None, event.trace_id, event.tenant, started_at)
             pending = retry
             if pending:
-                delay = min(self.settings.backoff_s * 2 ** (attempt - 1), self.settings.backoff_max_s)
+                delay = self.settings.backoff.delay(attempt)
                 log.warning("%s: retrying %d event(s) in %.2fs", self.name, len(pending), delay)
                 await asyncio.sleep(delay)
                 attempt += 1
@@ -183,13 +233,13 @@ class StageRunner:
         if self.telemetry is None or not self.telemetry_settings.enabled:
             return []
         try:
-            stage_report = report(
+            completed = stage_completed(
                 self.name, source, outcome, started_at, utc_now(), trace_id, tenant, self.telemetry_settings
             )
         except Exception:  # a bug in reporting must not stop the pipeline: the event itself went on
             log.exception("%s: no telemetry for trace %s", self.name, trace_id)
             return []
-        return [await self.telemetry(trace_id.encode(), encode(stage_report))]
+        return [await self.telemetry(trace_id.encode(), encode(completed))]
 
 
 def dead_letter_for(

@@ -9,11 +9,12 @@ directory themselves (`Analytics.connect` picks)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.clickhouse import (
@@ -24,8 +25,15 @@ from connectors.clickhouse import (
     Rows,
     ServerStore,
     StoreUnavailable,
+    checked_table,
 )
+from connectors.ports import AlertState, Measure, Moments, StageLoad, TraceFacts, Window
 from schemas import utc_now
+
+# The local stack's readiness probes ask as this tenant (topology/stack.py). Its traffic
+# is stored like any other but left out of reports, cost and the monitor's windows unless
+# asked for (`probes=True`, or naming the tenant).
+PROBE_TENANT = "llmops-probe"
 
 
 class ServiceSettings(BaseModel):
@@ -108,11 +116,11 @@ _STAGE_STATES = """
     SELECT stage, events, errors, latency, minute AS t0 FROM stage_minutes
     WHERE minute >= toStartOfMinute({since:DateTime64(3, 'UTC')})
       AND minute < toStartOfHour({since:DateTime64(3, 'UTC')}) + toIntervalHour(1)
-      AND (empty({tenant:String}) OR tenant = {tenant:String})
+      AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
     UNION ALL
     SELECT stage, events, errors, latency, hour AS t0 FROM stage_hours
     WHERE hour >= toStartOfHour({since:DateTime64(3, 'UTC')}) + toIntervalHour(1)
-      AND (empty({tenant:String}) OR tenant = {tenant:String})
+      AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
 """
 
 
@@ -160,7 +168,7 @@ class Analytics:
 
     # --- named queries -------------------------------------------------------------
 
-    async def latency(self, since: timedelta, tenant: str = "") -> Rows:
+    async def latency(self, since: timedelta, tenant: str = "", probes: bool = False) -> Rows:
         """Per stage: events, errors, error rate and p50/p95/p99 latency (ms). Whole hours
         come from the hourly rollup, the window's first partial hour from the per-minute
         one, so the cost stays flat as windows and traffic grow."""
@@ -172,23 +180,27 @@ class Analytics:
             FROM ({_STAGE_STATES})
             GROUP BY stage ORDER BY stage
             """,  # noqa: S608  (constant SQL; values are bound)
-            self._window(since, tenant),
+            self._window(since, tenant, probes),
         )
 
-    async def extent(self, since: timedelta, tenant: str = "") -> tuple[str, str] | None:
+    async def extent(
+        self, since: timedelta, tenant: str = "", probes: bool = False
+    ) -> tuple[str, str] | None:
         """First and last minute with telemetry in the window, or None."""
         rows = await self.store.query(
             """
             SELECT min(minute), max(minute), count() FROM stage_minutes
             WHERE minute >= toStartOfMinute({since:DateTime64(3, 'UTC')})
-              AND (empty({tenant:String}) OR tenant = {tenant:String})
+              AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
             """,
-            self._window(since, tenant),
+            self._window(since, tenant, probes),
         )
         first, last, count = rows.rows[0]
         return (first, last) if count else None
 
-    async def latency_over_time(self, since: timedelta, bucket_s: int = 60, tenant: str = "") -> Rows:
+    async def latency_over_time(
+        self, since: timedelta, bucket_s: int = 60, tenant: str = "", probes: bool = False
+    ) -> Rows:
         """Per time bucket and query stage: p50, p95 and p99 latency (ms) and events.
         Buckets of an hour or more come from the hourly rollup, of a minute or more from
         the per-minute one, shorter ones (a window holding a few minutes of data) from
@@ -207,7 +219,7 @@ class Analytics:
                    quantilesBFloat16Merge(0.5, 0.95, 0.99)(latency) AS q, sum(events) AS events
             FROM stage_minutes
             WHERE minute >= toStartOfMinute({since:DateTime64(3, 'UTC')}) AND stage != 'indexing'
-              AND (empty({tenant:String}) OR tenant = {tenant:String})
+              AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
             GROUP BY t, stage ORDER BY t, stage
             """
         else:
@@ -216,12 +228,14 @@ class Analytics:
                    quantiles(0.5, 0.95, 0.99)(latency_ms) AS q, count() AS events
             FROM telemetry
             WHERE started_at >= {since:DateTime64(3, 'UTC')} AND stage != 'indexing'
-              AND (empty({tenant:String}) OR tenant = {tenant:String})
+              AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
             GROUP BY t, stage ORDER BY t, stage
             """
-        return await self.store.query(sql, {**self._window(since, tenant), "bucket": max(bucket_s, 1)})
+        return await self.store.query(
+            sql, {**self._window(since, tenant, probes), "bucket": max(bucket_s, 1)}
+        )
 
-    async def cost(self, since: timedelta, tenant: str = "") -> Rows:
+    async def cost(self, since: timedelta, tenant: str = "", probes: bool = False) -> Rows:
         """Per tenant and model: events, tokens in and out, cost in USD, unpriced events."""
         return await self.store.query(
             """
@@ -230,13 +244,13 @@ class Analytics:
                    sum(unpriced) AS unpriced
             FROM cost_days
             WHERE day >= toDate({since:DateTime64(3, 'UTC')})
-              AND (empty({tenant:String}) OR tenant = {tenant:String})
+              AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
             GROUP BY tenant, model ORDER BY cost_usd DESC, tenant, model
             """,
-            self._window(since, tenant),
+            self._window(since, tenant, probes),
         )
 
-    async def feedback(self, since: timedelta, tenant: str = "") -> Rows:
+    async def feedback(self, since: timedelta, tenant: str = "", probes: bool = False) -> Rows:
         """Per prompt version and score name: ratings, mean score, and label counts for
         categorical scores. Feedback not yet linked to a trace is counted apart."""
         return await self.store.query(
@@ -247,21 +261,23 @@ class Analytics:
                        round(sum(score_sum) / nullIf(sum(scored), 0), 4) AS mean_score
                 FROM feedback_days
                 WHERE day >= toDate({since:DateTime64(3, 'UTC')})
-                  AND (empty({tenant:String}) OR tenant = {tenant:String})
+                  AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
                 GROUP BY template_id, template_version, name, data_type, category
                 UNION ALL
                 SELECT '(unlinked)', '', name, data_type, category, count(), round(avg(score), 4)
                 FROM feedback FINAL
                 WHERE NOT trace_seen AND occurred_at >= {since:DateTime64(3, 'UTC')}
-                  AND (empty({tenant:String}) OR tenant = {tenant:String})
+                  AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
                 GROUP BY name, data_type, category
             )
             ORDER BY template_id, template_version, name, category
             """,
-            self._window(since, tenant),
+            self._window(since, tenant, probes),
         )
 
-    async def feedback_over_time(self, since: timedelta, bucket_s: int = 3600, tenant: str = "") -> Rows:
+    async def feedback_over_time(
+        self, since: timedelta, bucket_s: int = 3600, tenant: str = "", probes: bool = False
+    ) -> Rows:
         """Per time bucket, prompt version and score name: ratings and mean score."""
         return await self.store.query(
             """
@@ -270,13 +286,15 @@ class Analytics:
                    count() AS events, avg(score) AS mean_score
             FROM feedback FINAL
             WHERE trace_seen AND score IS NOT NULL AND occurred_at >= {since:DateTime64(3, 'UTC')}
-              AND (empty({tenant:String}) OR tenant = {tenant:String})
+              AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
             GROUP BY t, version ORDER BY t, version
             """,
-            {**self._window(since, tenant), "bucket": max(bucket_s, 1)},
+            {**self._window(since, tenant, probes), "bucket": max(bucket_s, 1)},
         )
 
-    async def slowest(self, since: timedelta, limit: int = 10, tenant: str = "") -> Rows:
+    async def slowest(
+        self, since: timedelta, limit: int = 10, tenant: str = "", probes: bool = False
+    ) -> Rows:
         """The slowest question traces: first stage start to last stage end."""
         return await self.store.query(
             """
@@ -285,12 +303,12 @@ class Analytics:
                    countIf(status = 'error') AS errors, groupUniqArray(stage) AS stages
             FROM telemetry
             WHERE started_at >= {since:DateTime64(3, 'UTC')}
-              AND (empty({tenant:String}) OR tenant = {tenant:String})
+              AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
             GROUP BY trace_id, tenant
             HAVING countIf(stage = 'prompting') > 0
             ORDER BY total_ms DESC LIMIT {limit:UInt32}
             """,
-            {**self._window(since, tenant), "limit": limit},
+            {**self._window(since, tenant, probes), "limit": limit},
         )
 
     async def alerts(self, since: timedelta) -> Rows:
@@ -307,7 +325,7 @@ class Analytics:
             HAVING raised_at >= {since:DateTime64(3, 'UTC')}
             ORDER BY raised_at DESC
             """,
-            self._window(since, ""),
+            {"since": when(utc_now() - since)},
         )
 
     async def trace(self, trace_id: str) -> tuple[Rows, Rows]:
@@ -362,6 +380,218 @@ class Analytics:
             {"experiment": experiment, "since": when(since)},
         )
 
+    # --- the monitor's windows (agents.monitor, through ports.MonitorReads) -------------
+    # Probe traffic never enters them: cold-start probes are slow by nature.
+
+    async def query_vectors(self, window: Window, n: int) -> np.ndarray:
+        """Up to n query vectors embedded in the window, a stable sample (by trace id)."""
+        rows = await self.store.query(
+            f"""
+            SELECT query_vector FROM telemetry
+            WHERE stage = 'embedding' AND notEmpty(query_vector) AND {_SPAN} AND tenant != {{hide:String}}
+            ORDER BY cityHash64(trace_id) LIMIT {{n:UInt32}}
+            """,  # noqa: S608  (constant SQL; values are bound)
+            {**_span(window), "hide": PROBE_TENANT, "n": n},
+        )
+        return np.array([r[0] for r in rows.rows], dtype=np.float32)
+
+    async def stage_moments(self, measure: Measure, window: Window, reference: Window) -> Moments:
+        stage, value, valid, flag = _MEASURES[measure]
+        sql = _MOMENTS.replace("VALUE", value).replace("VALID", valid).replace("FLAG", flag)
+        parameters = {**_span(window), **_span(reference, "ref_"), "stage": stage, "hide": PROBE_TENANT}
+        m = (await self.store.query(sql, parameters)).dicts()[0]
+        return Moments(
+            _number(m["m"]),
+            _number(m["v"]),
+            int(m["n"]),
+            _number(m["rm"]),
+            _number(m["rv"]),
+            int(m["rn"]),
+            int(m["total"]),
+            int(m["ref_total"]),
+            int(m["hits"] or 0),
+            int(m["ref_hits"] or 0),
+        )
+
+    async def stage_loads(self, window: Window) -> list[StageLoad]:
+        """Per query stage (indexing is not a request): events, errors, p95 latency."""
+        rows = await self.store.query(
+            f"""
+            SELECT stage, count() AS n, countIf(status = 'error') AS errors, quantile(0.95)(latency_ms) AS p95
+            FROM telemetry WHERE {_SPAN} AND stage != 'indexing' AND tenant != {{hide:String}}
+            GROUP BY stage
+            """,  # noqa: S608  (constant SQL; values bound)
+            {**_span(window), "hide": PROBE_TENANT},
+        )
+        return [StageLoad(r["stage"], int(r["n"]), int(r["errors"]), float(r["p95"])) for r in rows.dicts()]
+
+    async def spend_by_tenant(self, day_of: datetime) -> dict[str, float]:
+        """Each tenant's spend (USD) on the UTC day of `day_of`."""
+        rows = await self.store.query(
+            "SELECT tenant, sum(cost_usd) AS spent FROM cost_days "
+            "WHERE day = toDate({end:DateTime64(3, 'UTC')}) AND tenant != {hide:String} GROUP BY tenant",
+            {"end": when(day_of), "hide": PROBE_TENANT},
+        )
+        return {r["tenant"]: float(r["spent"]) for r in rows.dicts()}
+
+    async def rating_moments(self, window: Window, reference: Window) -> dict[str, Moments]:
+        """Per prompt version (`id@version`): user scores in the window and the reference."""
+        rows = await self.store.query(
+            """
+            SELECT concat(template_id, '@', template_version) AS version,
+                   avgIf(score, cur) AS m, varSampIf(score, cur) AS v, countIf(cur) AS n,
+                   avgIf(score, NOT cur) AS rm, varSampIf(score, NOT cur) AS rv, countIf(NOT cur) AS rn
+            FROM (
+                SELECT template_id, template_version, score,
+                       occurred_at >= {start:DateTime64(3, 'UTC')} AS cur
+                FROM feedback FINAL
+                WHERE trace_seen AND score IS NOT NULL AND name = 'user' AND tenant != {hide:String}
+                  AND ((occurred_at >= {start:DateTime64(3, 'UTC')}
+                        AND occurred_at < {end:DateTime64(3, 'UTC')})
+                    OR (occurred_at >= {ref_start:DateTime64(3, 'UTC')}
+                        AND occurred_at < {ref_end:DateTime64(3, 'UTC')}))
+            )
+            GROUP BY version
+            """,
+            {**_span(window), **_span(reference, "ref_"), "hide": PROBE_TENANT},
+        )
+        return {
+            r["version"]: Moments(
+                _number(r["m"]),
+                _number(r["v"]),
+                int(r["n"]),
+                _number(r["rm"]),
+                _number(r["rv"]),
+                int(r["rn"]),
+            )
+            for r in rows.dicts()
+        }
+
+    async def alert_states(self) -> list[AlertState]:
+        """Every incident's last event (to pick up open incidents after a restart)."""
+        rows = await self.store.query(
+            """
+            SELECT alert_id, check_name, subject, argMax(event_type, occurred_at) AS last,
+                   max(occurred_at) AS at
+            FROM alerts GROUP BY alert_id, check_name, subject
+            """
+        )
+        return [
+            AlertState(
+                r["alert_id"],
+                r["check_name"],
+                r["subject"],
+                r["last"],
+                datetime.fromisoformat(r["at"]).replace(tzinfo=UTC),
+            )
+            for r in rows.dicts()
+        ]
+
+    # --- feedback linking (agents.feedback, through ports.FeedbackLinks) ---------------
+
+    async def trace_facts(self, trace_ids: Sequence[str]) -> dict[tuple[str, str], TraceFacts]:
+        """What served each of these traces, by (trace id, tenant)."""
+        found = await self.store.query(_TRACE_FACTS, {"traces": sorted(set(trace_ids))})
+        return {
+            (r["trace_id"], r["tenant"]): TraceFacts(r["template_id"], r["template_version"], r["model"])
+            for r in found.dicts()
+        }
+
+    async def link_feedback(self, trace_ids: Sequence[str], settle_s: int) -> None:
+        """Link unlinked feedback whose trace has arrived: of these traces, or of every
+        trace when none is named; only feedback stored at least `settle_s` ago."""
+        await self.store.command(_LINK, {"traces": sorted(trace_ids), "settle_s": settle_s})
+
+    # --- the sinks' write (agents.sink, through ports.SinkWrites) -----------------------
+
+    async def insert_new(
+        self, table: str, rows: Sequence[Mapping[str, Any]], key: str = "trace_id"
+    ) -> list[Mapping[str, Any]]:
+        """Insert the rows whose event_id the table does not hold yet; returns them. `key`:
+        the column the table's primary key starts with (the lookup reads by it)."""
+        unique = list({row["event_id"]: row for row in rows}.values())
+        if not unique:
+            return []
+        held = await self.store.query(
+            f"SELECT event_id FROM {checked_table(table)} "  # noqa: S608  (checked names; values are bound)
+            f"WHERE {checked_table(key)} IN {{keys:Array(String)}} AND event_id IN {{ids:Array(String)}}",
+            {"keys": sorted({r[key] for r in unique}), "ids": [r["event_id"] for r in unique]},
+        )
+        seen = {row[0] for row in held.rows}
+        fresh = [row for row in unique if row["event_id"] not in seen]
+        await self.store.insert(table, fresh)
+        return fresh
+
     @staticmethod
-    def _window(since: timedelta, tenant: str) -> dict[str, Any]:
-        return {"since": when(utc_now() - since), "tenant": tenant}
+    def _window(since: timedelta, tenant: str, probes: bool = False) -> dict[str, Any]:
+        # Naming the probe tenant shows it, as asking for probes does.
+        hide = "" if probes or tenant == PROBE_TENANT else PROBE_TENANT
+        return {"since": when(utc_now() - since), "tenant": tenant, "hide": hide}
+
+
+def _number(value: Any) -> float:
+    """A moment ClickHouse left undefined (no rows: null) as 0; callers skip thin sides."""
+    return 0.0 if value is None else float(value)
+
+
+def _span(window: Window, prefix: str = "") -> dict[str, str]:
+    return {f"{prefix}start": when(window.start), f"{prefix}end": when(window.end)}
+
+
+_SPAN = "started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}"
+_REF_SPAN = "started_at >= {ref_start:DateTime64(3, 'UTC')} AND started_at < {ref_end:DateTime64(3, 'UTC')}"
+
+# Per side (the window: cur, the reference: NOT cur): moments of a value over the rows
+# where it is defined, and a flag's count over all rows. VALUE, VALID and FLAG are
+# expressions from _MEASURES; the stage and times are bound.
+_MOMENTS = f"""
+SELECT avgIf(x, cur AND valid) AS m, varSampIf(x, cur AND valid) AS v, countIf(cur AND valid) AS n,
+       avgIf(x, NOT cur AND valid) AS rm, varSampIf(x, NOT cur AND valid) AS rv,
+       countIf(NOT cur AND valid) AS rn,
+       countIf(cur) AS total, countIf(NOT cur) AS ref_total,
+       sumIf(flag, cur) AS hits, sumIf(flag, NOT cur) AS ref_hits
+FROM (
+    SELECT VALUE AS x, VALID AS valid, FLAG AS flag, ({_SPAN}) AS cur
+    FROM telemetry
+    WHERE stage = {{stage:String}} AND status = 'ok' AND tenant != {{hide:String}}
+      AND (({_SPAN}) OR ({_REF_SPAN}))
+)
+"""  # noqa: S608  (constant SQL; values bound)
+
+# measure: (stage, value, where the value is defined, flag)
+_MEASURES: dict[str, tuple[str, str, str, str]] = {
+    # The dense leg's top-1 similarity (whatever the mode fused), over searches that ran it
+    # and found something; the flag: a search that found nothing.
+    "retrieval": ("retrieval", "dense_scores[1]", "notEmpty(dense_scores)", "empty(passage_scores)"),
+    "response": ("generation", "lengthUTF8(answer)", "1", "notEmpty(citations)"),
+}
+
+# A trace's prompt version and model, from its telemetry; per tenant, so feedback never
+# links to another tenant's trace. SOURCE is the set of trace ids to look at.
+_FACTS = """
+SELECT trace_id, tenant,
+       anyIf(template_id, template_id != '') AS template_id,
+       anyIf(template_version, template_version != '') AS template_version,
+       anyIf(model, stage = 'generation') AS model
+FROM telemetry
+WHERE trace_id IN SOURCE
+GROUP BY trace_id, tenant
+"""
+_TRACE_FACTS = _FACTS.replace("SOURCE", "{traces:Array(String)}")
+
+# Re-insert unlinked feedback whose trace has arrived, linked, with a higher revision.
+# The rollup's view counts only linked rows, so each rating is counted once, when linked.
+_UNLINKED = "(SELECT trace_id FROM feedback FINAL WHERE NOT trace_seen)"
+_LINK = f"""
+INSERT INTO feedback (event_id, trace_id, tenant, occurred_at, name, data_type, score, category,
+                      comment, user, trace_seen, template_id, template_version, model, revision)
+SELECT f.event_id, f.trace_id, f.tenant, f.occurred_at, f.name, f.data_type, f.score, f.category,
+       f.comment, f.user, true, t.template_id, t.template_version, t.model, f.revision + 1
+FROM (
+    SELECT * FROM feedback FINAL
+    WHERE NOT trace_seen
+      AND (empty({{traces:Array(String)}}) OR trace_id IN {{traces:Array(String)}})
+      AND stored_at <= now64(3) - toIntervalSecond({{settle_s:UInt32}})
+) AS f
+INNER JOIN ({_FACTS.replace("SOURCE", _UNLINKED)}) AS t ON f.trace_id = t.trace_id AND f.tenant = t.tenant
+"""  # noqa: S608  (constants only; no value is spliced in)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -164,3 +165,101 @@ class AnalyticsStore(Protocol):
     async def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None: ...
 
     async def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+# --- analytics: what the agents ask of the store (connectors.analytics.Analytics) -------
+# The statements live in the connector; the agents keep the statistics and the decisions.
+
+
+@dataclass(frozen=True)
+class Window:
+    """A span of time, start included, end excluded."""
+
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class Moments:
+    """A value's mean, sample variance and count in a window and in its reference; for
+    rates, the rows per side (`total`) and those that raise a flag (`hits`)."""
+
+    mean: float
+    variance: float
+    n: int
+    ref_mean: float
+    ref_variance: float
+    ref_n: int
+    total: int = 0
+    ref_total: int = 0
+    hits: int = 0
+    ref_hits: int = 0
+
+
+@dataclass(frozen=True)
+class StageLoad:
+    """One stage in one window: events, failed events and p95 latency (ms)."""
+
+    stage: str
+    events: int
+    errors: int
+    p95_ms: float
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """Where an incident stands in the alerts table: its last event and when."""
+
+    alert_id: str
+    check: str
+    subject: str
+    last_event_type: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class TraceFacts:
+    """What served a trace, from its telemetry (for linking feedback to it)."""
+
+    template_id: str
+    template_version: str
+    model: str
+
+
+# Which per-stage value the monitor compares: retrieval (dense top-1 similarity; flag:
+# nothing found) or response (answer length; flag: an answer that cites).
+Measure = Literal["retrieval", "response"]
+
+
+class MonitorReads(Protocol):
+    async def query_vectors(self, window: Window, n: int) -> np.ndarray: ...
+
+    async def stage_moments(self, measure: Measure, window: Window, reference: Window) -> Moments: ...
+
+    async def stage_loads(self, window: Window) -> list[StageLoad]: ...
+
+    async def spend_by_tenant(self, day_of: datetime) -> dict[str, float]: ...
+
+    async def rating_moments(self, window: Window, reference: Window) -> dict[str, Moments]: ...
+
+    async def alert_states(self) -> list[AlertState]: ...
+
+
+class FeedbackLinks(Protocol):
+    async def trace_facts(self, trace_ids: Sequence[str]) -> dict[tuple[str, str], TraceFacts]: ...
+
+    async def link_feedback(self, trace_ids: Sequence[str], settle_s: int) -> None: ...
+
+
+class SinkWrites(Protocol):
+    async def insert_new(
+        self, table: str, rows: Sequence[Mapping[str, Any]], key: str = "trace_id"
+    ) -> list[Mapping[str, Any]]: ...
+
+
+class ExperimentReads(Protocol):
+    async def experiment_arms(self, experiment: str, since: datetime) -> Rows: ...
+
+
+class AnalyticsPort(MonitorReads, FeedbackLinks, SinkWrites, ExperimentReads, Protocol):
+    """Everything the analytics agents ask of the store."""

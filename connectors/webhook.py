@@ -5,11 +5,14 @@ alerts topic and in the alerts table."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from schemas.alerts import Alert, AlertResolved
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +47,24 @@ async def post(settings: WebhookSettings, payload: dict[str, Any]) -> bool:
                 await asyncio.sleep(settings.backoff_s * 2 ** (attempt - 1))
     log.error("alert webhook failed %d times (last: %s)", settings.attempts, problem)
     return False
+
+
+def slack_payload(alert: Alert) -> dict[str, Any]:
+    """Slack-compatible incoming-webhook JSON (`text`, plus blocks for richer clients)."""
+    icon = ":white_check_mark:" if isinstance(alert, AlertResolved) else ":rotating_light:"
+    title = f"{icon} {type(alert).__name__}: {alert.check} / {alert.subject}"
+    return {
+        "text": f"{title}\n{alert.message}",
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}*\n{alert.message}"}},
+            {
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": json.dumps({"alert_id": alert.alert_id})}],
+            },
+        ],
+    }
+
+
+async def deliver(settings: WebhookSettings, alert: Alert) -> bool:
+    """Post one alert; True when the webhook took it (see `post`)."""
+    return await post(settings, slack_payload(alert))

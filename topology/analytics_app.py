@@ -1,43 +1,123 @@
-"""The analytics process: the one owner of the analytics store. It runs the telemetry
-sink, the feedback agent, the timer that links early feedback to its trace, and the
-query service that other processes read through (a chDB directory opens in one process
-only). Pipeline workers never open the store."""
+"""The analytics process: the one owner of the analytics store. It runs the sinks and
+the leader timers that topology/graph.py declares (SINKS, LEADER_TIMERS), and the query
+service that other processes read through (a chDB directory opens in one process only).
+Pipeline workers never open the store."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
-from faust.web import Request, Response, View
+from mode import Service
 
-from agents import feedback, telemetry
+from agents.analytics_deps import AnalyticsDeps
 from agents.experiments import ExperimentGuard
-from agents.monitor import Monitor, slack_payload
-from agents.registry import Registry
-from agents.sink import SinkRunner, until_done
-from connectors import registry
-from connectors.analytics import Analytics, read_only
-from connectors.clickhouse import AnalyticsStore, QueryFailed, StoreUnavailable, open_store
+from agents.feedback import Linker
+from agents.monitor import Monitor
+from agents.routing import Registry
+from agents.runtime import Backoff, until_done
+from agents.sink import SinkRunner
+from connectors import registry_log
+from connectors import webhook
+from connectors.analytics import Analytics
+from connectors.clickhouse import open_store
+from connectors.kafka import Publisher
 from connectors.migrations import apply
-from connectors.webhook import post
+from connectors.ports import AnalyticsStore
 from schemas import encode
 from schemas.alerts import Alert
-from schemas.errors import LLMOpsError
-from schemas.feedback import FeedbackReceived
-from schemas.telemetry import StageCompleted
-from topology.app import acked_batches, new_app, raw_topic, sender, stage_publisher
+from topology.app import leader_timer, new_app, raw_topic, register, sender, stage_publisher
+from topology.graph import LEADER_TIMERS, SINKS
+from topology.query_service import add_query_service
 from topology.settings import Settings
 from topology.topics import analytics_app_id, registry_topic
 
 log = logging.getLogger(__name__)
 
 
+class StoreService(Service):
+    """Opens the analytics store when the app starts, applying pending DDL and running
+    `after_open` (the monitor picks up its open incidents), retrying while the store is
+    down (a ClickHouse server still starting, say); closes it when the app stops, if it
+    is this service's to close. The sinks and timers wait for `ready`."""
+
+    def __init__(
+        self,
+        store: AnalyticsStore,
+        settings: Settings,
+        *,
+        owned: bool,
+        after_open: Callable[[], Awaitable[None]],
+        backoff: Backoff,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.store = store
+        self._settings = settings
+        self._owned = owned
+        self._after_open = after_open
+        self._backoff = backoff
+        self._opened = asyncio.Event()
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened.is_set()
+
+    async def ready(self) -> None:
+        await self._opened.wait()
+
+    async def on_start(self) -> None:
+        # In the background: the app's start must not wait for a store that is down.
+        self.add_future(self._open())
+
+    async def on_stop(self) -> None:
+        if self._owned:
+            await self.store.close()
+
+    async def _open(self) -> None:
+        await until_done("analytics", "opening the store", self._open_and_migrate, self._backoff)
+        self._opened.set()
+
+    async def _open_and_migrate(self) -> None:
+        await self.store.open()
+        applied = await apply(self.store, self._settings.clickhouse.ddl_dir)
+        if applied:
+            log.warning("applied analytics DDL: %s", ", ".join(applied))
+        await self._after_open()
+
+
+def build_analytics_deps(settings: Settings, data: Analytics, publisher: Publisher) -> AnalyticsDeps:
+    """The monitor, the experiment guard and the feedback linker, on the store's port;
+    alerts go out as events on the alerts topic (the alerts sink stores and delivers them)."""
+
+    async def publish(alert: Alert) -> None:
+        await publisher.publish(settings.kafka.topics.alerts, [(alert.alert_id.encode(), encode(alert))])
+
+    registry_name = registry_topic(settings.worker.app_id)
+
+    async def read_registry() -> Registry:
+        return Registry(await asyncio.to_thread(registry_log.read_all, settings.kafka, registry_name))
+
+    async def write_registry(records: Any) -> None:
+        await registry_log.append(settings.kafka, registry_name, records)
+
+    return AnalyticsDeps(
+        data=data,
+        feedback=settings.feedback,
+        text=settings.telemetry.text,
+        linker=Linker(data, settle_s=settings.feedback.settle_s),
+        monitor=Monitor(data, settings.monitor, publish),
+        guard=ExperimentGuard(data, read_registry, write_registry, publish),
+        deliver=functools.partial(webhook.deliver, settings.webhook),
+    )
+
+
 def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None = None) -> faust.App:
-    owned = given_store is None  # a store passed in is the caller's to close
-    store: AnalyticsStore = given_store if given_store is not None else open_store(settings.clickhouse)
+    """`given_store`: an open store of the caller's, which the app uses and leaves open."""
     service = settings.analytics
     app = new_app(
         settings,
@@ -47,163 +127,48 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
         web_host=service.host,
         web_port=service.port,
     )
-
-    def topic(field: str) -> faust.TopicT:
-        return raw_topic(app, settings, field)
-
+    store = given_store if given_store is not None else open_store(settings.clickhouse)
+    data = Analytics(store)
     publisher = stage_publisher(app, settings)
+    deps = build_analytics_deps(settings, data, publisher)
+    opener = StoreService(
+        store,
+        settings,
+        owned=given_store is None,
+        after_open=deps.monitor.load,
+        backoff=settings.sink.backoff,
+    )
+    app.service(opener)  # type: ignore[arg-type]  # an instance: faust starts it as given
+
     dead_letter = sender(publisher, settings.kafka.topics.deadletter)
-
-    async def feedback_rows(events: Any, s: AnalyticsStore) -> Any:
-        return await feedback.rows(events, s, settings.feedback, settings.telemetry.text)
-
-    async def announce(alert: Alert) -> None:
-        await publisher.publish(settings.kafka.topics.alerts, [(alert.alert_id.encode(), encode(alert))])
-        await post(settings.webhook, slack_payload(alert))
-
-    monitor = Monitor(store, settings.monitor, announce)
-
-    registry_topic_name = registry_topic(settings.worker.app_id)
-
-    async def read_registry() -> Registry:
-        return Registry(await asyncio.to_thread(registry.read_all, settings.kafka, registry_topic_name))
-
-    guard = ExperimentGuard(
-        Analytics(store),
-        read_registry,
-        lambda records: registry.append(settings.kafka, registry_topic_name, records),
-        announce,
-    )
-    linker = feedback.Linker(store, settle_s=settings.feedback.settle_s)
-    opening = asyncio.Lock()
-    opened = False
-
-    async def open_and_migrate() -> None:
-        await store.open()
-        applied = await apply(store, settings.clickhouse.ddl_dir)
-        if applied:
-            log.warning("applied analytics DDL: %s", ", ".join(applied))
-        await monitor.load()
-
-    async def ready() -> None:
-        """Open the store and apply pending DDL, once, retrying while the store is down
-        (a ClickHouse server still starting, say); the sinks and timers await this."""
-        nonlocal opened
-        async with opening:
-            if not opened:
-                await until_done("analytics", "opening the store", open_and_migrate, settings.sink)
-                opened = True
-
-    @app.task
-    async def open_at_start() -> None:
-        await ready()
-
-    register_sink(
-        app,
-        SinkRunner(
-            "telemetry-sink",
-            "telemetry",
-            StageCompleted,
-            telemetry.rows,
-            store,
+    batching = settings.sink
+    for sink in SINKS:
+        runner = SinkRunner(
+            sink.name,
+            sink.table,
+            sink.input_model,
+            functools.partial(sink.rows, deps),
+            data,
             dead_letter,
-            settings.sink,
-            after_write=linker.telemetry_stored,
-        ),
-        topic("telemetry"),
-        ready,
-    )
-    register_sink(
-        app,
-        SinkRunner(
-            feedback.STAGE,
-            "feedback",
-            FeedbackReceived,
-            feedback_rows,
-            store,
-            dead_letter,
-            settings.sink,
-            after_write=linker.feedback_stored,
-        ),
-        topic("feedback"),
-        ready,
-    )
-
-    @app.on_before_shutdown.connect  # type: ignore[arg-type]
-    async def close_store(sender: Any, *_: Any, **__: Any) -> None:
-        if owned:
-            await store.close()
-
-    # The sweep for feedback no targeted link caught; on the group leader only, so with
-    # several analytics processes (a ClickHouse server) one sweeps.
-    @app.timer(interval=settings.feedback.link_every_s, on_leader=True)
-    async def link_feedback() -> None:
-        await ready()
-        try:
-            await linker.link(sweep=True)
-        except (StoreUnavailable, QueryFailed) as exc:
-            log.warning("linking feedback failed (the next sweep retries): %s", str(exc)[:300])
-
-    # Drift, SLO and budget checks, once per closed window, on the group leader only.
-    @app.timer(interval=max(1.0, min(30.0, settings.monitor.window_s / 5)), on_leader=True)
-    async def run_monitor() -> None:
-        if not settings.monitor.enabled:
-            return
-        await ready()
-        try:
-            await monitor.tick()
-        except Exception:  # a store, broker or webhook fault: log it; the next tick retries
-            log.exception("monitor: window not evaluated")
-
-    # Experiments: roll a worse arm back, on the group leader only.
-    @app.timer(interval=settings.monitor.experiments_every_s, on_leader=True)
-    async def guard_experiments() -> None:
-        if not settings.monitor.enabled:
-            return
-        await ready()
-        try:
-            await guard.check()
-        except LLMOpsError as exc:  # the store or the broker is away: the next tick retries
-            log.warning("experiment guard: not checked: %s", str(exc)[:300])
-        except Exception:
-            log.exception("experiment guard: not checked")
-
-    @app.page("/health/")
-    class Health(View):
-        async def get(self, request: Request) -> Response:
-            if not opened:
-                return self.error(503, "the analytics store is not open yet")
-            return self.json({"ok": True, "backend": store.backend})
-
-    @app.page("/sql/")
-    class Sql(View):
-        async def post(self, request: Request) -> Response:
-            if not opened:
-                return self.error(503, "the analytics store is not open yet")
-            try:
-                body = await request.json()
-                sql, parameters = body["sql"], body.get("parameters") or {}
-                rows = await store.query(read_only(sql), parameters)
-            except (KeyError, TypeError, ValueError) as exc:
-                return self.error(400, f"expected JSON {{'sql': ..., 'parameters': {{...}}}}: {exc}")
-            except QueryFailed as exc:
-                return self.error(400, str(exc))
-            except StoreUnavailable as exc:
-                return self.error(503, str(exc))
-            return self.json(rows.to_json())
-
+            batching,
+            after_write=functools.partial(sink.after_write, deps) if sink.after_write else None,
+            after_new=functools.partial(sink.after_new, deps) if sink.after_new else None,
+            key=sink.key,
+            decoder=sink.decoder,
+        )
+        register(
+            app,
+            sink.name,
+            raw_topic(app, settings, sink.consumes),
+            runner.process,
+            batch_max=batching.batch_max,
+            batch_within_s=batching.batch_within_s,
+            ready=opener.ready,
+        )
+    for timer in LEADER_TIMERS:
+        if timer.enabled(settings):
+            leader_timer(
+                app, timer.name, timer.every(settings), functools.partial(timer.run, deps), opener.ready
+            )
+    add_query_service(app, store, lambda: opener.is_open)
     return app
-
-
-def register_sink(
-    app: faust.App, runner: SinkRunner, source: faust.TopicT, ready: Callable[[], Awaitable[None]]
-) -> None:
-    """An agent that writes batches and acknowledges each batch only after it is stored."""
-    settings = runner.settings
-
-    async def agent(stream: faust.StreamT) -> None:
-        await ready()
-        await acked_batches(stream, settings.batch_max, settings.batch_within_s, runner.process)
-
-    agent.__name__ = runner.name.replace("-", "_")
-    app.agent(source, name=runner.name)(agent)

@@ -3,6 +3,7 @@ and one agent per stage of the graph. No import-time globals."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -10,16 +11,19 @@ from typing import Any, cast
 import faust
 
 from agents.deps import Dependencies
-from agents.registry import Registry
+from agents.routing import Registry
 from agents.runtime import Incoming, StageRunner
 from connectors.embedder import OnnxEmbedder
 from connectors.kafka import KafkaSettings, Publisher
 from connectors.llm import build_backend
 from connectors.milvus import MilvusStore
-from topology.graph import STAGES, Stage
+from schemas.errors import LLMOpsError
+from topology.graph import STAGES
 from topology.settings import Settings
 from topology.topics import REGISTRY_TABLE, registry_topic
 from topology.transport import PipelineApp
+
+log = logging.getLogger(__name__)
 
 
 def build_dependencies(settings: Settings) -> Dependencies:
@@ -130,23 +134,28 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
 
     deps.registry = Registry(registry_table(app, settings))
     publisher, names = stage_publisher(app, settings), settings.kafka.topics
+    runtime = settings.worker.runtime
     for stage in STAGES:
+        runner = StageRunner(
+            name=stage.name,
+            input_model=stage.input_model,
+            handler=stage.handler,
+            deps=deps,
+            emit=sender(publisher, getattr(names, stage.produces)),
+            dead_letter=sender(publisher, names.deadletter),
+            reply=sender(publisher, getattr(names, stage.replies_to)),
+            settings=runtime,
+            telemetry=sender(publisher, names.telemetry),
+            telemetry_settings=settings.telemetry,
+        )
         register(
             app,
-            stage,
-            StageRunner(
-                name=stage.name,
-                input_model=stage.input_model,
-                handler=stage.handler,
-                deps=deps,
-                emit=sender(publisher, getattr(names, stage.produces)),
-                dead_letter=sender(publisher, names.deadletter),
-                reply=sender(publisher, getattr(names, stage.replies_to)),
-                settings=settings.worker.runtime,
-                telemetry=sender(publisher, names.telemetry),
-                telemetry_settings=settings.telemetry,
-            ),
+            stage.name,
             raw_topic(app, settings, stage.consumes),
+            runner.process,
+            batch_max=runtime.batch_max,
+            batch_within_s=runtime.batch_within_s,
+            ready=deps.ready,
         )
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode stub: async receivers
@@ -184,15 +193,50 @@ def registry_table(app: faust.App, settings: Settings) -> Any:
     )
 
 
-def register(app: faust.App, stage: Stage, runner: StageRunner, source: faust.TopicT) -> None:
-    runtime = runner.settings
+def register(
+    app: faust.App,
+    name: str,
+    source: faust.TopicT,
+    process: Callable[[list[Incoming]], Awaitable[object]],
+    *,
+    batch_max: int,
+    batch_within_s: float,
+    ready: Callable[[], Awaitable[None]],
+) -> None:
+    """The one way an agent is made, for stages and sinks alike: once `ready` returns,
+    micro-batches of `source` go to `process`, each acknowledged only after it returns."""
 
     async def agent(stream: faust.StreamT) -> None:
-        await runner.deps.ready()
-        await acked_batches(stream, runtime.batch_max, runtime.batch_within_s, runner.process)
+        await ready()
+        await acked_batches(stream, batch_max, batch_within_s, process)
 
-    agent.__name__ = stage.name
-    app.agent(source, name=stage.name)(agent)
+    agent.__name__ = agent.__qualname__ = name.replace("-", "_")
+    app.agent(source, name=name)(agent)
+
+
+def leader_timer(
+    app: faust.App,
+    name: str,
+    every_s: float,
+    step: Callable[[], Awaitable[object]],
+    ready: Callable[[], Awaitable[None]],
+) -> None:
+    """Run `step` every `every_s` seconds on the group leader only, once `ready`
+    returns. One error policy for every timer: a round that fails is logged (a store or
+    broker fault as a warning, anything else with its traceback) and the next round tries
+    again; nothing stops the timer."""
+
+    async def tick() -> None:
+        await ready()
+        try:
+            await step()
+        except LLMOpsError as exc:
+            log.warning("%s: round skipped (the next one retries): %s", name, str(exc)[:300])
+        except Exception:
+            log.exception("%s: round failed (the next one retries)", name)
+
+    tick.__name__ = tick.__qualname__ = name.replace("-", "_")
+    app.timer(interval=every_s, on_leader=True, name=name)(tick)
 
 
 async def acked_batches(

@@ -1,11 +1,16 @@
-"""The pipeline as data: read top to bottom, this is the dataflow. The faust app, the
-README diagram and the tests are all derived from STAGES."""
+"""The system as data: read top to bottom, this is the dataflow. STAGES are the query
+and indexing path (the pipeline workers); SINKS and LEADER_TIMERS are the analytics
+process (the one owner of the analytics store). The faust apps, the README diagram and
+the tests are all derived from them."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from agents import embedding, generation, indexing, prompting, retrieval
+from agents import alerts, analytics_deps, embedding, generation, indexing, prompting, retrieval
+from agents.analytics_deps import AnalyticsDeps
 from agents.runtime import BatchHandler, per_event
 from connectors.kafka import TopicNames
 from schemas import (
@@ -20,6 +25,12 @@ from schemas import (
     ResponseGenerated,
     StageCompleted,
 )
+from schemas.alerts import Alert, ExperimentRolledBack
+from schemas.prompts import LabelMoved
+from topology.topics import registry_topic
+
+if TYPE_CHECKING:
+    from topology.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -87,29 +98,131 @@ ENTRY_POINTS = (
     ("client", "documents", DocumentSubmitted),
     ("client", "feedback", FeedbackReceived),
 )
-# What the analytics process (the store's one owner) consumes; every stage reports to telemetry.
-ANALYTICS_SOURCES = (("telemetry", StageCompleted), ("feedback", FeedbackReceived))
 
 
-def mermaid(names: TopicNames | None = None) -> str:
-    """The stage graph as a Mermaid flowchart (the README embeds this output)."""
+@dataclass(frozen=True)
+class Sink:
+    """A consumer of the analytics process: decodes a topic's events into rows of one
+    table, written idempotently, acknowledged once stored (agents/sink.py)."""
+
+    name: str
+    consumes: str  # a field of TopicNames
+    input_model: type[Event]
+    table: str
+    rows: Callable[[AnalyticsDeps, Sequence[Any]], Awaitable[Sequence[Any]]]
+    # After every stored batch, with all its rows (redelivered ones too).
+    after_write: Callable[[AnalyticsDeps, Sequence[Any]], Awaitable[None]] | None = None
+    # With the events whose rows were new: what must happen once per event.
+    after_new: Callable[[AnalyticsDeps, Sequence[Any]], Awaitable[None]] | None = None
+    key: str = "trace_id"  # the column the table's primary key starts with
+    decoder: Callable[[bytes | None], Event] | None = None  # None: as input_model
+
+
+@dataclass(frozen=True)
+class LeaderTimer:
+    """Work that must run once per group: on the analytics group's leader, every
+    `every(settings)` seconds, skipped while `enabled(settings)` is False."""
+
+    name: str
+    run: Callable[[AnalyticsDeps], Awaitable[None]]
+    every: Callable[[Settings], float]
+    reads: tuple[str, ...]  # tables
+    produces: tuple[tuple[str, type[Any]], ...] = ()  # (TopicNames field or "registry", model)
+    enabled: Callable[[Settings], bool] = lambda settings: True
+
+
+SINKS: tuple[Sink, ...] = (
+    Sink(
+        "telemetry-sink",
+        "telemetry",
+        StageCompleted,
+        "telemetry",
+        analytics_deps.telemetry_rows,
+        after_write=analytics_deps.link_arrived_traces,
+    ),
+    Sink(
+        "feedback",
+        "feedback",
+        FeedbackReceived,
+        "feedback",
+        analytics_deps.feedback_rows,
+        after_write=analytics_deps.link_new_feedback,
+    ),
+    Sink(
+        alerts.STAGE,
+        "alerts",
+        Alert,
+        "alerts",
+        analytics_deps.alert_rows,
+        after_new=analytics_deps.deliver_alerts,
+        key="alert_id",
+        decoder=alerts.decode_alert,
+    ),
+)
+
+LEADER_TIMERS: tuple[LeaderTimer, ...] = (
+    # Feedback that no targeted link caught (after a restart, say).
+    LeaderTimer(
+        "feedback-link-sweep",
+        analytics_deps.sweep_feedback_links,
+        every=lambda settings: settings.feedback.link_every_s,
+        reads=("feedback", "telemetry"),
+    ),
+    # Drift, SLO and budget checks, once per closed window.
+    LeaderTimer(
+        "monitor",
+        analytics_deps.evaluate_window,
+        every=lambda settings: settings.monitor.tick_every_s,
+        reads=("telemetry", "feedback", "alerts"),
+        produces=(("alerts", Alert),),
+        enabled=lambda settings: settings.monitor.enabled,
+    ),
+    # Experiments: roll a worse arm back.
+    LeaderTimer(
+        "experiment-guard",
+        analytics_deps.guard_experiments,
+        every=lambda settings: settings.monitor.experiments_every_s,
+        reads=("telemetry", "feedback"),
+        produces=(("registry", LabelMoved), ("alerts", ExperimentRolledBack)),
+        enabled=lambda settings: settings.monitor.enabled,
+    ),
+)
+
+
+def _id(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def mermaid(names: TopicNames | None = None, app_id: str = "llmops") -> str:
+    """The system as a Mermaid flowchart (the README embeds this output)."""
     if names is None:
         names = TopicNames()
 
     def topic(field: str) -> str:
-        return f'{field}[["{getattr(names, field)}"]]'
+        name = registry_topic(app_id) if field == "registry" else getattr(names, field)
+        return f'{field}[["{name}"]]'
 
     lines = ["flowchart LR"]
     for who, field, model in ENTRY_POINTS:
         lines.append(f"    {who}([{who}]) -- {model.__name__} --> {topic(field)}")
+    lines.append(f"    client -- LabelMoved --> {topic('registry')}")
     for stage in STAGES:
         lines.append(f"    {topic(stage.consumes)} --> {stage.name}({stage.name})")
         lines.append(f"    {stage.name} -- {stage.output_model.__name__} --> {topic(stage.produces)}")
         lines.append(f"    {stage.name} -. DeadLetter .-> {topic('deadletter')}")
         lines.append(f"    {stage.name} -. StageCompleted .-> {topic('telemetry')}")
+    lines.append(f"    {topic('registry')} -. prompt versions .-> prompting")
     lines.append(f"    {topic('responses')} --> client")
     lines.append(f"    {topic('indexed')} --> client")
-    for field, _ in ANALYTICS_SOURCES:
-        lines.append(f"    {topic(field)} --> analytics(analytics)")
-    lines.append("    analytics --> clickhouse[(ClickHouse)]")
+    for sink in SINKS:
+        node = f"sink_{_id(sink.name)}"
+        lines.append(f"    {topic(sink.consumes)} --> {node}({sink.name})")
+        lines.append(f"    {node} --> clickhouse[(ClickHouse)]")
+        if sink.after_new is analytics_deps.deliver_alerts:
+            lines.append(f"    {node} -. Slack JSON .-> webhook([webhook])")
+    for timer in LEADER_TIMERS:
+        node = f"timer_{_id(timer.name)}"
+        lines.append(f"    clickhouse -. {', '.join(timer.reads)} .-> {node}{{{{{timer.name}}}}}")
+        for field, model in timer.produces:
+            lines.append(f"    {node} -- {model.__name__} --> {topic(field)}")
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from agents.runtime import Backoff
 from connectors.clickhouse import AnalyticsStore, ChdbStore, ClickHouseSettings
 from connectors.kafka import Publisher, TopicSpec, ensure_topics, librdkafka_config
 from connectors.migrations import apply
@@ -46,7 +47,9 @@ def isolated(stack: LocalStack, chdb_dir: Path, app_id: str) -> Settings:
             "worker": base.worker.model_copy(update={"app_id": app_id}),
             "analytics": base.analytics.model_copy(update={"port": free_port()}),
             "clickhouse": ClickHouseSettings(path=chdb_dir, database=f"sink_{uid}"),
-            "sink": base.sink.model_copy(update={"batch_max": 50, "batch_within_s": 0.2, "backoff_s": 0.2}),
+            "sink": base.sink.model_copy(
+                update={"batch_max": 50, "batch_within_s": 0.2, "backoff": Backoff(first_s=0.2, max_s=5.0)}
+            ),
         }
     )
 
@@ -142,6 +145,10 @@ async def _equals(store: AnalyticsStore, sql: str, expected: int) -> bool:
     return await count(store, sql) == expected
 
 
+async def _at_least(store: AnalyticsStore, sql: str, expected: int) -> bool:
+    return await count(store, sql) >= expected
+
+
 async def _committed_all(settings: Settings, app_id: str) -> bool:
     return await asyncio.to_thread(committed, settings, app_id) == N
 
@@ -180,6 +187,9 @@ async def test_the_monitor_on_the_leader_publishes_alerts(tansu_stack, chdb_dir)
         finally:
             consumer.close()
             await publisher.stop()
+        # The monitor only publishes; the alerts sink, a consumer like any other, stores it.
+        stored_sql = "SELECT count() FROM alerts WHERE check_name = 'latency_slo'"
+        await until(lambda: _at_least(store, stored_sql, 1))
 
     try:
         await run_sink(settings, store, settings.worker.app_id, slow_retrieval_then_alert)

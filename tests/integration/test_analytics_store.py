@@ -13,11 +13,10 @@ import pytest
 
 from agents import feedback, telemetry
 from agents.feedback import FeedbackSettings
-from agents.sink import insert_new
 from connectors.analytics import Analytics
 from connectors.clickhouse import AnalyticsStore, ClickHouseSettings, QueryFailed
 from connectors.migrations import apply
-from schemas import FeedbackReceived, utc_now
+from schemas import FeedbackReceived, Served, utc_now
 from schemas.errors import PermanentError
 from tests.integration.analytics_fixtures import opened, stage_event, store_settings
 
@@ -45,7 +44,7 @@ def trace(n: int, tenant: str = "acme") -> list:
     together, so the trace's total is its slowest stage's latency, exactly."""
     at = {"tenant": tenant, "started": START}
     return [
-        stage_event(f"t{n}", "prompting", 1 + n, **at, template_id="rag", template_version="2"),
+        stage_event(f"t{n}", "prompting", 1 + n, **at, served=Served(prompt="rag", version="2")),
         stage_event(f"t{n}", "embedding", 10 + n, **at, model="minilm", input_tokens=5),
         stage_event(f"t{n}", "retrieval", 20 + n, **at, passage_ids=["a", "b"], passage_scores=[0.9, 0.5]),
         stage_event(
@@ -57,15 +56,14 @@ def trace(n: int, tenant: str = "acme") -> list:
             input_tokens=100,
             output_tokens=10,
             cost_usd=0.001,
-            template_id="rag",
-            template_version="2",
+            served=Served(prompt="rag", version="2"),
             answer=f"answer {n}",
         ),
     ]
 
 
 async def write(store: AnalyticsStore, events: list) -> int:
-    return await insert_new(store, "telemetry", await telemetry.rows(events, store))
+    return len(await Analytics(store).insert_new("telemetry", await telemetry.rows(events, store)))
 
 
 async def test_ddl_is_applied_once_checked_and_extended_by_new_files(store, settings, tmp_path):
@@ -143,9 +141,9 @@ def rating(
 
 
 async def store_feedback(store: AnalyticsStore, events: list[FeedbackReceived], linker=None) -> list:
-    built = await feedback.rows(events, store, FeedbackSettings())
+    built = await feedback.rows(events, Analytics(store), FeedbackSettings())
     rows = [r for r in built if isinstance(r, dict)]
-    await insert_new(store, "feedback", rows)
+    await Analytics(store).insert_new("feedback", rows)
     if linker is not None:
         await linker.feedback_stored(rows)
     return built
@@ -170,14 +168,14 @@ async def linked_rows(store: AnalyticsStore) -> list:
 
 
 async def test_feedback_before_its_trace_is_marked_then_linked_when_it_lands_and_counted_once(store):
-    linker = feedback.Linker(store)
+    linker = feedback.Linker(Analytics(store))
     early = [rating("t5", False), rating("t5", 4, "NUMERIC"), rating("t5", True, tenant="other")]
     await store_feedback(store, early, linker)
     assert await count(store, "SELECT countIf(NOT trace_seen) FROM feedback FINAL") == 3
     assert linker.pending == {"t5"}
     await store_feedback(store, early, linker)  # redelivered: no change
     rows = await telemetry.rows(trace(5), store)
-    await insert_new(store, "telemetry", rows)
+    await Analytics(store).insert_new("telemetry", rows)
     await linker.telemetry_stored(rows)
     assert linker.pending == set()
     await linker.link(["t5"])  # linking again changes nothing
@@ -192,8 +190,8 @@ async def test_feedback_before_its_trace_is_marked_then_linked_when_it_lands_and
 async def test_the_sweep_links_what_no_process_remembers_once_it_has_settled(store):
     await store_feedback(store, [rating("t6", True)])  # stored by a process that then restarted
     await write(store, trace(6))
-    await feedback.Linker(store, settle_s=3600).link(sweep=True)
+    await feedback.Linker(Analytics(store), settle_s=3600).link(sweep=True)
     assert await linked_rows(store) == [["acme", False, ""]]  # too fresh for the sweep
-    await feedback.Linker(store, settle_s=0).link(sweep=True)
+    await feedback.Linker(Analytics(store), settle_s=0).link(sweep=True)
     assert await linked_rows(store) == [["acme", True, "2"]]
     assert await count(store, "SELECT sum(events) FROM feedback_days") == 1

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from agents import telemetry
+from agents.alerts import alert_row
 from agents.monitor import Monitor, MonitorSettings, Window
-from agents.sink import insert_new
 from connectors.analytics import Analytics
 from connectors.clickhouse import AnalyticsStore
 from connectors.embedder import OnnxEmbedder
-from schemas import StageCompleted
-from schemas.alerts import AlertResolved, BudgetExceeded, DriftDetected
+from schemas import Served, StageCompleted
+from schemas.alerts import Alert, AlertResolved, BudgetExceeded, DriftDetected
 from tests.integration.analytics_fixtures import opened, stage_event, store_settings
 from topology.samples import python_reference
 
@@ -44,7 +44,17 @@ def event(n: int, i: int, stage: str, latency: float = 10.0, **facts: object) ->
 
 
 async def write(store: AnalyticsStore, events: list[StageCompleted]) -> None:
-    await insert_new(store, "telemetry", await telemetry.rows(events, store))
+    await Analytics(store).insert_new("telemetry", await telemetry.rows(events, store))
+
+
+def monitor(store: AnalyticsStore, settings: MonitorSettings = SETTINGS) -> Monitor:
+    """A monitor on the store whose alerts are stored as the alerts sink stores them."""
+    analytics = Analytics(store)
+
+    async def publish(alert: Alert) -> None:
+        await analytics.insert_new("alerts", [alert_row(alert)], key="alert_id")
+
+    return Monitor(analytics, settings, publish)
 
 
 def kinds(alerts: list) -> list[tuple[str, str, str]]:
@@ -52,7 +62,7 @@ def kinds(alerts: list) -> list[tuple[str, str, str]]:
 
 
 async def test_an_slo_breach_is_one_alert_until_it_resolves(store):
-    monitor = Monitor(store, SETTINGS)
+    watch = monitor(store)
     slow = {1, 2, 3}  # windows where retrieval is slow and generation fails
     for n in range(7):
         await write(
@@ -63,7 +73,7 @@ async def test_an_slo_breach_is_one_alert_until_it_resolves(store):
                 for i in range(40)
             ],
         )
-    raised = {n: kinds(await monitor.run_window(window(n))) for n in range(7)}
+    raised = {n: kinds(await watch.run_window(window(n))) for n in range(7)}
     assert raised[0] == []
     assert raised[1] == [
         ("SloBreached", "error_rate", "generation"),
@@ -91,13 +101,13 @@ async def test_a_tenant_over_its_daily_budget_is_alerted(store):
         for i, t in enumerate(["acme"] * 6 + ["beta"] * 6)
     ]
     await write(store, spend)
-    alerts = await Monitor(store, settings).run_window(window(0))
+    alerts = await monitor(store, settings).run_window(window(0))
     assert kinds(alerts) == [("BudgetExceeded", "budget", "acme")]
     assert isinstance(alerts[0], BudgetExceeded) and alerts[0].value == pytest.approx(0.06)
 
 
 async def test_retrieval_and_answers_drifting_are_detected_and_a_stable_stream_is_not(store):
-    monitor = Monitor(store, SETTINGS)
+    watch = monitor(store)
     for n in range(7):
         shifted = n == 6
         await write(
@@ -107,7 +117,7 @@ async def test_retrieval_and_answers_drifting_are_detected_and_a_stable_stream_i
                     n,
                     i,
                     "retrieval",
-                    retrieval_mode="hybrid",
+                    served=Served(prompt="rag", version="1", retrieval_mode="hybrid"),
                     passage_ids=["a"] if not (shifted and i % 3 == 0) else [],
                     # Hybrid: the passage's score is a fused rank and steady; the dense
                     # leg's top similarity is what drifts.
@@ -130,8 +140,8 @@ async def test_retrieval_and_answers_drifting_are_detected_and_a_stable_stream_i
             ],
         )
     for n in range(5, 6):  # a stable window after a stable reference: nothing
-        assert await monitor.run_window(window(n)) == []
-    alerts = await monitor.run_window(window(6))
+        assert await watch.run_window(window(n)) == []
+    alerts = await watch.run_window(window(6))
     assert kinds(alerts) == [
         ("DriftDetected", "answer_length", "generation"),
         ("DriftDetected", "retrieval_empty", "retrieval"),
@@ -164,8 +174,8 @@ async def test_a_feedback_drop_on_one_prompt_version_is_detected(store):
                     "revision": 0,
                 }
             )
-    await insert_new(store, "feedback", rows)
-    alerts = await Monitor(store, SETTINGS).run_window(window(6))
+    await Analytics(store).insert_new("feedback", rows)
+    alerts = await monitor(store).run_window(window(6))
     assert kinds(alerts) == [("DriftDetected", "feedback_drop", "rag@3")]
     assert alerts[0].value == pytest.approx(0.5) and alerts[0].threshold == pytest.approx(0.9)
 
@@ -200,9 +210,9 @@ async def test_query_embeddings_drifting_to_other_topics_are_detected(store, emb
         await embed(n, reference[n::5])
     await embed(5, stable[:40])
     await embed(6, classes[:40])  # the topic mix moved
-    monitor = Monitor(store, SETTINGS)
-    assert [a for a in await monitor.run_window(window(5)) if a.check == "embedding_drift"] == []
-    drift = [a for a in await monitor.run_window(window(6)) if a.check == "embedding_drift"]
+    watch = monitor(store)
+    assert [a for a in await watch.run_window(window(5)) if a.check == "embedding_drift"] == []
+    drift = [a for a in await watch.run_window(window(6)) if a.check == "embedding_drift"]
     assert len(drift) == 1 and isinstance(drift[0], DriftDetected)
     assert drift[0].p_value < 0.01 and drift[0].value > SETTINGS.min_centroid_distance
 
@@ -210,9 +220,9 @@ async def test_query_embeddings_drifting_to_other_topics_are_detected(store, emb
 async def test_open_incidents_survive_a_restart(store):
     for n in range(2):
         await write(store, [event(n, i, "retrieval", latency=900.0) for i in range(20)])
-    raised = await Monitor(store, SETTINGS).run_window(window(0))
+    raised = await monitor(store).run_window(window(0))
     assert kinds(raised) == [("SloBreached", "latency_slo", "retrieval")]
-    restarted = Monitor(store, SETTINGS)
+    restarted = monitor(store)
     await restarted.load()
     assert await restarted.run_window(window(1)) == []  # still the same incident, not a new one
     for n in (2, 3):  # fast again: resolved after two passing windows, under the same alert id

@@ -16,10 +16,9 @@ from PIL import Image
 
 from agents import feedback, telemetry
 from agents.feedback import FeedbackSettings
-from agents.sink import insert_new
 from connectors.analytics import Analytics
 from connectors.clickhouse import AnalyticsStore
-from schemas import FeedbackReceived, utc_now
+from schemas import FeedbackReceived, Served, utc_now
 from tests.integration.analytics_fixtures import opened, stage_event, store_settings
 from topology import report
 from topology.charts import PALETTE
@@ -60,8 +59,7 @@ async def fill(store: AnalyticsStore) -> None:
                     latency,
                     tenant=tenant,
                     started=began,
-                    template_id="rag",
-                    template_version=version,
+                    served=Served(prompt="rag", version=version),
                     model="gpt" if generation else "",
                     input_tokens=300 if generation else 0,
                     output_tokens=40 if generation else 0,
@@ -78,9 +76,10 @@ async def fill(store: AnalyticsStore) -> None:
                 occurred_at=start + timedelta(seconds=5),
             )
         )
-    await insert_new(store, "telemetry", await telemetry.rows(events, store))
-    built = await feedback.rows(ratings, store, FeedbackSettings())
-    await insert_new(store, "feedback", [r for r in built if isinstance(r, dict)])
+    analytics = Analytics(store)
+    await analytics.insert_new("telemetry", await telemetry.rows(events, store))
+    built = await feedback.rows(ratings, analytics, FeedbackSettings())
+    await analytics.insert_new("feedback", [r for r in built if isinstance(r, dict)])
 
 
 async def test_the_page_renders_every_chart_in_chromium(store, tmp_path):

@@ -1,0 +1,61 @@
+"""The alerts sink's rows. The monitor and the experiment guard only publish alert
+events; the one alerts consumer (in the analytics process) stores each as a row of the
+alerts table and then delivers what is new (the webhook), so redelivery stores and
+announces nothing twice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from schemas import decode
+from schemas.alerts import (
+    Alert,
+    AlertResolved,
+    BudgetExceeded,
+    DriftDetected,
+    ExperimentRolledBack,
+    SloBreached,
+)
+from schemas.errors import InvalidEvent
+
+STAGE = "alerts-sink"
+KINDS: dict[str, type[Alert]] = {
+    kind.__name__: kind
+    for kind in (DriftDetected, SloBreached, BudgetExceeded, AlertResolved, ExperimentRolledBack)
+}
+
+
+def decode_alert(data: bytes | None) -> Alert:
+    """An alert event as its own kind (its `event_type` says which)."""
+    try:
+        kind = json.loads(data or b"").get("event_type")
+    except (ValueError, UnicodeDecodeError, RecursionError, AttributeError) as exc:
+        raise InvalidEvent(f"not an alert event: {str(exc)[:200]}") from exc
+    model = KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise InvalidEvent(f"not an alert event: event_type {kind!r} is not one of {sorted(KINDS)}")
+    return decode(data, model)
+
+
+def alert_row(alert: Alert) -> dict[str, Any]:
+    return {
+        "event_id": alert.event_id,
+        "alert_id": alert.alert_id,
+        "event_type": type(alert).__name__,
+        "check_name": alert.check,
+        "subject": alert.subject,
+        "value": alert.value,
+        "threshold": alert.threshold,
+        "p_value": alert.p_value,
+        "window_start": alert.window_start,
+        "window_end": alert.window_end,
+        "message": alert.message,
+        "occurred_at": alert.occurred_at,
+    }
+
+
+async def rows(events: Sequence[Alert], data: object) -> list[dict[str, Any]]:
+    """The sink's RowBuilder: one row per alert event."""
+    return [alert_row(a) for a in events]

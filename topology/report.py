@@ -53,10 +53,14 @@ def describe_window(window: timedelta) -> str:
     return f"{seconds}s"
 
 
-async def collect(analytics: Analytics, since: timedelta, tenant: str = "") -> ReportData:
+async def collect(
+    analytics: Analytics, since: timedelta, tenant: str = "", probes: bool = False
+) -> ReportData:
     """Everything the report shows. Chart buckets fit the data's own time span (about 60
-    points), not the window's: a 24 h window holding 3 minutes of data still draws lines."""
-    extent = await analytics.extent(since, tenant)
+    points), not the window's: a 24 h window holding 3 minutes of data still draws lines.
+    The local stack's readiness probes are left out unless `probes` (or their tenant is
+    asked for)."""
+    extent = await analytics.extent(since, tenant, probes)
     span = 60.0
     if extent is not None:
         span = max(60.0, _epoch(extent[1]) - _epoch(extent[0]) + 60)
@@ -64,12 +68,12 @@ async def collect(analytics: Analytics, since: timedelta, tenant: str = "") -> R
     if bucket >= 60:
         bucket = bucket // 60 * 60
     latency, cost, feedback, slowest, latency_series, feedback_series, alerts = await asyncio.gather(
-        analytics.latency(since, tenant),
-        analytics.cost(since, tenant),
-        analytics.feedback(since, tenant),
-        analytics.slowest(since, 5, tenant),
-        analytics.latency_over_time(since, bucket, tenant),
-        analytics.feedback_over_time(since, bucket * 3, tenant),  # ratings are sparser
+        analytics.latency(since, tenant, probes),
+        analytics.cost(since, tenant, probes),
+        analytics.feedback(since, tenant, probes),
+        analytics.slowest(since, 5, tenant, probes),
+        analytics.latency_over_time(since, bucket, tenant, probes),
+        analytics.feedback_over_time(since, bucket * 3, tenant, probes),  # ratings are sparser
         analytics.alerts(since),
     )
     return ReportData(

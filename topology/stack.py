@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from connectors.analytics import ServiceStore
+from connectors.analytics import PROBE_TENANT, ServiceStore
 from connectors.client import Client
 from connectors.kafka import wait_for_broker
 from connectors.local_llm import server_argv, wait_until_serving
@@ -30,8 +30,8 @@ from topology.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Readiness probes ask as this tenant, which owns no documents.
-PROBE_TENANT = "llmops-probe"
+# Readiness probes ask as PROBE_TENANT, which owns no documents; the analytics queries
+# leave that tenant out of reports, cost and the monitor's windows.
 
 
 def free_port() -> int:

@@ -13,9 +13,10 @@ import pytest
 
 from agents import feedback, telemetry
 from agents.feedback import FeedbackSettings
-from connectors.analytics import Analytics
+from connectors.analytics import PROBE_TENANT, Analytics
 from connectors.clickhouse import AnalyticsStore, ClickHouseSettings, QueryFailed
 from connectors.migrations import apply
+from connectors.ports import Rows, Window
 from schemas import FeedbackReceived, Served, utc_now
 from schemas.errors import PermanentError
 from tests.integration.analytics_fixtures import opened, stage_event, store_settings
@@ -113,6 +114,31 @@ async def test_named_queries_answer_from_the_rollups_and_the_raw_table(store):
     assert rows[2]["passage_ids"] == ["a", "b"] and rows[3]["answer"] == "answer 3"
     assert rated.rows == []
     assert (await analytics.latency(DAY, "nobody")).rows == []
+
+
+async def test_probe_traffic_is_stored_but_left_out_unless_asked_for(store):
+    await write(store, trace(1) + trace(2, tenant=PROBE_TENANT))
+    analytics = Analytics(store)
+    assert await count(store, "SELECT count() FROM telemetry") == 8  # stored, like any traffic
+
+    def tenants(rows: Rows) -> set[str]:
+        return {r["tenant"] for r in rows.dicts()}
+
+    assert tenants(await analytics.cost(DAY)) == {"acme"}
+    assert tenants(await analytics.cost(DAY, probes=True)) == {"acme", PROBE_TENANT}
+    assert tenants(await analytics.cost(DAY, PROBE_TENANT)) == {PROBE_TENANT}
+    assert {r["events"] for r in (await analytics.latency(DAY)).dicts()} == {1}
+    assert {r["events"] for r in (await analytics.latency(DAY, probes=True)).dicts()} == {2}
+    assert [r["trace_id"] for r in (await analytics.slowest(DAY)).dicts()] == ["t1"]
+    # The monitor's windows never see probes.
+    window = Window(START - timedelta(minutes=1), START + timedelta(minutes=1))
+    assert {(load.stage, load.events) for load in await analytics.stage_loads(window)} == {
+        ("prompting", 1),
+        ("embedding", 1),
+        ("retrieval", 1),
+        ("generation", 1),
+    }
+    assert await analytics.spend_by_tenant(START) == {"acme": pytest.approx(0.001)}
 
 
 async def test_values_are_bound_never_spliced_and_raw_queries_are_read_only(store):

@@ -26,7 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from agents import telemetry
-from agents.sink import SinkSettings, insert_new
+from agents.sink import SinkSettings
 from connectors.analytics import Analytics
 from connectors.clickhouse import AnalyticsStore, ChdbStore, ClickHouseSettings
 from connectors.migrations import apply
@@ -80,7 +80,7 @@ async def throughput(
     for i in range(0, len(rows), size):
         chunk = rows[i : i + size]
         if dedup:
-            await insert_new(store, "telemetry", chunk)
+            await Analytics(store).insert_new("telemetry", chunk)
         else:
             await store.insert("telemetry", chunk)
     elapsed = time.perf_counter() - started

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agents.monitor import Monitor, MonitorSettings, Window
+from connectors.analytics import Analytics
 from connectors.clickhouse import ChdbStore, ClickHouseSettings
 from connectors.client import Client
 from topology.report import text_table
@@ -75,7 +76,7 @@ async def evaluate(
     store = ChdbStore(ClickHouseSettings(path=path))
     await store.open()
     try:
-        monitor = Monitor(store, settings)
+        monitor = Monitor(Analytics(store), settings)
         size = timedelta(seconds=args.window)
         first = shift_at - size * args.stable
         fired: dict[str, list[int]] = {c: [] for c in DRIFT_CHECKS}

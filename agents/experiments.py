@@ -26,8 +26,8 @@ from schemas.alerts import Alert, ExperimentRolledBack
 from schemas.prompts import Experiment, LabelMoved
 
 log = logging.getLogger(__name__)
-# The producer of its alert events. The label it moves still says `moved_by="monitor"`:
-# the analytics process's monitoring moved it (what `llmops prompts` shows).
+# The producer of its alert events. The labels it moves keep `moved_by="monitor"`, as
+# label histories recorded before.
 STAGE = "experiment-guard"
 Z95 = 1.959964
 

@@ -1,7 +1,9 @@
 import re
 from pathlib import Path
 
-from topology.graph import ENTRY_POINTS, STAGES, mermaid
+from topology.analytics_app import create_analytics_app
+from topology.graph import ENTRY_POINTS, LEADER_TIMERS, SINKS, STAGES, mermaid
+from topology.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -25,3 +27,28 @@ def test_stage_names_are_unique_and_match_agent_modules():
     assert len(names) == len(set(names))
     for stage in STAGES:
         assert stage.handler.__module__ == f"agents.{stage.name}"
+
+
+def test_every_sink_reads_a_topic_something_feeds():
+    fed = {s.produces for s in STAGES} | {topic for _, topic, _ in ENTRY_POINTS} | {"telemetry"}
+    fed |= {field for timer in LEADER_TIMERS for field, _ in timer.produces}
+    for sink in SINKS:
+        assert sink.consumes in fed, sink.name
+    names = [s.name for s in STAGES] + [s.name for s in SINKS] + [t.name for t in LEADER_TIMERS]
+    assert len(names) == len(set(names))
+
+
+def test_the_analytics_app_runs_exactly_the_declared_sinks_and_leader_timers():
+    app = create_analytics_app(Settings())  # constructors do no I/O: nothing starts
+    assert sorted(app.agents) == sorted(s.name for s in SINKS)
+    timers = [task.__name__ for task in app._app_tasks]
+    assert timers == [t.name.replace("-", "_") for t in LEADER_TIMERS]
+
+
+def test_the_diagram_draws_the_analytics_side_and_its_topics():
+    drawn = mermaid()
+    for sink in SINKS:
+        assert f"({sink.name})" in drawn
+    for timer in LEADER_TIMERS:
+        assert f"{{{{{timer.name}}}}}" in drawn
+    assert '[["llmops.alerts"]]' in drawn and "prompt-registry-changelog" in drawn

@@ -70,3 +70,20 @@ def test_secrets_show_no_value_and_defaults_ignore_the_environment(monkeypatch):
     monkeypatch.setenv("LLMOPS_KAFKA__PARTITIONS", "9")
     monkeypatch.setenv("LLMOPS_LLM__API_KEY", "sk-canary")
     assert render() == before
+
+
+def test_every_variable_the_readme_and_docs_name_exists():
+    import re
+
+    known = set(re.findall(r"\| `(LLMOPS_[A-Z0-9_]+)` \|", render()))
+    # Switches of the test suite, not settings of the system.
+    test_switches = {"LLMOPS_REQUIRE_APACHE_KAFKA", "LLMOPS_REQUIRE_CHROMIUM"}
+    root = TARGET.parents[1]
+    pages = [root / "README.md", *sorted(p for p in TARGET.parent.glob("*.md") if p != TARGET)]
+    unknown = [
+        f"{page.name}: {name}"
+        for page in pages
+        for name in sorted(set(re.findall(r"LLMOPS_[A-Z0-9_]*[A-Z0-9]", page.read_text(encoding="utf-8"))))
+        if name not in known | test_switches and not any(k.startswith(f"{name}__") for k in known)
+    ]
+    assert not unknown, f"settings named in the docs that the settings tree lacks: {unknown}"

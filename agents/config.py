@@ -1,41 +1,64 @@
-"""Settings the stages read: limits, defaults, chunking and the built-in prompt template."""
+"""Settings the stages read: limits, defaults, chunking and the built-in prompt."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
-from schemas.queries import RetrievalMode
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.prompts import PromptVersion
 
-class PromptTemplate(BaseModel):
-    """The built-in prompt, served while the registry has no version under the served
-    label. A template rendered once with `$question` and `$context` (string.Template
-    syntax); its version is the hash of its content, as for registry versions."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str = "rag-answer"
-    system: str = (
+DEFAULT_TOP_K = 4
+# The built-in prompt, served while the registry has no version under the served label.
+# Each field can be set as LLMOPS_PIPELINE__PROMPT__<FIELD>; its version is the hash of
+# its content, as for registry versions, so an edit is a new version.
+BUILTIN_PROMPT: dict[str, Any] = {
+    "name": "rag-answer",
+    "description": "built in (LLMOPS_PIPELINE__PROMPT__*)",
+    "system": (
         "You answer questions using only the numbered passages provided. Cite every claim "
         "with the passage number in brackets, like [1]. If the passages do not contain the "
         "answer, say so."
-    )
-    template: str = "Passages:\n$context\n\nQuestion: $question\nAnswer:"
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    max_tokens: int = Field(default=512, ge=1)
+    ),
+    "template": "Passages:\n$context\n\nQuestion: $question\nAnswer:",
     # Hybrid measured best on SciFact through the pipeline (README, "Retrieval quality").
-    retrieval_mode: RetrievalMode = "hybrid"
+    "retrieval_mode": "hybrid",
+}
 
 
 class PipelineSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    default_top_k: int = Field(default=4, ge=1, le=100, description="Passages per answer.")
+    default_top_k: int = Field(
+        default=DEFAULT_TOP_K, ge=1, le=100, description="Passages per answer (the built-in prompt's top_k)."
+    )
     max_question_chars: int = Field(default=4_000, ge=1)
     chunk_words: int = Field(default=160, ge=8, description="Words per indexed chunk.")
     chunk_overlap: int = Field(default=32, ge=0, description="Words shared by adjacent chunks.")
-    prompt: PromptTemplate = PromptTemplate()
+    prompt: PromptVersion = Field(
+        default_factory=lambda: PromptVersion(**BUILTIN_PROMPT, top_k=DEFAULT_TOP_K),
+        description="The built-in prompt, served while the registry has no version under the served label.",
+    )
     serve_label: str = Field(
         default="production",
         description="The registry label that answers queries (split by its running experiment, if any).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_the_builtin_prompt(cls, data: Any) -> Any:
+        """Fields of the prompt that are not set (LLMOPS_PIPELINE__PROMPT__*) are the
+        built-in prompt's; it retrieves `default_top_k` passages."""
+        if not isinstance(data, dict) or not isinstance(data.get("prompt", {}), dict):
+            return data
+        top_k = data.get("default_top_k", DEFAULT_TOP_K)
+        return {**data, "prompt": {**BUILTIN_PROMPT, "top_k": top_k, **data.get("prompt", {})}}
+
+    @model_validator(mode="after")
+    def _one_top_k(self) -> PipelineSettings:
+        if self.prompt.top_k != self.default_top_k:
+            raise ValueError(
+                f"pipeline.prompt.top_k ({self.prompt.top_k}) differs from pipeline.default_top_k "
+                f"({self.default_top_k}): set LLMOPS_PIPELINE__DEFAULT_TOP_K only"
+            )
+        return self

@@ -27,7 +27,7 @@ def search_vector(question: np.ndarray, passage: np.ndarray | None, hyde: str) -
 
 async def handle_batch(events: Sequence[PromptAssembled], deps: Dependencies) -> list[QueryEmbedded]:
     texts = [e.prompt.retrieval_text for e in events]
-    hyde = [i for i, e in enumerate(events) if e.prompt.hyde != "off" and e.prompt.hyde_passage]
+    hyde = [i for i, e in enumerate(events) if e.prompt.served.hyde != "off" and e.prompt.hyde_passage]
     # ONNX Runtime releases the GIL: a thread keeps the worker's heartbeats going.
     vectors = await asyncio.to_thread(
         deps.embedder.embed, texts + [events[i].prompt.hyde_passage for i in hyde]
@@ -39,7 +39,7 @@ async def handle_batch(events: Sequence[PromptAssembled], deps: Dependencies) ->
             QueryEmbedded,
             STAGE,
             prompt=e.prompt,
-            vector=search_vector(v, passages.get(i), e.prompt.hyde).tolist(),
+            vector=search_vector(v, passages.get(i), e.prompt.served.hyde).tolist(),
             embedding_model=deps.embedder.name,
             input_tokens=n,
             latency_ms=e.latency_ms,

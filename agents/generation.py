@@ -14,22 +14,24 @@ STAGE = "generation"
 
 def render(event: ContextRetrieved) -> RenderedPrompt:
     """Fill the template once, with the context; user text is a value, never a template."""
-    spec = event.prompt
+    spec, served = event.prompt, event.prompt.served
     sources = [Source(id=p.id, title=p.title, text=p.text) for p in event.passages]
     context = "\n\n".join(f"[{n}] {s.title}\n{s.text}" for n, s in enumerate(sources, start=1))
     try:
         user = Template(spec.template).substitute(spec.variables, context=context)
     except (KeyError, ValueError) as exc:
-        raise PermanentError(f"template {spec.template_id}@{spec.template_version}: {exc!r}") from exc
+        raise PermanentError(f"template {served.prompt}@{served.version}: {exc!r}") from exc
+    if served.temperature is None:  # optional in Served for old telemetry; a prompt always has one
+        raise PermanentError(f"prompt {served.prompt}@{served.version} carries no temperature")
     return RenderedPrompt(
         system=spec.system,
         user=user,
         question=spec.variables.get("question", ""),
         sources=sources,
-        temperature=spec.temperature,
+        temperature=served.temperature,
         max_tokens=spec.max_tokens,
-        model=spec.model,
-        seed=spec.seed,
+        model=served.model,
+        seed=served.seed,
     )
 
 
@@ -44,14 +46,7 @@ async def handle(event: ContextRetrieved, deps: Dependencies) -> ResponseGenerat
         citations=generation.citations,
         passages=event.passages,
         model=generation.model,
-        template_id=event.prompt.template_id,
-        template_version=event.prompt.template_version,
-        retrieval_mode=event.prompt.retrieval_mode,
-        temperature=event.prompt.temperature,
-        seed=event.prompt.seed,
-        label=event.prompt.label,
-        experiment=event.prompt.experiment,
-        arm=event.prompt.arm,
+        served=event.prompt.served,
         # HyDE's tokens beside the answer's (telemetry counts them on the prompting stage).
         usage_details={
             **generation.usage_details,

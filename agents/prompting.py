@@ -9,9 +9,8 @@ from string import Template
 
 from agents import intake
 from agents.deps import Dependencies
-from agents.registry import builtin
 from connectors.ports import Generation, RenderedPrompt
-from schemas import PromptAssembled, PromptSpec, QueryReceived
+from schemas import PromptAssembled, PromptSpec, QueryReceived, Served
 from schemas.errors import PermanentError
 from schemas.prompts import PromptVersion
 
@@ -26,27 +25,30 @@ HYDE_NEEDS_AN_LLM = (
 async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
     pipeline = deps.pipeline
     routed = deps.registry.route(
-        pipeline.serve_label, query.user or query.trace_id, query.prompt_ref, builtin(pipeline)
+        pipeline.serve_label, query.user or query.trace_id, query.prompt_ref, pipeline.prompt
     )
     prompt = routed.prompt
     admitted = intake.admit(query, pipeline, prompt.top_k)
+    served = Served(
+        prompt=prompt.name,
+        version=prompt.version,
+        label=routed.label,
+        experiment=routed.experiment,
+        arm=routed.arm,
+        model=prompt.model,
+        temperature=prompt.temperature,
+        seed=prompt.seed,
+        retrieval_mode=query.retrieval_mode or prompt.retrieval_mode,
+        hyde=prompt.hyde,
+    )
     spec = PromptSpec(
-        template_id=prompt.name,
-        template_version=prompt.version,
+        served=served,
         system=prompt.system,
         template=prompt.template,
         variables={"question": admitted.question},
         retrieval_text=admitted.question,
         top_k=admitted.top_k,
-        retrieval_mode=query.retrieval_mode or prompt.retrieval_mode,
-        temperature=prompt.temperature,
         max_tokens=prompt.max_tokens,
-        model=prompt.model,
-        seed=prompt.seed,
-        label=routed.label,
-        experiment=routed.experiment,
-        arm=routed.arm,
-        hyde=prompt.hyde,
     )
     if prompt.hyde == "off":
         return query.follow(PromptAssembled, STAGE, prompt=spec)

@@ -18,7 +18,7 @@ STAGE = "retrieval"
 async def handle_batch(events: Sequence[QueryEmbedded], deps: Dependencies) -> list[ContextRetrieved]:
     groups: dict[tuple[str, RetrievalMode], list[int]] = defaultdict(list)
     for i, event in enumerate(events):
-        groups[event.tenant, event.prompt.retrieval_mode].append(i)
+        groups[event.tenant, event.prompt.served.retrieval_mode].append(i)
     found: list[Found] = [Found(hits=[]) for _ in events]
     for (tenant, mode), indices in groups.items():
         k = max(events[i].prompt.top_k for i in indices)

@@ -1,6 +1,6 @@
-"""StageCompleted reports: what a stage did with one event, built from the event it
+"""StageCompleted events: what a stage did with one event, built from the event it
 took, what it made of it (an output event or an exception) and when. Stage facts come
-from the output's type, so handlers report nothing themselves."""
+from the output's type, so handlers record nothing themselves."""
 
 from __future__ import annotations
 
@@ -92,15 +92,7 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
     for event in (source, output):
         prompt = getattr(event, "prompt", None)
         if isinstance(prompt, PromptSpec):
-            found.update(
-                template_id=prompt.template_id,
-                template_version=prompt.template_version,
-                retrieval_mode=prompt.retrieval_mode,
-                label=prompt.label,
-                experiment=prompt.experiment,
-                arm=prompt.arm,
-                hyde=prompt.hyde,
-            )
+            found["served"] = prompt.served
     match output:
         case PromptAssembled(prompt=p):
             found["question"] = p.variables.get("question", "")
@@ -123,9 +115,7 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
         case ResponseGenerated():
             found.update(
                 model=output.model,
-                template_id=output.template_id,
-                template_version=output.template_version,
-                retrieval_mode=output.retrieval_mode,
+                served=output.served,
                 input_tokens=output.usage_details.get("input", 0),
                 output_tokens=output.usage_details.get("output", 0),
                 question=output.question,
@@ -135,7 +125,7 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
     return found
 
 
-def report(
+def stage_completed(
     stage: str,
     source: Event | None,
     outcome: Event | BaseException | None,
@@ -175,8 +165,25 @@ def report(
 
 # Envelope fields the telemetry table has no column for.
 _NOT_STORED = {"event_type", "schema_version", "occurred_at"}
+# The telemetry table's columns for what served the request: "" before prompting.
+_SERVED_COLUMNS = {
+    "template_id": "prompt",
+    "template_version": "version",
+    "retrieval_mode": "retrieval_mode",
+    "label": "label",
+    "experiment": "experiment",
+    "arm": "arm",
+    "hyde": "hyde",
+}
+
+
+def row(event: StageCompleted) -> dict[str, Any]:
+    """The event as it is, with `served` spread into its columns (rows go in by name)."""
+    served = event.served
+    columns = {column: getattr(served, key) if served else "" for column, key in _SERVED_COLUMNS.items()}
+    return {**event.model_dump(exclude=_NOT_STORED | {"served"}), **columns}
 
 
 async def rows(events: Sequence[StageCompleted], store: object) -> list[dict[str, Any]]:
-    """Telemetry rows are the events as they are (the sink's RowBuilder)."""
-    return [event.model_dump(exclude=_NOT_STORED) for event in events]
+    """Telemetry rows (the sink's RowBuilder)."""
+    return [row(event) for event in events]

@@ -85,7 +85,7 @@ async def run_pipeline(
             answers = await asyncio.gather(*(ask(q, mode) for q in questions))
             wall_ms = (time.perf_counter() - started) * 1000 / len(questions)
             rankings = [documents_in_order([p.doc_id for p in a.passages]) for a in answers]
-            assert all(a.retrieval_mode == mode for a in answers)
+            assert all(a.served.retrieval_mode == mode for a in answers)
             single: list[list[float]] = []
             for _ in range(runs):
                 one = [await ask(q, mode) for q in questions[:sequential]]

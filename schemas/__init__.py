@@ -16,6 +16,7 @@ from schemas.queries import (
     RequestFailed,
     ResponseGenerated,
     RetrievalMode,
+    Served,
 )
 from schemas.telemetry import StageCompleted
 
@@ -37,6 +38,7 @@ __all__ = [
     "QueryReceived",
     "ResponseGenerated",
     "RetrievalMode",
+    "Served",
     "StageCompleted",
     "TransientError",
     "decode",

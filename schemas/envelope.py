@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-SCHEMA_VERSION = 1
+# 2: what served a request (prompt, version, label, arm, settings) is one `Served` value
+# in the query events and StageCompleted instead of fields copied into each. Version 1
+# bytes still decode: each event type that changed upgrades them in `upgrade`.
+SCHEMA_VERSION = 2
 
 # Tenants end up in Milvus filter expressions and ClickHouse rows: a closed alphabet
 # means no tenant string can change the meaning of a query built from it.
@@ -42,6 +45,21 @@ class Event(Frozen):
     occurred_at: AwareDatetime = Field(default_factory=utc_now)
     producer: Identifier
     tenant: Tenant = "default"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_older_versions(cls, data: Any) -> Any:
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if isinstance(version, int) and version < SCHEMA_VERSION:
+            # The model holds the current shape, so it says the current version.
+            return {**cls.upgrade(dict(data), version), "schema_version": SCHEMA_VERSION}
+        return data
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """An older version's fields in this version's shape; event types whose shape
+        changed since `version` override this."""
+        return data
 
     def follow(self, cls: type[E], producer: str, **fields: object) -> E:
         """The next event of the same request: same trace and tenant, new id and time."""

@@ -25,7 +25,7 @@ class PromptVersion(Frozen):
     """One prompt version: the template and every setting that shapes its answer. The
     `version` is derived from the rest, so equal content is the same version everywhere."""
 
-    kind: Literal["prompt"] = "prompt"
+    kind: Literal["prompt"] = Field(default="prompt", description="The registry record's kind.")
     name: Identifier = Field(description="What the prompt is for, e.g. rag-answer.")
     description: str = ""
     system: str
@@ -39,7 +39,7 @@ class PromptVersion(Frozen):
     hyde: HydeMode = "off"
     hyde_instruction: str = DEFAULT_HYDE_INSTRUCTION
     hyde_max_tokens: int = Field(default=256, ge=1)
-    version: str = ""
+    version: str = Field(default="", description="Derived: the hash of the rest; any other value is refused.")
 
     @model_validator(mode="after")
     def _version_is_the_content_hash(self) -> PromptVersion:

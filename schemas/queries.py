@@ -4,7 +4,8 @@ no stage has to look anything up by trace id."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
@@ -37,42 +38,91 @@ class QueryReceived(Event):
     )
 
 
+class Served(Frozen):
+    """What served one request: the prompt version and the settings it answers with, the
+    registry label and experiment arm that chose it, and how retrieval searches. Prompting
+    fixes it once; every later event of the request, and its telemetry, carries it as is."""
+
+    prompt: Identifier = Field(description="The prompt's name, e.g. rag-answer.")
+    version: Identifier = Field(description="The prompt version: the hash of its content.")
+    label: str = Field(
+        default="", description="The registry label that served it; empty if pinned by version."
+    )
+    experiment: str = ""
+    arm: str = Field(default="", description="The experiment arm (a label) the user was assigned.")
+    model: str | None = Field(default=None, description="The model the prompt asks for; None: the worker's.")
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, description="None only where it went unrecorded (telemetry before v2)."
+    )
+    seed: int | None = None
+    # Events from before retrieval modes existed were all dense, and before HyDE all off.
+    retrieval_mode: RetrievalMode = "dense"
+    hyde: HydeMode = Field(default="off", description="How the search vector uses the hypothetical passage.")
+
+
+# Version 1 carried Served's fields flat, with the prompt as template_id@template_version.
+_RENAMED_SINCE_V1 = {"template_id": "prompt", "template_version": "version"}
+
+
+def served_from_v1(fields: dict[str, Any], names: Iterable[str]) -> dict[str, Any] | None:
+    """Take the named version 1 fields out of `fields` as a Served value. Version 1 wrote
+    "" where a fact was unknown (telemetry before prompting); those are left out, so
+    nothing at all is no Served (None) and the rest take Served's defaults."""
+    taken = {_RENAMED_SINCE_V1.get(name, name): fields.pop(name) for name in names if name in fields}
+    known = {name: value for name, value in taken.items() if value != ""}
+    return known or None
+
+
 class PromptSpec(Frozen):
     """Which template answers the question, with its variables and generation settings.
     The final prompt is rendered once, in generation, when the context is known."""
 
-    template_id: Identifier
-    template_version: Identifier
+    served: Served
     system: str
     template: str
     variables: dict[str, str]
     retrieval_text: str = Field(min_length=1)
     top_k: int = Field(ge=1, le=100)
-    # Events from before retrieval modes existed were all dense.
-    retrieval_mode: RetrievalMode = "dense"
-    temperature: float = Field(ge=0.0, le=2.0)
     max_tokens: int = Field(ge=1)
-    model: str | None = Field(default=None, description="None: the worker's configured model.")
-    seed: int | None = None
-    # Which registry label served it, and the experiment arm when traffic was split.
-    label: str = ""
-    experiment: str = ""
-    arm: str = ""
-    # HyDE: how the search vector uses the hypothetical passage prompting wrote (if any).
-    hyde: HydeMode = "off"
+    # HyDE: the hypothetical passage prompting wrote (if any), for embedding to search with.
     hyde_passage: str = ""
     # What writing the HyDE passage took: the model that wrote it and its tokens.
     hyde_model: str = ""
     hyde_usage: dict[str, int] = Field(default_factory=dict)
 
 
-class PromptAssembled(Event):
+_SPEC_V1 = (
+    "template_id",
+    "template_version",
+    "label",
+    "experiment",
+    "arm",
+    "model",
+    "temperature",
+    "seed",
+    "retrieval_mode",
+    "hyde",
+)
+
+
+class _CarriesPromptSpec(Event):
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        prompt = data.get("prompt")
+        if version < 2 and isinstance(prompt, dict):
+            prompt = dict(prompt)
+            served = served_from_v1(prompt, _SPEC_V1)  # takes its fields out of `prompt`
+            data["prompt"] = {**prompt, "served": served}
+        return data
+
+
+class PromptAssembled(_CarriesPromptSpec):
     event_type: Literal["PromptAssembled"] = "PromptAssembled"
     prompt: PromptSpec
     latency_ms: Timings = Field(default_factory=dict)
 
 
-class QueryEmbedded(Event):
+class QueryEmbedded(_CarriesPromptSpec):
     event_type: Literal["QueryEmbedded"] = "QueryEmbedded"
     prompt: PromptSpec
     vector: list[float] = Field(min_length=1)
@@ -90,7 +140,7 @@ class Passage(Frozen):
     score: float
 
 
-class ContextRetrieved(Event):
+class ContextRetrieved(_CarriesPromptSpec):
     event_type: Literal["ContextRetrieved"] = "ContextRetrieved"
     prompt: PromptSpec
     passages: list[Passage]
@@ -109,17 +159,17 @@ class ResponseGenerated(Event):
     answer: str
     citations: list[Identifier]
     passages: list[Passage]
-    model: Identifier
-    template_id: Identifier
-    template_version: Identifier
-    retrieval_mode: RetrievalMode = "dense"
-    temperature: float | None = None
-    seed: int | None = None
-    label: str = ""
-    experiment: str = ""
-    arm: str = ""
+    model: Identifier = Field(description="The model that answered, as its server names it.")
+    served: Served
     usage_details: dict[str, int] = Field(default_factory=dict)
     latency_ms: Timings = Field(default_factory=dict)
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        if version < 2:
+            names = ("template_id", "template_version", "label", "experiment", "arm", "temperature", "seed")
+            data["served"] = served_from_v1(data, (*names, "retrieval_mode"))
+        return data
 
 
 class RequestFailed(Event):

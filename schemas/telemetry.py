@@ -3,11 +3,12 @@ per stage, on the telemetry topic. The analytics sink stores these rows as they 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field
 
 from schemas.envelope import Event, Identifier
+from schemas.queries import Served, served_from_v1
 
 
 class StageCompleted(Event):
@@ -21,16 +22,10 @@ class StageCompleted(Event):
     latency_ms: float = Field(ge=0)
     status: Literal["ok", "error"]
     error_class: str = ""
-    # The model as its server names it (OpenAI-compatible servers put the version in the
-    # name, e.g. gpt-4o-mini-2024-07-18); the prompt version is template_version.
+    # The stage's model as its server names it (OpenAI-compatible servers put the version
+    # in the name, e.g. gpt-4o-mini-2024-07-18); the prompt version is in `served`.
     model: str = ""
-    template_id: str = ""
-    template_version: str = ""
-    retrieval_mode: str = Field(default="", description="dense, bm25 or hybrid; empty before prompting.")
-    label: str = Field(default="", description="The registry label that served the prompt.")
-    experiment: str = ""
-    arm: str = Field(default="", description="The experiment arm (a label) the user was assigned.")
-    hyde: str = Field(default="", description="off, replace or average; empty before prompting.")
+    served: Served | None = Field(default=None, description="What served the request; None before prompting.")
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
@@ -46,3 +41,10 @@ class StageCompleted(Event):
     citations: list[str] = Field(default_factory=list)
     # embedding: the query's vector, for the sampled share of traces (drift checks).
     query_vector: list[float] = Field(default_factory=list)
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        if version < 2:
+            flat = ("template_id", "template_version", "label", "experiment", "arm", "retrieval_mode", "hyde")
+            data["served"] = served_from_v1(data, flat)
+        return data

@@ -8,7 +8,7 @@ import pytest
 from agents import embedding, generation, indexing, prompting, retrieval, telemetry
 from agents.config import PipelineSettings
 from agents.deps import Dependencies
-from agents.registry import Registry, builtin
+from agents.routing import Registry
 from connectors.llm import ExtractiveBackend, Generation, LLMSettings
 from connectors.milvus import Found, Hit
 from schemas import ContextRetrieved, DocumentSubmitted, Passage, QueryReceived
@@ -74,8 +74,8 @@ def ask(question: str, tenant: str = "acme", top_k: int | None = None) -> QueryR
 async def test_prompting_fixes_template_and_normalises_the_question(deps):
     out = await prompting.handle(ask("  what   is\na lambda? "), deps)
     assert out.prompt.variables == {"question": "what is a lambda?"}
-    expected = ("rag-answer", builtin(deps.pipeline).version, 2)
-    assert (out.prompt.template_id, out.prompt.template_version, out.prompt.top_k) == expected
+    expected = ("rag-answer", deps.pipeline.prompt.version, 2)
+    assert (out.prompt.served.prompt, out.prompt.served.version, out.prompt.top_k) == expected
     assert out.trace_id == "t-acme-  wha" and out.producer == "prompting"
 
 
@@ -106,10 +106,10 @@ async def test_retrieval_searches_each_mode_apart_and_the_answer_records_it(deps
     ]
     contexts = await retrieval.handle_batch(await embedding.handle_batch(prompts, deps), deps)
     assert sorted(s[3] for s in deps.store.searches) == ["bm25", "dense", "hybrid"]
-    assert [c.prompt.retrieval_mode for c in contexts] == ["dense", "bm25", "dense", "hybrid"]
+    assert [c.prompt.served.retrieval_mode for c in contexts] == ["dense", "bm25", "dense", "hybrid"]
     assert contexts[1].dense_scores == [] and contexts[0].bm25_scores == []
     answer = await generation.handle(contexts[1], deps)
-    assert answer.retrieval_mode == "bm25"
+    assert answer.served.retrieval_mode == "bm25"
 
 
 async def test_generation_renders_user_text_as_a_value_not_a_template(deps):
@@ -133,7 +133,7 @@ async def test_generation_renders_user_text_as_a_value_not_a_template(deps):
     assert "Question: what is $context ${question}?" in rendered.user
     assert "[1] T\nContext managers" in rendered.user
     response = await generation.handle(event, deps)
-    assert response.citations == ["p1"] and response.template_version == builtin(deps.pipeline).version
+    assert response.citations == ["p1"] and response.served.version == deps.pipeline.prompt.version
 
 
 async def test_indexing_embeds_every_chunk_and_uses_stable_ids(deps):
@@ -191,7 +191,7 @@ async def test_prompting_serves_the_registry_label_with_its_settings(deps):
     prompt = PromptVersion(name="rag", system="s", template="$context $question", top_k=3, seed=7, model="m1")
     out = await prompting.handle(ask("what is a lambda?"), served(deps, prompt))
     p = out.prompt
-    assert (p.template_version, p.label, p.top_k, p.seed, p.model) == (
+    assert (p.served.version, p.served.label, p.top_k, p.served.seed, p.served.model) == (
         prompt.version,
         "production",
         3,
@@ -219,13 +219,9 @@ async def test_hyde_passage_is_written_in_prompting_and_embedding_searches_with_
         {"input": 12, "output": 5},
     )
     assert "Question: what is a lambda?" in llm.asked[0].user and llm.asked[0].seed == 3
-    report = telemetry.facts(None, assembled)
-    assert (report["model"], report["input_tokens"], report["output_tokens"], report["hyde"]) == (
-        "served",
-        12,
-        5,
-        mode,
-    )
+    found = telemetry.facts(None, assembled)
+    assert (found["model"], found["input_tokens"], found["output_tokens"]) == ("served", 12, 5)
+    assert found["served"] == assembled.prompt.served and assembled.prompt.served.hyde == mode
     [embedded] = await embedding.handle_batch([assembled], deps)
     question, passage = FakeEmbedder().embed(["what is a lambda?", "Lambdas are anonymous functions."])
     expected = passage if mode == "replace" else (question + passage) / np.linalg.norm(question + passage)
@@ -241,4 +237,4 @@ async def test_replaying_a_question_pinned_to_its_version_assembles_the_same_pro
     again = await prompting.handle(
         ask("what is a lambda?").model_copy(update={"prompt_ref": prompt.version}), deps
     )
-    assert first.prompt == again.prompt and first.prompt.template_version == prompt.version
+    assert first.prompt == again.prompt and first.prompt.served.version == prompt.version

@@ -16,6 +16,7 @@ from schemas import (
     PromptSpec,
     QueryReceived,
     RequestFailed,
+    Served,
     StageCompleted,
     decode,
     encode,
@@ -23,14 +24,12 @@ from schemas import (
 from schemas.errors import PermanentError, TransientError
 
 SPEC = PromptSpec(
-    template_id="t",
-    template_version="1",
+    served=Served(prompt="t", version="1", temperature=0),
     system="s",
     template="$question",
     variables={"question": "q"},
     retrieval_text="q",
     top_k=1,
-    temperature=0,
     max_tokens=5,
 )
 
@@ -198,7 +197,7 @@ async def test_every_handled_event_is_reported_once_with_its_outcome():
     assert len(reports) == 3
     by_trace = {r.trace_id: r for r in reports}
     assert by_trace["ok"].status == "ok" and by_trace["ok"].stage == "prompting"
-    assert by_trace["ok"].template_version == "1" and by_trace["ok"].question == "q"
+    assert by_trace["ok"].served.version == "1" and by_trace["ok"].question == "q"
     assert by_trace["no"].status == "error" and by_trace["no"].error_class == "PermanentError"
     undecodable = [r for r in reports if r.trace_id not in ("ok", "no")]
     assert undecodable[0].error_class == "InvalidEvent"

@@ -11,10 +11,10 @@ import time
 import uuid
 from pathlib import Path
 
-from agents.registry import Registry, assign
+from agents.routing import Registry, assign
 from connectors.analytics import Analytics
 from connectors.client import Client
-from connectors.registry import read_all
+from connectors.registry_log import read_all
 from schemas import utc_now
 from schemas.prompts import Experiment
 from tests.integration.test_pipeline import docs, tenant
@@ -53,11 +53,11 @@ async def serve_and_rate(
     )
     given: dict[str, int] = {}
     for answer in answers:
-        pattern = rating[answer.arm]
-        n = given.get(answer.arm, 0)
+        pattern = rating[answer.served.arm]
+        n = given.get(answer.served.arm, 0)
         for k in range(per_answer):
             await client.feedback(answer.trace_id, pattern[(n + k) % len(pattern)], tenant=owner)
-        given[answer.arm] = n + per_answer
+        given[answer.served.arm] = n + per_answer
     return given
 
 
@@ -83,9 +83,9 @@ async def test_the_split_is_sticky_per_user_and_recorded_in_events_and_clickhous
         )
     versions = {control: control_version, canary: canary_version}
     for user, a, b in zip(users, first, again, strict=True):
-        assert a.experiment == name and a.arm == assign(experiment, user) == b.arm
-        assert a.template_version == versions[a.arm] and a.label == a.arm
-    assert {a.arm for a in first} == {control, canary}
+        assert a.served.experiment == name and a.served.arm == assign(experiment, user) == b.served.arm
+        assert a.served.version == versions[a.served.arm] and a.served.label == a.served.arm
+    assert {a.served.arm for a in first} == {control, canary}
 
     analytics = await Analytics.connect(stack.settings.clickhouse, stack.settings.analytics)
     try:
@@ -104,7 +104,7 @@ async def test_the_split_is_sticky_per_user_and_recorded_in_events_and_clickhous
             await asyncio.sleep(1)
     finally:
         await analytics.close()
-    by_trace = {a.trace_id: a.arm for a in first + again}
+    by_trace = {a.trace_id: a.served.arm for a in first + again}
     assert {r["trace_id"]: r["arm"] for r in rows} == by_trace
 
 

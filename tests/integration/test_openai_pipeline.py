@@ -166,7 +166,7 @@ async def test_a_rate_limited_hyde_call_is_retried(
         before = len(chat.hyde_requests())
         chat.failures = [429, 500]
         answer = await client.ask("What is a lambda?", tenant=owner, prompt=hyde.version, timeout=60)
-    assert answer.template_version == hyde.version and not chat.failures
+    assert answer.served.version == hyde.version and not chat.failures
     assert len(chat.hyde_requests()) - before == 3  # 429, 500, then the passage
 
 

@@ -73,10 +73,11 @@ async def test_answers_come_from_the_askers_tenant_only(stack: LocalStack):
         assert answer.citations and set(answer.citations) <= {p.id for p in answer.passages}
         assert "anonymous functions" in answer.answer
         assert set(answer.latency_ms) == {"prompting", "embedding", "retrieval", "generation"}
-        assert (answer.tenant, answer.template_id, answer.model) == (acme, "rag-answer", "extractive")
+        assert (answer.tenant, answer.served.prompt, answer.model) == (acme, "rag-answer", "extractive")
 
         hybrid = await client.ask("What is a lambda expression?", tenant=acme)
-        assert hybrid.retrieval_mode == "hybrid" and "pydoc-lambda" in {p.doc_id for p in hybrid.passages}
+        assert hybrid.served.retrieval_mode == "hybrid"
+        assert "pydoc-lambda" in {p.doc_id for p in hybrid.passages}
         assert {p.doc_id for p in hybrid.passages} <= {"pydoc-lambda", "pydoc-with", "pydoc-assert"}
 
         other = await client.ask("What is a lambda expression?", tenant=beta)

@@ -45,9 +45,9 @@ async def answered_by(client: Client, label: str, owner: str, version: str, time
     began = time.monotonic()
     while True:
         answer = await client.ask("What is a lambda expression?", tenant=owner, prompt=label)
-        if answer.template_version == version:
+        if answer.served.version == version:
             return time.monotonic() - began
-        assert time.monotonic() - began < timeout, f"{label} still answers with {answer.template_version}"
+        assert time.monotonic() - began < timeout, f"{label} still answers with {answer.served.version}"
 
 
 async def test_a_label_moved_with_the_cli_answers_the_next_request(stack: LocalStack, tmp_path: Path):
@@ -63,7 +63,8 @@ async def test_a_label_moved_with_the_cli_answers_the_next_request(stack: LocalS
         await client.ingest(docs("lambda", "with"), tenant=owner)
         await answered_by(client, label, owner, first.version)
         answer = await client.ask("What is a lambda expression?", tenant=owner, prompt=label)
-        assert (answer.template_id, answer.label, answer.seed, answer.temperature) == (
+        served = answer.served
+        assert (served.prompt, served.label, served.seed, served.temperature) == (
             "registry-test",
             label,
             11,
@@ -79,7 +80,7 @@ async def test_a_label_moved_with_the_cli_answers_the_next_request(stack: LocalS
         print(f"label move seen after {moved_in:.2f}s, rollback after {rolled_in:.2f}s")
 
         pinned = await client.ask("What is a lambda?", tenant=owner, prompt=second.version)
-        assert (pinned.template_version, pinned.label) == (second.version, "")
+        assert (pinned.served.version, pinned.served.label) == (second.version, "")
         with pytest.raises(RequestError, match="no prompt label or version"):
             await client.ask("What is a lambda?", tenant=owner, prompt="no-such-label")
 
@@ -129,7 +130,7 @@ async def test_every_worker_of_the_group_follows_a_label_move(kafka_stack: Local
                 answers = await asyncio.gather(
                     *(client.ask(f"What is a lambda? ({i})", tenant=owner, prompt=label) for i in range(24))
                 )
-                if {a.template_version for a in answers} == {second.version}:
+                if {a.served.version for a in answers} == {second.version}:
                     break
                 assert time.monotonic() - began < 60, "some worker still answers with the old version"
     finally:

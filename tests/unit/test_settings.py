@@ -2,6 +2,7 @@ import pytest
 
 from connectors.milvus import tenant_filter
 from schemas.errors import PermanentError
+from schemas.prompts import PromptVersion, content_hash
 from topology.settings import Settings
 
 
@@ -30,3 +31,23 @@ def test_tenant_filter_refuses_anything_outside_the_tenant_alphabet(tenant):
 
 def test_tenant_filter_is_one_equality():
     assert tenant_filter("acme-1.eu_west") == 'tenant == "acme-1.eu_west"'
+
+
+def test_the_builtin_prompt_is_a_prompt_version_set_field_by_field_from_the_environment(monkeypatch):
+    builtin = Settings().pipeline.prompt
+    assert isinstance(builtin, PromptVersion) and builtin.name == "rag-answer"
+    # The same content hash as before settings held a PromptVersion: rows keep grouping by it.
+    assert (builtin.version, builtin.top_k, builtin.retrieval_mode) == ("7363904b5687", 4, "hybrid")
+    monkeypatch.setenv("LLMOPS_PIPELINE__PROMPT__RETRIEVAL_MODE", "dense")
+    monkeypatch.setenv("LLMOPS_PIPELINE__PROMPT__SEED", "5")
+    monkeypatch.setenv("LLMOPS_PIPELINE__DEFAULT_TOP_K", "7")
+    prompt = Settings().pipeline.prompt
+    assert (prompt.retrieval_mode, prompt.seed, prompt.top_k) == ("dense", 5, 7)
+    assert (prompt.name, prompt.system) == (builtin.name, builtin.system)
+    assert prompt.version == content_hash(prompt) != builtin.version
+
+
+def test_the_builtin_prompt_has_one_top_k(monkeypatch):
+    monkeypatch.setenv("LLMOPS_PIPELINE__PROMPT__TOP_K", "3")
+    with pytest.raises(ValueError, match="LLMOPS_PIPELINE__DEFAULT_TOP_K"):
+        Settings()

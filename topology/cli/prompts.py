@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from agents.evaluation import load_golden
 from agents.routing import Registry, move_label, roll_back
-from connectors.registry_topic import append, read_all
+from connectors.registry_log import append, read_all
 from schemas.prompts import Experiment, LabelMoved, PromptVersion
 from topology.cli.common import pass_settings, run_command
 from topology.golden import run_golden

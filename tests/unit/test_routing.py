@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from agents.config import PipelineSettings
-from agents.registry import Registry, assign, builtin, move_label, roll_back
+from agents.routing import Registry, assign, move_label, roll_back
 from schemas.errors import PermanentError
 from schemas.prompts import Arm, Experiment, LabelMoved, PromptVersion, record_key
 
@@ -41,7 +41,7 @@ def test_labels_and_versions_resolve_and_unknown_references_say_what_exists():
 
 
 def test_routing_serves_the_label_else_the_builtin_prompt():
-    fallback = builtin(PipelineSettings())
+    fallback = PipelineSettings().prompt
     assert registry(V1).route("production", "u", None, fallback).prompt == fallback
     routed = registry(V1, LabelMoved(label="production", version=V1.version)).route(
         "production", "u", None, fallback
@@ -58,7 +58,7 @@ def test_an_experiment_splits_the_served_label_sticky_per_user_and_a_pin_bypasse
         LabelMoved(label="canary", version=V2.version),
         exp,
     )
-    fallback = builtin(PipelineSettings())
+    fallback = PipelineSettings().prompt
     routes = [r.route("production", f"user-{i}", None, fallback) for i in range(4000)]
     canary = [x for x in routes if x.arm == "canary"]
     assert all(x.prompt == V2 and x.experiment == "exp1" for x in canary)

@@ -1,4 +1,4 @@
-"""The prompt registry as the pipeline reads it: which version answers a request.
+"""Routing: which prompt version answers a request, read from the prompt registry.
 
 `Registry` is a view over the registry topic's latest record per key, held in a faust
 GlobalTable in workers and in a plain dict where the CLI and the monitor read the topic
@@ -14,7 +14,6 @@ from functools import lru_cache
 
 from pydantic import TypeAdapter
 
-from agents.config import PipelineSettings
 from schemas.errors import PermanentError
 from schemas.prompts import Experiment, LabelMoved, PromptVersion, RegistryRecord
 
@@ -25,22 +24,6 @@ _RECORD: TypeAdapter[PromptVersion | LabelMoved | Experiment] = TypeAdapter(Regi
 def parse(value: bytes) -> PromptVersion | LabelMoved | Experiment:
     """Records are immutable bytes: each is parsed once per process, not per request."""
     return _RECORD.validate_json(value)
-
-
-@lru_cache(maxsize=8)
-def builtin(pipeline: PipelineSettings) -> PromptVersion:
-    """The prompt in settings, served while the registry has no label for the request."""
-    template = pipeline.prompt
-    return PromptVersion(
-        name=template.id,
-        description="built in (LLMOPS_PIPELINE__PROMPT__*)",
-        system=template.system,
-        template=template.template,
-        temperature=template.temperature,
-        max_tokens=template.max_tokens,
-        top_k=pipeline.default_top_k,
-        retrieval_mode=template.retrieval_mode,
-    )
 
 
 def bucket(experiment: str, subject: str) -> float:

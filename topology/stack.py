@@ -31,7 +31,10 @@ from topology.settings import Settings
 log = logging.getLogger(__name__)
 
 # Readiness probes ask as PROBE_TENANT, which owns no documents; the analytics queries
-# leave that tenant out of reports, cost and the monitor's windows.
+# leave that tenant out of reports, cost and the monitor's windows. With no passage to
+# quote, a small language model may ramble up to the prompt's max_tokens (SmolLM2 looped
+# on "readiness probe"); this question it answers in a line.
+PROBE_QUESTION = "ping"
 
 
 def free_port() -> int:
@@ -275,7 +278,7 @@ class LocalStack:
                             f"worker not serving after {timeout:.0f}s; see {self.log_path('worker')}"
                         )
                     if now >= next_ask:
-                        ask = client.ask("readiness probe", tenant=PROBE_TENANT, timeout=deadline - now)
+                        ask = client.ask(PROBE_QUESTION, tenant=PROBE_TENANT, timeout=deadline - now)
                         asks.add(asyncio.ensure_future(ask))
                         next_ask, interval = now + interval, min(interval * 2, 16.0)
                     done, asks = await asyncio.wait(asks, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 @pass_settings
 def topology(settings: Settings) -> None:
     """Print the stage graph as a Mermaid flowchart."""
-    # The graph imports every stage's handler module, and with them the embedder.
+    # The graph imports every agent module (numpy with them): not for `llmops --help`.
     from topology.graph import mermaid
 
     click.echo(mermaid(settings.kafka.topics), nl=False)

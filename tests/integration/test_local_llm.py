@@ -27,6 +27,7 @@ from connectors.ports import RenderedPrompt
 from schemas import PromptAssembled, ResponseGenerated
 from schemas.errors import TransientError
 from tests.integration.conftest import stack_settings
+from tests.integration.test_cli import llmops
 from tests.integration.test_pipeline import docs, tenant
 from tests.integration.test_prompt_registry import cli, prompt_file
 from topology.settings import Settings
@@ -217,6 +218,14 @@ async def test_an_answer_slower_than_the_timeout_fails_saying_so(llm_stack: Loca
         assert (await patient.generate(short)).usage_details["output"] > 0
     finally:
         await patient.close()
+
+
+def test_a_worker_without_an_llm_server_says_which_variable_to_set():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS_LLM__")}
+    result = llmops("worker", env={**env, "LLMOPS_LLM__BACKEND": "openai"}, timeout=60)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "set LLMOPS_LLM__BASE_URL" in line and "Traceback" not in result.stderr
 
 
 def slot_launches(stack: LocalStack) -> int:

@@ -44,6 +44,9 @@ _WORD = re.compile(r"[a-z0-9]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n{2,}")
 # Heading underlines (reStructuredText, Markdown setext): not prose, never worth quoting.
 _RULE = re.compile(r"\S*([*=~#^-])\1{3,}\S*")
+# A source's own footnote markers (" [4]", "[4] A footnote"): quoted, cited() would read
+# them as citations of whichever passage has that number. Indexing as in `x[0]` stays.
+_FOOTNOTE = re.compile(r"(?:^|\s+)\[\d+\](?!\w)")
 _STOP = frozenset(
     "a an and are as at be by can do does for from how i in is it its of on or that the this "
     "to was what when where which who why will with you your".split()
@@ -84,12 +87,21 @@ class ExtractiveBackend:
         scored = []
         for rank, source in enumerate(prompt.sources):
             for position, sentence in enumerate(_SENTENCE_END.split(source.text)):
-                sentence = " ".join(_RULE.sub(" ", sentence).split())
+                sentence = " ".join(_FOOTNOTE.sub("", _RULE.sub(" ", sentence)).split())
                 overlap = len(wanted & _terms(sentence))
                 if overlap and len(sentence) > 20:
                     # More shared terms first; then the better-ranked passage, earlier text.
                     scored.append((-overlap, rank, position, sentence))
-        picked = sorted(scored)[: self._max]
+        # The same sentence in two passages (a section repeated in the reference, chunks
+        # that overlap) is quoted once, from the better-ranked passage.
+        seen: set[str] = set()
+        picked = []
+        for s in sorted(scored):
+            if len(picked) == self._max:
+                break
+            if (key := s[3].lower()) not in seen:
+                seen.add(key)
+                picked.append(s)
         if picked:
             picked.sort(key=lambda s: (s[1], s[2]))
             text = " ".join(f"{s[3]} [{s[1] + 1}]" for s in picked)

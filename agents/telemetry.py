@@ -82,7 +82,7 @@ def redact(text: str, mode: TextMode) -> str:
 
 
 def sampled(trace_id: str, share: float) -> bool:
-    """Deterministic per trace, so a trace is in or out whichever worker reports it."""
+    """Deterministic per trace, so a trace is in or out whichever worker records it."""
     return int(hashlib.blake2b(trace_id.encode(), digest_size=4).hexdigest(), 16) < share * 2**32
 
 

@@ -52,7 +52,7 @@ class Served(Frozen):
     arm: str = Field(default="", description="The experiment arm (a label) the user was assigned.")
     model: str | None = Field(default=None, description="The model the prompt asks for; None: the worker's.")
     temperature: float | None = Field(
-        default=None, ge=0.0, le=2.0, description="None only where it went unrecorded (telemetry before v2)."
+        default=None, ge=0.0, le=2.0, description="None only where version 1 did not record it."
     )
     seed: int | None = None
     # Events from before retrieval modes existed were all dense, and before HyDE all off.
@@ -167,6 +167,8 @@ class ResponseGenerated(Event):
     @classmethod
     def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
         if version < 2:
+            # Version 1 responses did not say which model the prompt asked for, nor its
+            # HyDE mode: they read as Served's defaults (None, "off").
             names = ("template_id", "template_version", "label", "experiment", "arm", "temperature", "seed")
             data["served"] = served_from_v1(data, (*names, "retrieval_mode"))
         return data

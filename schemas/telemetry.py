@@ -1,5 +1,6 @@
-"""What every stage reports about every event it handled: one StageCompleted per event
-per stage, on the telemetry topic. The analytics sink stores these rows as they are."""
+"""What every stage records about every event it handled: one StageCompleted per event
+per stage, on the telemetry topic. The analytics sink stores each as one row, `served`
+spread into its columns (agents.telemetry.rows)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from schemas.queries import Served, served_from_v1
 
 
 class StageCompleted(Event):
-    """`trace_id` is the request's; `event_id` is this report's own (the sink's
+    """`trace_id` is the request's; `event_id` is this event's own (the sink's
     idempotency key). Token, model and stage facts are empty where a stage has none."""
 
     event_type: Literal["StageCompleted"] = "StageCompleted"

@@ -238,3 +238,11 @@ async def test_replaying_a_question_pinned_to_its_version_assembles_the_same_pro
         ask("what is a lambda?").model_copy(update={"prompt_ref": prompt.version}), deps
     )
     assert first.prompt == again.prompt and first.prompt.served.version == prompt.version
+
+
+async def test_generation_refuses_a_prompt_that_carries_no_temperature(deps):
+    prompt = (await prompting.handle(ask("what is a lambda?"), deps)).prompt
+    untempered = prompt.model_copy(update={"served": prompt.served.model_copy(update={"temperature": None})})
+    event = ContextRetrieved(trace_id="t", producer="retrieval", prompt=untempered, passages=[])
+    with pytest.raises(PermanentError, match="carries no temperature"):
+        generation.render(event)

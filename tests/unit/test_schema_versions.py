@@ -147,3 +147,14 @@ def test_version_1_telemetry_with_half_a_prompt_fails_loudly():
     _, old = v1("stage_completed_unprompted")
     with pytest.raises(InvalidEvent, match="served"):
         decode(json.dumps({**old, "label": "canary"}).encode(), StageCompleted)
+
+
+def test_a_version_1_response_from_before_temperatures_were_recorded_decodes():
+    _, old = v1("response_generated")
+    early = {
+        key: value
+        for key, value in old.items()
+        if key not in ("temperature", "seed", "label", "experiment", "arm")
+    }
+    response = decode(json.dumps(early).encode(), ResponseGenerated)
+    assert response.served == Served(prompt="rag-answer", version="0123456789ab", retrieval_mode="hybrid")

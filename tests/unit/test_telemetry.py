@@ -24,7 +24,7 @@ PRICES = TelemetrySettings(prices={"m": ModelPrice(input_per_mtok=2.0, output_pe
 T0 = utc_now()
 
 
-def test_generation_reports_model_tokens_cost_answer_and_prompt_version():
+def test_generation_records_model_tokens_cost_answer_and_prompt_version():
     out = ResponseGenerated(
         trace_id="t",
         producer="g",
@@ -45,7 +45,7 @@ def test_generation_reports_model_tokens_cost_answer_and_prompt_version():
     assert (r.answer, r.citations) == ("because [1]", ["p1"])
 
 
-def test_retrieval_reports_passage_ids_and_scores_in_rank_order():
+def test_retrieval_records_passage_ids_and_scores_in_rank_order():
     passages = [
         Passage(id=f"p{i}", doc_id="d", title="t", text="x", chunk=i, score=1 - i / 10) for i in range(3)
     ]
@@ -55,7 +55,7 @@ def test_retrieval_reports_passage_ids_and_scores_in_rank_order():
     assert r.served == SERVED and r.model == ""
 
 
-def test_a_failure_reports_its_error_class_and_the_prompt_of_its_input():
+def test_a_failure_records_its_error_class_and_the_prompt_of_its_input():
     source = ContextRetrieved(trace_id="t", producer="r", prompt=SPEC, passages=[])
     r = stage_completed("generation", source, TransientError("429"), T0, T0, "t", "default", PRICES)
     assert r.status == "error" and r.error_class == "TransientError" and r.served == SERVED

@@ -31,7 +31,7 @@ class AnalyticsDeps:
     deliver: Callable[[Alert], Awaitable[bool]]
 
 
-# --- the sinks' row builders and hooks (each takes the deps first) ---------------------------------------------------
+# --- the sinks' row builders and hooks (each takes the deps first) ----------------------
 
 
 async def telemetry_rows(deps: AnalyticsDeps, events: Sequence[StageCompleted]) -> list[dict[str, Any]]:

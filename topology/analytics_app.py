@@ -21,8 +21,7 @@ from agents.monitor import Monitor
 from agents.routing import Registry
 from agents.runtime import Backoff, until_done
 from agents.sink import SinkRunner
-from connectors import registry_log
-from connectors import webhook
+from connectors import registry_log, webhook
 from connectors.analytics import Analytics
 from connectors.clickhouse import open_store
 from connectors.kafka import Publisher

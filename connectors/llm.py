@@ -95,7 +95,7 @@ class ExtractiveBackend:
         # The same sentence in two passages (a section repeated in the reference, chunks
         # that overlap) is quoted once, from the better-ranked passage.
         seen: set[str] = set()
-        picked = []
+        picked: list[tuple[int, int, int, str]] = []
         for s in sorted(scored):
             if len(picked) == self._max:
                 break

@@ -44,6 +44,21 @@ class GoldenCase:
         return frozenset().union(*self.passages)
 
 
+# Every score case_scores can give -> the golden-set field a case needs for it (None: the
+# response alone gives it), in the order `llmops prompts evaluate` offers them.
+METRICS: dict[str, str | None] = {
+    "ndcg_at_10": "doc_ids",
+    "recall_at_10": "doc_ids",
+    "hit_at_1": "doc_ids",
+    "answer_f1": "answer",
+    "citation_precision": "passage_ids",
+    "citation_recall": "passage_ids",
+    "context_recall": "passage_ids",
+    "key_phrase_recall": "key_phrases",
+    "groundedness": None,
+}
+
+
 def read_qrels(path: Path) -> dict[str, set[str]]:
     """BEIR relevance judgements: query id -> ids of the documents judged relevant."""
     qrels: dict[str, set[str]] = {}

@@ -1,5 +1,7 @@
 """A golden set run through the running pipeline (`llmops prompts evaluate`): every case
-asked once per prompt version, pinned to it, and scored with agents.evaluation."""
+asked once per prompt version, pinned to it, and scored with agents.evaluation: the
+retrieval metrics, answer F1, and the answer metrics that need no judge model (citations
+against the expected passages, key phrases, the groundedness proxy)."""
 
 from __future__ import annotations
 
@@ -36,7 +38,14 @@ async def run_golden(
                 return None
             elapsed = (time.perf_counter() - began) * 1000
             tokens = sum(answer.usage_details.values())
-            return case_scores(case, [p.doc_id for p in answer.passages], answer.answer), elapsed, tokens
+            scores = case_scores(
+                case,
+                [p.doc_id for p in answer.passages],
+                answer.answer,
+                citations=answer.citations,
+                passages={p.id: p.text for p in answer.passages},
+            )
+            return scores, elapsed, tokens
 
     async with Client(settings, producer_name="prompt-evaluation") as client:
         runs = await asyncio.gather(*(asyncio.gather(*(one(client, c, ref) for c in cases)) for ref in refs))

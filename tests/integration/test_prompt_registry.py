@@ -184,3 +184,58 @@ def test_evaluate_gates_a_worse_version_against_the_baseline(tansu_stack: LocalS
     assert report["baseline"]["scores"]["recall_at_10"] == 1.0
     assert report["candidate"]["scores"]["recall_at_10"] < 1.0 and report["verdict"]["passed"] is False
     assert report["candidate"]["failed"] == report["baseline"]["failed"] == 0
+
+
+def test_evaluate_scores_answers_from_a_jsonl_file(tansu_stack: LocalStack, tmp_path: Path):
+    """The answer metrics on a real run (extractive backend): the citations and passages
+    of each response reach the scores, and a JSON Lines file is a dataset."""
+    from agents.indexing import chunk_id, chunk_words
+    from topology.samples import python_reference
+
+    stack, owner = tansu_stack, tenant("answers")
+    pipeline = stack.settings.pipeline
+    texts = {d["doc_id"]: d["text"] for d in python_reference()}
+
+    def passages(doc_id: str) -> list[str]:
+        chunks = chunk_words(texts[doc_id], pipeline.chunk_words, pipeline.chunk_overlap)
+        return [chunk_id(owner, doc_id, i) for i in range(len(chunks))]
+
+    cases = [
+        ("What can a function created with a lambda expression not contain?", "pydoc-lambda",
+         ["statements", "annotations"]),
+        ("What does the simple form of the assert statement raise when its expression is false?",
+         "pydoc-assert", ["AssertionError"]),
+    ]  # fmt: skip
+    golden = tmp_path / "answers.jsonl"
+    golden.write_text(
+        "".join(
+            json.dumps({"question": q, "doc_ids": [d], "passage_ids": [passages(d)], "key_phrases": k}) + "\n"
+            for q, d, k in cases
+        )
+    )
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs("lambda", "with", "assert")))
+    cli(stack, "ingest", str(corpus), "--tenant", owner)
+    prompt, version = prompt_file(tmp_path, top_k=3)
+    cli(stack, "prompts", "push", str(prompt))
+
+    out = cli(
+        stack, "prompts", "evaluate", version.version, "--dataset", str(golden), "--tenant", owner,
+        "--against", version.version, "--metric", "citation_recall",
+    )  # fmt: skip
+    table = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line and line[0].islower()}
+    answer_metrics = (
+        "citation_precision",
+        "citation_recall",
+        "context_recall",
+        "key_phrase_recall",
+        "groundedness",
+    )
+    candidate = {m: float(table[m][0]) for m in answer_metrics}
+    assert all(0.0 <= v <= 1.0 for v in candidate.values()), candidate
+    # Extractive answers quote the passages they cite: each cites an expected passage,
+    # and every quoted sentence is grounded in the cited text.
+    assert candidate["citation_precision"] > 0 and candidate["citation_recall"] > 0, out
+    assert candidate["groundedness"] == 1.0, out
+    assert candidate["context_recall"] == 1.0, out
+    assert "PASS: citation_recall +0.0000" in out

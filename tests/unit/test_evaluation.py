@@ -201,3 +201,28 @@ def test_the_answer_golden_set_matches_the_sample_corpus():
         for phrase in case.key_phrases:
             wanted = " ".join(phrase.lower().split())
             assert any(wanted in t for t in texts), f"{case.question!r}: {phrase!r} in none of its passages"
+
+
+def test_metrics_names_every_score_and_the_field_each_needs():
+    """`llmops prompts evaluate --metric` offers METRICS and names the missing field when
+    a golden set cannot give the chosen one: each entry must match what case_scores does."""
+    from agents.evaluation import METRICS, GoldenCase
+
+    full = {
+        "doc_ids": {"relevant": frozenset({"d1"})},
+        "answer": {"answer": "the answer"},
+        "passage_ids": {"passages": (frozenset({"p1"}),)},
+        "key_phrases": {"key_phrases": ("answer",)},
+    }
+
+    def scores(*fields: str) -> set[str]:
+        case = GoldenCase("q", **{k: v for f in fields for k, v in full[f].items()})
+        return set(case_scores(case, ["d1"], "the answer [1]", citations=["p1"], passages={"p1": "answer"}))
+
+    assert scores(*full) == set(METRICS)
+    for metric, field in METRICS.items():
+        if field is None:
+            assert metric in scores()
+        else:
+            assert metric not in scores(*(f for f in full if f != field)), metric
+            assert metric in scores(field), metric

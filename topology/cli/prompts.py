@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import click
 from pydantic import ValidationError
 
-from agents.evaluation import load_golden
+from agents.evaluation import METRICS, load_golden
 from agents.routing import Registry, move_label, roll_back
 from connectors.registry_log import append, read_all
 from schemas.prompts import Experiment, LabelMoved, PromptVersion
@@ -194,17 +194,21 @@ def rollback(s: Settings, name: str, reason: str) -> None:
     "--dataset",
     "dataset",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Golden set: golden.jsonl (question, doc_ids, answer) or a BEIR directory.",
+    type=click.Path(exists=True, path_type=Path),
+    help="Golden set: a JSON Lines file (question, and any of doc_ids, passage_ids, key_phrases, "
+    "answer; e.g. benchmarks/golden/answers.jsonl), a directory holding one as golden.jsonl, "
+    "or a BEIR directory.",
 )
 @click.option("--against", default=None, help="Label or version to compare with (default: the served label).")
 @click.option("--tenant", default="default", show_default=True, help="Whose indexed documents to search.")
 @click.option(
     "--metric",
-    type=click.Choice(["ndcg_at_10", "recall_at_10", "hit_at_1", "answer_f1"]),
+    type=click.Choice(list(METRICS)),
     default="ndcg_at_10",
     show_default=True,
-    help="The metric that decides.",
+    help="The metric that decides. doc_ids give the retrieval ones, answer answer_f1, "
+    "passage_ids the citation and context ones, key_phrases key_phrase_recall; groundedness "
+    "needs no field (docs/prompts-and-experiments.md).",
 )
 @click.option("--margin", type=float, default=0.01, show_default=True, help="Worse by more than this fails.")
 @click.option("--limit", type=int, help="Only the first N cases.")
@@ -230,7 +234,9 @@ def evaluate(
     by more than --margin (0 when it passes): a gate before `prompts label`.
 
     The documents must be indexed for --tenant already (`llmops ingest`). Each question
-    is asked twice, pinned to each version, so both meet the same index and workers."""
+    is asked twice, pinned to each version, so both meet the same index and workers.
+    Passage ids are those of --tenant's chunks: benchmarks/golden/answers.jsonl names
+    the sample corpus's as `llmops demo` indexes it, for tenant default."""
     registry = read_registry(s)
     cases = load_golden(dataset, limit)
     candidate = resolve(registry, ref)
@@ -255,7 +261,10 @@ def evaluate(
     )
     rows = {"candidate": results[0], "baseline": results[1]}
     if metric not in rows["candidate"]["scores"]:
-        raise click.ClickException(f"the golden set gives no {metric}: its cases lack doc_ids or answers")
+        field = METRICS[metric]
+        answered = rows["candidate"]["failed"] < len(cases)
+        why = f"its cases lack {field}" if field and answered else "no question was answered"
+        raise click.ClickException(f"the golden set gives no {metric}: {why}")
     delta = rows["candidate"]["scores"][metric] - rows["baseline"]["scores"][metric]
     passed = delta >= -margin
     verdict = {"metric": metric, "margin": margin, "delta": delta, "passed": passed}

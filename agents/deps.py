@@ -19,6 +19,8 @@ class Dependencies:
     # The prompt registry; the app points it at the registry's GlobalTable. Empty: every
     # query gets the built-in prompt.
     registry: Registry = field(default_factory=lambda: Registry({}))
+    # The document tower (indexing); None: the query embedder does both (one encoder).
+    document_embedder: Embedder | None = None
     _opened: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -28,9 +30,16 @@ class Dependencies:
             if self._opened:
                 return
             await asyncio.to_thread(self.embedder.open)
+            if self.document_embedder is not None:
+                await asyncio.to_thread(self.document_embedder.open)
             await asyncio.to_thread(self.store.open)
             await self.llm.open()
             self._opened = True
+
+    @property
+    def documents(self) -> Embedder:
+        """The encoder of passages: the document tower."""
+        return self.document_embedder if self.document_embedder is not None else self.embedder
 
     async def close(self) -> None:
         async with self._lock:

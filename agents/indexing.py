@@ -33,7 +33,7 @@ async def handle_batch(events: Sequence[DocumentSubmitted], deps: Dependencies) 
     pieces = [chunk_words(e.text, cfg.chunk_words, cfg.chunk_overlap) for e in events]
     # The title is embedded with each chunk: it often carries the words a question uses.
     texts = [f"{e.title}\n{p}" if e.title else p for e, ps in zip(events, pieces, strict=True) for p in ps]
-    vectors = await asyncio.to_thread(deps.embedder.embed, texts)
+    vectors = await asyncio.to_thread(deps.documents.embed, texts)
     chunks, row = [], 0
     for event, parts in zip(events, pieces, strict=True):
         for index, text in enumerate(parts):

@@ -11,15 +11,17 @@ the same as hybrid_search with RRFRanker: tests/integration/test_hybrid_retrieva
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from connectors.encoders import EncoderRecord, belongs
 from connectors.ports import Chunk, Found, Hit
 from schemas.envelope import TENANT_PATTERN
 from schemas.errors import PermanentError, TransientError
@@ -31,6 +33,8 @@ _NOT_LOADED = 101
 
 _TENANT = re.compile(TENANT_PATTERN)
 _TEXT_LIMIT = 65_535  # Milvus VARCHAR max_length
+# The collection property that records the document encoder which filled it.
+ENCODER_PROPERTY = "llmops.document_encoder"
 
 
 class MilvusSettings(BaseModel):
@@ -97,6 +101,16 @@ def fuse_rrf(legs: Sequence[Sequence[str]], k: int, limit: int) -> list[tuple[st
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
 
+def string_literal(value: str) -> str:
+    """`value` as a Milvus filter string literal. Milvus Lite has no filter templating
+    (filter_params), so values are escaped: backslash and quote, and newlines, tabs and
+    the like as escapes its parser reads back; other control characters are refused."""
+    escaped = json.dumps(value, ensure_ascii=False)
+    if "\\u" in escaped.replace("\\\\", ""):
+        raise PermanentError(f"{value!r} has control characters a Milvus filter cannot carry")
+    return escaped
+
+
 def tenant_filter(tenant: str) -> str:
     """A filter expression that matches exactly one tenant. Tenants are restricted to a
     closed alphabet (checked again here), so no tenant string can change its meaning."""
@@ -105,13 +119,31 @@ def tenant_filter(tenant: str) -> str:
     return f'tenant == "{tenant}"'
 
 
-class MilvusStore:
-    """Open with `open()`; the constructor does no I/O."""
+class Tower(Protocol):
+    """An encoder the store checks against the collection's record (an OnnxEmbedder)."""
 
-    def __init__(self, settings: MilvusSettings) -> None:
+    name: str
+
+    def record(self) -> EncoderRecord: ...
+
+
+class MilvusStore:
+    """Open with `open()`; the constructor does no I/O.
+
+    `reader`: the query encoder; searching refuses a collection filled by a document
+    encoder it does not belong with. `writer`: the document encoder; upserting refuses a
+    collection another document encoder filled, so two vector spaces never mix. Either
+    is checked against the collection's record, read once; a collection made before
+    records existed is not checked."""
+
+    def __init__(
+        self, settings: MilvusSettings, *, reader: Tower | None = None, writer: Tower | None = None
+    ) -> None:
         self._settings = settings
         self._client: Any = None
         self._has_bm25: bool | None = None  # learnt from the collection's schema on first use
+        self._reader, self._writer = reader, writer
+        self._filled_by: EncoderRecord | None | bool = False  # False: not read yet
 
     def open(self) -> None:
         from pymilvus import MilvusClient
@@ -139,9 +171,10 @@ class MilvusStore:
             self._client.close()
             self._client = None
 
-    def ensure_collection(self, dim: int) -> bool:
+    def ensure_collection(self, dim: int, filled_by: EncoderRecord | None = None) -> bool:
         """Create the collection and its index for `dim`-sized vectors if missing; True when
-        created. An explicit bootstrap step: searching and upserting never create it."""
+        created. An explicit bootstrap step: searching and upserting never create it. The
+        collection records `filled_by` (default: the writer's encoder)."""
         from pymilvus import DataType, Function, FunctionType
 
         client, name, cfg = self._client, self._settings.collection, self._settings
@@ -188,9 +221,50 @@ class MilvusStore:
             # Milvus servers accept.
             params={"params": {"bm25_k1": cfg.bm25_k1, "bm25_b": cfg.bm25_b}},
         )
-        client.create_collection(name, schema=schema, index_params=index)
-        self._has_bm25 = True
+        if filled_by is None and self._writer is not None:
+            filled_by = self._writer.record()
+        # A property, not the schema description: Milvus Lite drops descriptions.
+        properties = {ENCODER_PROPERTY: filled_by.to_json()} if filled_by else {}
+        client.create_collection(name, schema=schema, index_params=index, properties=properties)
+        self._has_bm25, self._filled_by = True, filled_by
         return True
+
+    def filled_by(self) -> EncoderRecord | None:
+        """The document encoder the collection records (None: made before records were
+        kept). Read once, on first use."""
+        if self._filled_by is False:
+            described = self._call("describe_collection", collection_name=self._settings.collection)
+            raw = (described.get("properties") or {}).get(ENCODER_PROPERTY)
+            self._filled_by = EncoderRecord.from_json(raw) if raw else None
+        assert self._filled_by is not True
+        return self._filled_by
+
+    def _check_reader(self) -> None:
+        recorded = self.filled_by() if self._reader is not None else None
+        if self._reader is None or recorded is None or belongs(self._reader.name, recorded):
+            return
+        raise PermanentError(
+            f"Milvus collection {self._settings.collection!r} was filled by the document encoder "
+            f"{recorded.name} (fingerprint {recorded.fingerprint}); the query encoder "
+            f"{self._reader.name} does not belong with it and would find nonsense neighbours. Set "
+            f"LLMOPS_EMBEDDING__QUERY_ENCODER={recorded.name}, or re-index the documents with "
+            f"{self._reader.name} into a new collection (LLMOPS_EMBEDDING__DOCUMENT_ENCODER="
+            f"{self._reader.name}, LLMOPS_MILVUS__COLLECTION=NEW, `llmops bootstrap`, `llmops ingest`)"
+        )
+
+    def _check_writer(self) -> None:
+        recorded = self.filled_by() if self._writer is not None else None
+        if self._writer is None or recorded is None:
+            return
+        ours = self._writer.record()
+        if ours.fingerprint != recorded.fingerprint:
+            raise PermanentError(
+                f"Milvus collection {self._settings.collection!r} was filled by the document encoder "
+                f"{recorded.name} (fingerprint {recorded.fingerprint}); writing vectors of "
+                f"{ours.name} (fingerprint {ours.fingerprint}) would mix two vector spaces. Set "
+                f"LLMOPS_EMBEDDING__DOCUMENT_ENCODER={recorded.name} as it was, or index into a new "
+                "collection (LLMOPS_MILVUS__COLLECTION=NEW)"
+            )
 
     def has_bm25(self) -> bool:
         """Whether the collection has the BM25 field (collections made before hybrid
@@ -213,6 +287,8 @@ class MilvusStore:
             }
             for c in chunks
         ]
+        if rows:
+            self._check_writer()
         if rows and self.has_bm25():
             for row, c in zip(rows, chunks, strict=True):
                 row["content"] = content(c.title, c.text)[:_TEXT_LIMIT]
@@ -243,6 +319,7 @@ class MilvusStore:
                 )
         if len(vectors) == 0:
             return []
+        self._check_reader()
         if mode == "dense":
             found_dense = [
                 _hits(f, "vector") for f in self._leg("vector", [list(v) for v in vectors], tenant, top_k)
@@ -312,6 +389,27 @@ class MilvusStore:
         finally:
             iterator.close()
 
+    def delete_documents(self, tenant: str, doc_ids: Sequence[str], keep: Sequence[int] = ()) -> None:
+        """Delete the chunks of these documents of one tenant, all of them or (with `keep`,
+        one number per document) those numbered `keep` and beyond: the tail a shorter
+        re-ingest leaves. One delete call for all of them."""
+        if not doc_ids:
+            return
+        counts = list(keep) if keep else [0] * len(doc_ids)
+        if len(counts) != len(doc_ids):
+            raise ValueError("keep needs one chunk count per document")
+        by_count: dict[int, list[str]] = defaultdict(list)
+        for doc_id, count in zip(doc_ids, counts, strict=True):
+            by_count[count].append(doc_id)
+        clauses = [
+            f"(doc_id in [{', '.join(string_literal(d) for d in docs)}] and chunk >= {int(count)})"
+            for count, docs in sorted(by_count.items())
+        ]
+        expr = f"{tenant_filter(tenant)} and ({' or '.join(clauses)})"
+        self._call("delete", collection_name=self._settings.collection, filter=expr)
+        if self._settings.seal_after_upsert:
+            self._call("flush", collection_name=self._settings.collection)
+
     def count(self, tenant: str | None = None) -> int:
         expr = tenant_filter(tenant) if tenant else ""
         rows = self._call(
@@ -352,7 +450,7 @@ def copy_collection(reader: MilvusStore, writer: MilvusStore, batch: int = 1_000
     first = next(rows, None)
     if first is None:
         raise PermanentError("the source collection is empty or missing: nothing to copy")
-    if not writer.ensure_collection(len(first.vector)):
+    if not writer.ensure_collection(len(first.vector), filled_by=reader.filled_by()):
         raise PermanentError("the target collection exists already: choose a new name")
     copied, pending = 0, [first]
     for chunk in rows:

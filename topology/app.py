@@ -13,7 +13,7 @@ import faust
 from agents.deps import Dependencies
 from agents.routing import Registry
 from agents.runtime import Incoming, StageRunner
-from connectors.embedder import OnnxEmbedder
+from connectors.embedder import towers
 from connectors.kafka import KafkaSettings, Publisher
 from connectors.llm import build_backend
 from connectors.milvus import MilvusStore
@@ -27,10 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def build_dependencies(settings: Settings) -> Dependencies:
+    query, documents = towers(settings.embedding)
     return Dependencies(
         pipeline=settings.pipeline,
-        embedder=OnnxEmbedder(settings.embedding),
-        store=MilvusStore(settings.milvus),
+        embedder=query,
+        document_embedder=documents,
+        # The store checks each tower against the encoder its collection records.
+        store=MilvusStore(settings.milvus, reader=query, writer=documents),
         llm=build_backend(settings.llm),
     )
 

@@ -41,9 +41,9 @@ def bootstrap(settings: Settings, *, analytics: bool = True) -> BootstrapReport:
     leaders = (leader_topic(analytics_app_id(settings.worker.app_id)),)
     registry = registry_topic(settings.worker.app_id)
     created = ensure_topics(settings.kafka, topic_specs(settings.kafka, leaders, registry))
-    embedder = OnnxEmbedder(settings.embedding)
-    embedder.open()  # the collection's vector size is the model's
-    store = MilvusStore(settings.milvus)
+    embedder = OnnxEmbedder(settings.embedding, side="document")
+    embedder.open()  # the collection's vector size is the document encoder's, and it records it
+    store = MilvusStore(settings.milvus, writer=embedder)
     store.open()
     try:
         made = store.ensure_collection(embedder.dim)

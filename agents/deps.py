@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from agents.config import PipelineSettings
 from agents.routing import Registry
-from connectors.ports import Backend, Embedder, PassageStore
+from connectors.ports import Backend, Deltas, Embedder, PassageStore
 
 
 @dataclass
@@ -19,6 +19,8 @@ class Dependencies:
     # The prompt registry; the app points it at the registry's GlobalTable. Empty: every
     # query gets the built-in prompt.
     registry: Registry = field(default_factory=lambda: Registry({}))
+    # Where generation streams ResponseDelta pieces; None: it sends none.
+    deltas: Deltas | None = None
     # The document tower (indexing); None: the query embedder does both (one encoder).
     document_embedder: Embedder | None = None
     _opened: bool = False

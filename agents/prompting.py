@@ -5,12 +5,15 @@ on, the LLM writes the hypothetical passage here and embedding searches with it.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from string import Template
 
 from agents import intake
 from agents.deps import Dependencies
 from connectors.ports import Generation, RenderedPrompt
-from schemas import PromptAssembled, PromptSpec, QueryReceived, Served
+from schemas import ContextBudget, PromptAssembled, PromptSpec, QueryReceived, Served
 from schemas.errors import PermanentError
 from schemas.prompts import PromptVersion
 
@@ -76,3 +79,61 @@ async def hypothetical_passage(prompt: PromptVersion, question: str, deps: Depen
             seed=prompt.seed,
         )
     )
+
+
+# --- the prompt budget (applied by generation, once the passages are known) -------------
+
+# A sentence ends at ., ! or ? before whitespace (the cut keeps the mark).
+_SENTENCE_END = re.compile(r"[.!?](?=\s)")
+
+
+def passage_block(n: int, title: str, text: str) -> str:
+    """Passage number `n` as the prompt's context shows it."""
+    return f"[{n}] {title}\n{text}"
+
+
+@dataclass(frozen=True)
+class Fitted:
+    texts: list[str]  # the passages' texts that go in, best first; the last may be truncated
+    budget: ContextBudget
+
+
+def fit_passages(
+    blocks: Sequence[str], texts: Sequence[str], counts: Sequence[int], room: int, counted_by: str
+) -> Fitted:
+    """Fit passages, best first, into `room` tokens. `blocks` are the passages as the
+    prompt shows them (passage_block), `counts` their tokens, `texts` their bare texts.
+    Passages go in whole while they fit. The first that does not is truncated at its last
+    sentence end within the room if at least half of it fits (a half passage still
+    answers; less is mostly noise), else dropped; it and every passage after it count as
+    cut, so the prompt keeps the retrieval's order with no gaps."""
+    kept: list[str] = []
+    used = cut = cut_tokens = 0
+    for block, text, tokens in zip(blocks, texts, counts, strict=True):
+        left = room - used
+        if cut == 0 and tokens <= left:
+            kept.append(text)
+            used += tokens
+            continue
+        cut += 1
+        if cut == 1 and tokens > 0 and 2 * left >= tokens:
+            header = len(block) - len(text)
+            # Tokens are taken as spread evenly over the characters.
+            allowed = len(block) * left // tokens - header
+            ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, max(allowed, 0))]
+            if ends:
+                part = text[: ends[-1]]
+                sent = -(-tokens * (header + len(part)) // len(block))
+                kept.append(part)
+                used += sent
+                cut_tokens += tokens - sent
+                continue
+        cut_tokens += tokens
+    budget = ContextBudget(
+        passages_sent=len(kept),
+        passages_cut=cut,
+        tokens_sent=used,
+        tokens_cut=cut_tokens,
+        counted_by=counted_by,
+    )
+    return Fitted(kept, budget)

@@ -121,6 +121,13 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
                 question=output.question,
                 answer=output.answer,
                 citations=list(output.citations),
+                context_passages=output.context.passages_sent,
+                context_passages_cut=output.context.passages_cut,
+                context_tokens=output.context.tokens_sent,
+                context_tokens_cut=output.context.tokens_cut,
+                tokens_counted_by=output.context.counted_by,
+                ttft_ms=output.ttft_ms,
+                tokens_per_s=output.tokens_per_s,
             )
     return found
 

@@ -5,17 +5,19 @@ local stack starts one for it (connectors.local_llm)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from connectors.ports import Backend, Generation, RenderedPrompt, Source
-from schemas.errors import PermanentError, TransientError
+from connectors.ports import Backend, Generation, OnText, RenderedPrompt, Source, TokenCount
+from schemas.errors import LLMOpsError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,29 @@ class LLMSettings(BaseModel):
     model: str = Field(default="extractive", description="Model name sent to the server.")
     timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout.")
     stream: bool = Field(
-        default=False,
-        description="openai: ask for server-sent events and read the answer as it is written "
-        "(the time to the first token is logged at debug level).",
+        default=True,
+        description="openai: ask for server-sent events and read the answer as it is written: the "
+        "generation stage records time to first token and tokens/s, and sends the answer to "
+        "streaming clients in ResponseDelta pieces.",
+    )
+    max_prompt_tokens: int = Field(
+        default=512,
+        ge=0,
+        description="openai: token budget of the whole prompt (system, template, question and passages); "
+        "passages are fitted best-first and the rest cut. 0: no budget. Sized so that prefill on two "
+        "CPU cores stays within a few seconds (docs/prompts-and-experiments.md, Prompt budget).",
+    )
+    tokenizer: Literal["auto", "server", "chars"] = Field(
+        default="auto",
+        description="openai: how the budget counts tokens. server: the server's POST /tokenize (llama.cpp; "
+        "the model's own tokenizer); chars: characters / 4; auto: server, and chars/4 where the server "
+        "has no /tokenize (OpenAI).",
+    )
+    delta_tokens: int = Field(
+        default=16, ge=1, description="Streamed answers go out in ResponseDelta pieces of this many tokens"
+    )
+    delta_ms: float = Field(
+        default=250.0, gt=0, description="or of what the server wrote in this many ms, whichever comes first."
     )
     max_sentences: int = Field(default=3, ge=1, description="extractive: sentences per answer.")
 
@@ -118,6 +140,11 @@ class ExtractiveBackend:
         )
 
 
+# Where the server has no tokenizer endpoint, a token is taken as this many characters
+# (OpenAI's rule of thumb for English text).
+CHARS_PER_TOKEN = 4
+
+
 class OpenAIBackend:
     """Chat Completions over HTTP. 429, 5xx, timeouts and dropped connections raise
     TransientError (the runtime retries them with backoff); other errors are permanent."""
@@ -133,7 +160,12 @@ class OpenAIBackend:
             )
         self._settings = settings
         self._url = settings.base_url.rstrip("/") + "/chat/completions"
+        # llama.cpp serves /tokenize beside /v1, not under it.
+        self._tokenize_url = settings.base_url.rstrip("/").removesuffix("/v1") + "/tokenize"
+        self._server_tokenizes = settings.tokenizer != "chars"
         self._session: Any = None
+        self.streams = settings.stream
+        self.max_prompt_tokens = settings.max_prompt_tokens
 
     async def open(self) -> None:
         import aiohttp
@@ -150,7 +182,46 @@ class OpenAIBackend:
             await self._session.close()
             self._session = None
 
+    async def count_tokens(self, texts: Sequence[str]) -> TokenCount:
+        """Each text's tokens by the server's own tokenizer (POST /tokenize); with
+        tokenizer=auto, characters / 4 from the first time the server says it has none."""
+        if self._server_tokenizes:
+            try:
+                counts = await asyncio.gather(*(self._server_count(t) for t in texts))
+                return TokenCount(list(counts), "server")
+            except _NoTokenizer as exc:
+                if self._settings.tokenizer == "server":
+                    raise PermanentError(f"LLMOPS_LLM__TOKENIZER=server, but {exc}") from exc
+                log.info("%s; the prompt budget counts characters / %d", exc, CHARS_PER_TOKEN)
+                self._server_tokenizes = False
+        return TokenCount([-(-len(t) // CHARS_PER_TOKEN) for t in texts], f"chars/{CHARS_PER_TOKEN}")
+
+    async def _server_count(self, text: str) -> int:
+        import aiohttp
+
+        try:
+            async with self._session.post(self._tokenize_url, json={"content": text}) as response:
+                if response.status in (404, 405, 501):
+                    raise _NoTokenizer(f"{self._tokenize_url} answered {response.status}")
+                if response.status == 429 or response.status >= 500:
+                    raise TransientError(f"LLM server's tokenizer answered {response.status}")
+                payload = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(f"LLM server unreachable or slow: {exc!r}") from exc
+        tokens = payload.get("tokens") if isinstance(payload, dict) else None
+        if not isinstance(tokens, list):
+            raise _NoTokenizer(f"{self._tokenize_url} answered no token list: {str(payload)[:200]}")
+        return len(tokens)
+
     async def generate(self, prompt: RenderedPrompt) -> Generation:
+        return await self._generate(prompt, None)
+
+    async def generate_streaming(self, prompt: RenderedPrompt, on_text: OnText) -> Generation:
+        """As generate, handing each piece of text to `on_text` as it arrives (when
+        streaming is configured; otherwise the whole answer at once)."""
+        return await self._generate(prompt, on_text)
+
+    async def _generate(self, prompt: RenderedPrompt, on_text: OnText | None) -> Generation:
         import aiohttp
 
         messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
@@ -166,6 +237,7 @@ class OpenAIBackend:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         url = self._url
+        speed: Speed | None = None
         try:
             async with self._session.post(url, json=body) as response:
                 if response.status == 429 or response.status >= 500:
@@ -174,7 +246,7 @@ class OpenAIBackend:
                     detail = (await response.text())[:500]
                     raise PermanentError(f"LLM server answered {response.status}: {detail}")
                 if self._settings.stream:
-                    payload = await read_stream(response)
+                    payload, speed = await read_stream(response, on_text)
                 else:
                     payload = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError) as exc:  # refused, reset, cut mid-stream, slow
@@ -184,23 +256,47 @@ class OpenAIBackend:
         except (KeyError, IndexError, TypeError) as exc:
             raise PermanentError(f"unexpected Chat Completions payload: {str(payload)[:300]}") from exc
         usage = payload.get("usage") or {}
+        output = int(usage.get("completion_tokens", 0))
+        if on_text is not None and speed is None and text:
+            await on_text(text)  # not streamed: the whole answer is the one piece
         return Generation(
             text=text,
             model=str(payload.get("model") or body["model"]),
             citations=cited(text, prompt.sources),
-            usage_details={
-                "input": int(usage.get("prompt_tokens", 0)),
-                "output": int(usage.get("completion_tokens", 0)),
-            },
+            usage_details={"input": int(usage.get("prompt_tokens", 0)), "output": output},
+            ttft_ms=speed.ttft_ms if speed else None,
+            tokens_per_s=speed.tokens_per_s(output) if speed else None,
         )
 
 
-async def read_stream(response: Any) -> dict[str, Any]:
+class _NoTokenizer(LLMOpsError):
+    """The server has no /tokenize endpoint (OpenAI has none)."""
+
+
+@dataclass(frozen=True)
+class Speed:
+    """When a streamed answer's first and last text pieces came, after the request."""
+
+    ttft_ms: float
+    decode_s: float  # from the first piece to the last
+    pieces: int
+
+    def tokens_per_s(self, output_tokens: int) -> float | None:
+        """Output tokens after the first over the time they took (the server's count, or
+        the pieces where it sent no usage); None with fewer than two."""
+        tokens = output_tokens or self.pieces
+        if tokens < 2 or self.decode_s <= 0:
+            return None
+        return round((tokens - 1) / self.decode_s, 2)
+
+
+async def read_stream(response: Any, on_text: OnText | None = None) -> tuple[dict[str, Any], Speed | None]:
     """A streamed Chat Completion (server-sent events of `chat.completion.chunk`) folded
-    into the shape of a plain one: the content deltas joined, the last usage and model."""
+    into the shape of a plain one: the content deltas joined, the last usage and model;
+    each delta goes to `on_text` as it arrives. With it, when the text came (None if none did)."""
     parts: list[str] = []
     folded: dict[str, Any] = {}
-    began, first = time.perf_counter(), None
+    began, first, last = time.perf_counter(), None, 0.0
     async for raw in response.content:
         line = raw.decode("utf-8", "replace").strip()
         if not line.startswith("data:"):
@@ -217,15 +313,19 @@ async def read_stream(response: Any) -> dict[str, Any]:
         for choice in chunk.get("choices") or []:
             delta = (choice.get("delta") or {}).get("content")
             if delta:
-                first = first if first is not None else time.perf_counter()
+                last = time.perf_counter()
+                first = first if first is not None else last
                 parts.append(delta)
+                if on_text is not None:
+                    await on_text(delta)
         folded["model"] = chunk.get("model") or folded.get("model")
         folded["usage"] = chunk.get("usage") or folded.get("usage")
     else:
         raise TransientError("the LLM server closed the stream before [DONE]")
+    speed = None
     if first is not None:
-        log.debug("first token after %.1f ms", (first - began) * 1000)
-    return {**folded, "choices": [{"message": {"role": "assistant", "content": "".join(parts)}}]}
+        speed = Speed(round((first - began) * 1000, 2), last - first, len(parts))
+    return {**folded, "choices": [{"message": {"role": "assistant", "content": "".join(parts)}}]}, speed
 
 
 def build_backend(settings: LLMSettings) -> Backend:

@@ -9,10 +9,10 @@ types from here. This module imports nothing of ours but `schemas`."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -112,6 +112,8 @@ class Generation:
     model: str
     citations: list[str]
     usage_details: dict[str, int] = field(default_factory=dict)
+    ttft_ms: float | None = None  # streamed answers only: time to the first token
+    tokens_per_s: float | None = None  # streamed answers only: output tokens after the first
 
 
 class Backend(Protocol):
@@ -122,6 +124,47 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
     async def generate(self, prompt: RenderedPrompt) -> Generation: ...
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    counts: list[int]
+    counted_by: str  # "server" (the model's own tokenizer) or the approximation used
+
+
+@runtime_checkable
+class Budgeted(Protocol):
+    """A backend whose prompt has a token budget (0: none), counted its own way."""
+
+    max_prompt_tokens: int
+
+    async def count_tokens(self, texts: Sequence[str]) -> TokenCount: ...
+
+
+# Receives the answer's text piece by piece while the server writes it.
+OnText = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Deltas:
+    """Where the generation stage sends ResponseDelta pieces (the responses topic: `send`
+    queues a keyed message and returns an awaitable the broker's ack completes), and how
+    it groups them: a piece per `every_tokens` text pieces from the server (about a token
+    each) or per `every_ms`, whichever comes first; never one message per token."""
+
+    send: Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
+    every_tokens: int = 16
+    every_ms: float = 250.0
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """A backend that can hand the answer over while it is written (`streams`: whether
+    it is configured to)."""
+
+    streams: bool
+
+    async def generate_streaming(self, prompt: RenderedPrompt, on_text: OnText) -> Generation: ...
 
 
 # --- analytics (ClickHouse / chDB) ------------------------------------------------------

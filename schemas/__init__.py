@@ -7,6 +7,7 @@ from schemas.envelope import Event, new_id, utc_now
 from schemas.errors import InvalidEvent, LLMOpsError, PermanentError, TransientError
 from schemas.feedback import FeedbackReceived
 from schemas.queries import (
+    ContextBudget,
     ContextRetrieved,
     Passage,
     PromptAssembled,
@@ -14,6 +15,7 @@ from schemas.queries import (
     QueryEmbedded,
     QueryReceived,
     RequestFailed,
+    ResponseDelta,
     ResponseGenerated,
     RetrievalMode,
     Served,
@@ -21,6 +23,7 @@ from schemas.queries import (
 from schemas.telemetry import StageCompleted
 
 __all__ = [
+    "ContextBudget",
     "ContextRetrieved",
     "DeadLetter",
     "DocumentIndexed",
@@ -36,6 +39,7 @@ __all__ = [
     "QueryEmbedded",
     "RequestFailed",
     "QueryReceived",
+    "ResponseDelta",
     "ResponseGenerated",
     "RetrievalMode",
     "Served",

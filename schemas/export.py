@@ -18,6 +18,7 @@ from schemas.queries import (
     QueryEmbedded,
     QueryReceived,
     RequestFailed,
+    ResponseDelta,
     ResponseGenerated,
 )
 from schemas.telemetry import StageCompleted
@@ -27,6 +28,7 @@ EVENTS: tuple[type[BaseModel], ...] = (
     PromptAssembled,
     QueryEmbedded,
     ContextRetrieved,
+    ResponseDelta,
     ResponseGenerated,
     RequestFailed,
     DocumentSubmitted,

@@ -151,6 +151,35 @@ class ContextRetrieved(_CarriesPromptSpec):
     latency_ms: Timings = Field(default_factory=dict)
 
 
+class ContextBudget(Frozen):
+    """How the retrieved passages were fitted into the prompt's token budget: what was
+    sent, what was cut (dropped, or truncated at a sentence end), and how tokens were
+    counted. All zero and `counted_by` empty where the backend takes no budget."""
+
+    passages_sent: int = Field(default=0, ge=0)
+    passages_cut: int = Field(default=0, ge=0, description="Dropped or truncated passages.")
+    tokens_sent: int = Field(default=0, ge=0, description="The passages' tokens in the prompt.")
+    tokens_cut: int = Field(default=0, ge=0, description="The passages' tokens left out.")
+    counted_by: str = Field(
+        default="",
+        description="server: the model's own tokenizer (llama.cpp /tokenize); chars/4: an "
+        "approximation, for servers that do not tokenize; empty: no budget.",
+    )
+
+
+class ResponseDelta(Event):
+    """A piece of an answer while it is written, on the responses topic keyed by the trace
+    id, so it reaches a client before the answer's ResponseGenerated (same partition).
+    Pieces of one generation carry one `stream_id` and numbered `seq` from 0; a retried
+    generation streams again under a new `stream_id`. Only clients that stream read
+    these; the ResponseGenerated that follows is the whole answer."""
+
+    event_type: Literal["ResponseDelta"] = "ResponseDelta"
+    stream_id: Identifier
+    seq: int = Field(ge=0)
+    text: str
+
+
 class ResponseGenerated(Event):
     """The answer, the passages it was grounded on and what it cost."""
 
@@ -158,11 +187,18 @@ class ResponseGenerated(Event):
     question: Question
     answer: str
     citations: list[Identifier]
-    passages: list[Passage]
+    passages: list[Passage] = Field(description="The passages as the model saw them (after the budget).")
     model: Identifier = Field(description="The model that answered, as its server names it.")
     served: Served
     usage_details: dict[str, int] = Field(default_factory=dict)
     latency_ms: Timings = Field(default_factory=dict)
+    context: ContextBudget = Field(default_factory=ContextBudget)
+    ttft_ms: float | None = Field(
+        default=None, ge=0, description="Time to the first token; None unless streamed."
+    )
+    tokens_per_s: float | None = Field(
+        default=None, ge=0, description="Output tokens per second after the first; None unless streamed."
+    )
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:

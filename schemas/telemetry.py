@@ -42,6 +42,14 @@ class StageCompleted(Event):
     citations: list[str] = Field(default_factory=list)
     # embedding: the query's vector, for the sampled share of traces (drift checks).
     query_vector: list[float] = Field(default_factory=list)
+    # generation: the prompt budget (schemas.queries.ContextBudget) and streaming speed.
+    context_passages: int = Field(default=0, ge=0)
+    context_passages_cut: int = Field(default=0, ge=0)
+    context_tokens: int = Field(default=0, ge=0)
+    context_tokens_cut: int = Field(default=0, ge=0)
+    tokens_counted_by: str = ""
+    ttft_ms: float | None = Field(default=None, ge=0)
+    tokens_per_s: float | None = Field(default=None, ge=0)
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from connectors.embedder import towers
 from connectors.kafka import KafkaSettings, Publisher
 from connectors.llm import build_backend
 from connectors.milvus import MilvusStore
+from connectors.ports import Deltas
 from schemas.errors import LLMOpsError
 from topology.graph import STAGES
 from topology.settings import Settings
@@ -137,6 +138,8 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
 
     deps.registry = Registry(registry_table(app, settings))
     publisher, names = stage_publisher(app, settings), settings.kafka.topics
+    llm = settings.llm
+    deps.deltas = Deltas(sender(publisher, names.responses), llm.delta_tokens, llm.delta_ms)
     runtime = settings.worker.runtime
     for stage in STAGES:
         runner = StageRunner(

@@ -406,8 +406,8 @@ class MilvusStore:
             for count, docs in sorted(by_count.items())
         ]
         expr = f"{tenant_filter(tenant)} and ({' or '.join(clauses)})"
-        self._call("delete", collection_name=self._settings.collection, filter=expr)
-        if self._settings.seal_after_upsert:
+        deleted = self._call("delete", collection_name=self._settings.collection, filter=expr)
+        if self._settings.seal_after_upsert and (deleted or {}).get("delete_count", 1):
             self._call("flush", collection_name=self._settings.collection)
 
     def count(self, tenant: str | None = None) -> int:

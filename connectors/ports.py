@@ -73,6 +73,10 @@ class PassageStore(Protocol):
 
     def upsert(self, chunks: Sequence[Chunk]) -> None: ...
 
+    def delete_documents(self, tenant: str, doc_ids: Sequence[str], keep: Sequence[int] = ()) -> None:
+        """Delete the chunks of these documents of one tenant: all, or those numbered
+        keep[i] and beyond."""
+
     def search(
         self,
         vectors: Sequence[Sequence[float]],

@@ -30,7 +30,7 @@ class FakeEmbedder:
 
 class FakeStore:
     def __init__(self) -> None:
-        self.upserted, self.searches = [], []
+        self.upserted, self.searches, self.deleted = [], [], []
 
     def open(self) -> None: ...
 
@@ -38,6 +38,9 @@ class FakeStore:
 
     def upsert(self, chunks) -> None:
         self.upserted.extend(chunks)
+
+    def delete_documents(self, tenant, doc_ids, keep=()) -> None:
+        self.deleted.append((tenant, list(doc_ids), list(keep)))
 
     def search(self, vectors, tenant, top_k, *, texts=(), mode="dense"):
         self.searches.append((len(vectors), tenant, top_k, mode))

@@ -3,10 +3,11 @@ and one agent per stage of the graph. No import-time globals."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import faust
 
@@ -69,6 +70,7 @@ def new_app(settings: Settings, app_id: str, **options: Any) -> faust.App:
     return PipelineApp(
         app_id,
         fetch_max_wait_ms=worker.fetch_max_wait_ms,
+        idle_fetch_max_wait_ms=worker.idle_fetch_max_wait_ms,
         store="memory://",
         topic_allow_declare=False,
         topic_replication_factor=settings.kafka.replication_factor,
@@ -248,16 +250,68 @@ def leader_timer(
 async def acked_batches(
     stream: faust.StreamT, most: int, within: float, process: Callable[[list[Incoming]], Awaitable[object]]
 ) -> None:
-    """Hand the stream to `process` in micro-batches, acknowledging a batch only once
-    `process` returns: faust commits offsets up to acknowledged events, so what a crash or
-    a rebalance interrupts is delivered again. (take_events acks its batch in a `finally`:
-    a rebalance that cancelled an agent mid-batch committed events it never handled, and
-    a question was lost in the failover test.)"""
-    batches = cast(Any, stream).noack_take(most, within=within)
-    async for events in batches:
-        await process([incoming(e) for e in events])
-        for event in events:
-            await stream.ack(event)
+    """Hand the stream to `process` in micro-batches of at most `most` events, acknowledging
+    a batch only once `process` returns: faust commits offsets up to acknowledged events, so
+    what a crash or a rebalance interrupts is delivered again. (take_events acks its batch
+    in a `finally`: a rebalance that cancelled an agent mid-batch committed events it never
+    handled, and a question was lost in the failover test.)
+
+    A batch starts with its first event and waits at most `within` after it for more.
+    faust's noack_take instead woke every `within` whether or not events came, which kept
+    an idle worker busy. A reader task takes the events off the stream (acks off: they are
+    acked here) while a batch is processed, at most `most` ahead."""
+    ahead: asyncio.Queue[faust.EventT] = asyncio.Queue(most)
+    acks = stream.enable_acks
+    stream.enable_acks = False  # as faust's take does; events skipped in a rebalance are still acked
+    reader = asyncio.ensure_future(_read(stream, ahead))
+    try:
+        while batch := await _next_batch(ahead, reader, most, within):
+            await process([incoming(e) for e in batch])
+            for event in batch:
+                await stream.ack(event)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)  # what ended it is raised above
+        stream.enable_acks = acks
+
+
+async def _read(stream: faust.StreamT, into: asyncio.Queue[faust.EventT]) -> None:
+    async for _ in stream:
+        if stream.current_event is not None:
+            await into.put(stream.current_event)
+
+
+async def _next_batch(
+    ahead: asyncio.Queue[faust.EventT], reader: asyncio.Future[None], most: int, within: float
+) -> list[faust.EventT]:
+    """The next batch; empty once the stream has ended. Raises what ended the reader."""
+    if ahead.empty():
+        first = asyncio.ensure_future(ahead.get())
+        try:
+            await asyncio.wait((first, reader), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled: the agent stops
+            first.cancel()
+            raise
+        if not first.done():  # the stream ended or failed, and nothing is left
+            first.cancel()
+            reader.result()
+            return []
+        batch = [first.result()]
+    else:
+        batch = [ahead.get_nowait()]
+    deadline = asyncio.get_running_loop().time() + within
+    while len(batch) < most:
+        if not ahead.empty():
+            batch.append(ahead.get_nowait())
+            continue
+        if reader.done():
+            break
+        try:
+            async with asyncio.timeout_at(deadline):
+                batch.append(await ahead.get())
+        except TimeoutError:
+            break
+    return batch
 
 
 def incoming(event: faust.EventT) -> Incoming:

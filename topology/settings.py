@@ -42,6 +42,13 @@ class WorkerSettings(BaseModel):
         description="Longest a fetch waits for data. Tansu holds fetches this long even when "
         "data arrives, so every hop can cost this much there; Kafka answers at once.",
     )
+    idle_fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        description="Longest a fetch waits once no event came for a second: an idle worker "
+        "and its broker wake up less. On Tansu the first event after a quiet second can "
+        "wait this long.",
+    )
     log_level: str = "WARNING"
     runtime: RuntimeSettings = RuntimeSettings()
 

@@ -11,6 +11,12 @@ _ConsumerThread                 faust hard-codes fetch_max_wait_ms=1500 for its 
   sets aiokafka's               data arrives; Tansu holds it for the full wait, so every hop
   _fetch_max_wait_ms from       could cost that much there.
   worker.fetch_max_wait_ms
+_ConsumerThread._fetch_records: with the short wait an idle worker fetched a hundred times    T11, T12
+  after each getmany, the       a second, and kept itself and the broker busy doing it.
+  Fetcher's wait: the short
+  one while events come, the
+  idle one after a second
+  without any
 _Consumer.ack: an event         faust's streams ack the events they skip during a rebalance,  T2, T3, T9
   fetched before a rebalance    so their offsets counted as done and the next commit went
   (or acked while the flow is   past events nobody handled: questions went unanswered when
@@ -38,7 +44,8 @@ _Consumer._new_consumer_thread, the plumbing that makes faust build the classes 
 
 Private members read, checked by T10: Consumer._unacked_messages, ._acked,
 ._committed_offset, ._paused_partitions, ._get_active_partitions(), ._is_changelog_tp();
-Conductor._tp_index; Channel._queue; aiokafka's AIOKafkaConsumer._fetch_max_wait_ms.
+Conductor._tp_index; Channel._queue; aiokafka's AIOKafkaConsumer._fetch_max_wait_ms and
+._fetcher, Fetcher._fetch_max_wait_ms.
 
 T1  tests/unit/test_transport.py::test_the_worker_consumer_fetches_with_the_configured_wait_not_faust_s
 T2  tests/unit/test_transport.py::test_an_event_fetched_before_the_rebalance_is_released_but_not_recorded
@@ -49,12 +56,15 @@ T6  tests/unit/test_transport.py::test_a_partition_left_unread_is_resumed_and_re
 T7  tests/unit/test_transport.py::test_a_partition_with_an_event_in_flight_is_left_alone
 T8  tests/unit/test_transport.py::test_a_partition_read_to_its_end_is_left_alone
 T9  tests/integration/test_crash.py::test_one_of_two_workers_killed_the_other_takes_over
-T10 tests/unit/test_faust_internals.py"""
+T10 tests/unit/test_faust_internals.py
+T11 tests/unit/test_transport.py::test_the_fetch_wait_grows_after_a_quiet_second_shrinks_at_records
+T12 tests/unit/test_transport.py::test_a_getmany_paces_the_fetcher_it_read_from"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -68,12 +78,41 @@ from mode import Service
 log = logging.getLogger(__name__)
 
 
+# A worker that fetched no event for this long waits longer per fetch (PipelineApp).
+IDLE_AFTER_S = 1.0
+
+
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
+    _records_at = 0.0  # when a fetch last brought records (monotonic)
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka reads this when the consumer starts (it builds its Fetcher then).
         consumer._fetch_max_wait_ms = cast("PipelineApp", self.app).fetch_max_wait_ms
         return consumer
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        records = await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
+        self.pace(consumer._fetcher, bool(records), time.monotonic())
+        return records
+
+    def pace(self, fetcher: Any, got_records: bool, now: float) -> None:
+        """The short wait while events come, the idle one after a second without any.
+        Called after each getmany (faust asks for at most a second's records), on the
+        consumer's own thread; the Fetcher reads the wait into every fetch it sends."""
+        app = cast("PipelineApp", self.app)
+        if got_records:
+            self._records_at = now
+        idle = now - self._records_at >= IDLE_AFTER_S
+        fetcher._fetch_max_wait_ms = app.idle_fetch_max_wait_ms if idle else app.fetch_max_wait_ms
 
 
 class _Consumer(driver.Consumer):
@@ -197,10 +236,14 @@ class _Transport(driver.Transport):
 
 
 class PipelineApp(faust.App):
-    """A faust App whose worker consumer waits at most `fetch_max_wait_ms` per fetch."""
+    """A faust App whose worker consumer waits at most `fetch_max_wait_ms` per fetch while
+    events come, and `idle_fetch_max_wait_ms` once none came for IDLE_AFTER_S."""
 
-    def __init__(self, *args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, fetch_max_wait_ms: int, idle_fetch_max_wait_ms: int, **kwargs: Any
+    ) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.idle_fetch_max_wait_ms = idle_fetch_max_wait_ms
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Any:

@@ -119,6 +119,22 @@ def test_the_transport_and_its_consumer_are_what_faust_instantiates():
     assert callable(mode.Service.task)
 
 
+def test_faust_fetches_through_fetch_records_and_aiokafka_reads_the_fetcher_s_wait_per_fetch():
+    # _ConsumerThread._fetch_records paces the wait after each getmany: faust must still
+    # route getmany through it (on the consumer thread), with these parameters, and the
+    # aiokafka Fetcher must read its _fetch_max_wait_ms into each fetch request it builds.
+    original = driver.AIOKafkaConsumerThread._fetch_records
+    expected = ["self", "consumer", "active_partitions", "timeout", "max_records"]
+    assert params(original) == expected
+    assert params(transport._ConsumerThread._fetch_records) == expected
+    assert "self._fetch_records," in inspect.getsource(driver.AIOKafkaConsumerThread.getmany)
+    assert "fetcher = consumer._fetcher" in inspect.getsource(original)
+    assert "self._fetcher = Fetcher(" in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert "self._fetch_max_wait_ms," in inspect.getsource(
+        aiokafka.consumer.fetcher.Fetcher._get_actions_per_node
+    )
+
+
 def test_aiokafka_reads_the_fetch_wait_we_set_when_it_starts():
     # _ConsumerThread sets consumer._fetch_max_wait_ms after construction; aiokafka must
     # store it under that name and read it when start() builds the Fetcher.

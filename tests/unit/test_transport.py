@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from faust.types.tuples import Message
 
@@ -141,3 +142,44 @@ def test_the_worker_consumer_fetches_with_the_configured_wait_not_faust_s():
 
     consumer = asyncio.run(build())
     assert consumer._fetch_max_wait_ms == 37  # faust alone would pass 1500
+
+
+class Fetcher:
+    _fetch_max_wait_ms = 1500  # aiokafka's: read into every fetch request it sends
+
+
+def paced_thread():  # type: ignore[no-untyped-def]
+    settings = Settings()
+    worker = settings.worker.model_copy(update={"fetch_max_wait_ms": 10, "idle_fetch_max_wait_ms": 250})
+    app = new_app(settings.model_copy(update={"worker": worker}), "transport-test")
+    return app.consumer._thread
+
+
+def test_the_fetch_wait_grows_after_a_quiet_second_shrinks_at_records():
+    thread, fetcher = paced_thread(), Fetcher()
+    thread.pace(fetcher, True, 100.0)
+    assert fetcher._fetch_max_wait_ms == 10
+    thread.pace(fetcher, False, 100.9)  # quiet, not for a second yet
+    assert fetcher._fetch_max_wait_ms == 10
+    thread.pace(fetcher, False, 101.0)
+    assert fetcher._fetch_max_wait_ms == 250
+    thread.pace(fetcher, False, 160.0)
+    assert fetcher._fetch_max_wait_ms == 250
+    thread.pace(fetcher, True, 160.5)  # the first records: the next fetch is short again
+    assert fetcher._fetch_max_wait_ms == 10
+
+
+def test_a_getmany_paces_the_fetcher_it_read_from(monkeypatch):
+    thread, fetcher = paced_thread(), Fetcher()
+    answers = iter([{"tp": ["record"]}, {}])
+
+    async def fetched(self, consumer, active_partitions, timeout=None, max_records=None):  # type: ignore[no-untyped-def]
+        return next(answers)
+
+    monkeypatch.setattr(driver.AIOKafkaConsumerThread, "_fetch_records", fetched)
+    consumer = type("Consumer", (), {"_fetcher": fetcher})()
+    assert asyncio.run(thread._fetch_records(consumer, set(), timeout=1.0)) == {"tp": ["record"]}
+    assert fetcher._fetch_max_wait_ms == 10
+    thread._records_at -= 2  # as if two quiet seconds had passed
+    assert asyncio.run(thread._fetch_records(consumer, set(), timeout=1.0)) == {}
+    assert fetcher._fetch_max_wait_ms == 250

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 from agents.config import PipelineSettings
+from agents.conversation import ConversationSettings
 from agents.routing import Registry
 from connectors.ports import Backend, Deltas, Embedder, PassageStore
 
@@ -19,6 +21,10 @@ class Dependencies:
     # The prompt registry; the app points it at the registry's GlobalTable. Empty: every
     # query gets the built-in prompt.
     registry: Registry = field(default_factory=lambda: Registry({}))
+    # Conversation memory by conversation key (the app points it at the conversations
+    # table) and its limits.
+    conversations: MutableMapping[str, bytes] = field(default_factory=dict)
+    conversation: ConversationSettings = field(default_factory=ConversationSettings)
     # Where generation streams ResponseDelta pieces; None: it sends none.
     deltas: Deltas | None = None
     # The document tower (indexing); None: the query embedder does both (one encoder).

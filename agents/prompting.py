@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from string import Template
 
-from agents import intake
+from agents import conversation, intake
 from agents.deps import Dependencies
 from connectors.ports import Generation, RenderedPrompt
 from schemas import ContextBudget, PromptAssembled, PromptSpec, QueryReceived, Served
@@ -32,6 +32,8 @@ async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
     )
     prompt = routed.prompt
     admitted = intake.admit(query, pipeline, prompt.top_k)
+    variables = conversation.template_variables(prompt, query)  # before any LM call is paid for
+    condensed = await conversation.condense(prompt, query, admitted.question, deps)
     served = Served(
         prompt=prompt.name,
         version=prompt.version,
@@ -48,14 +50,19 @@ async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
         served=served,
         system=prompt.system,
         template=prompt.template,
-        variables={"question": admitted.question},
-        retrieval_text=admitted.question,
+        variables={**variables, "question": admitted.question},
+        retrieval_text=condensed.text,
         top_k=admitted.top_k,
         max_tokens=prompt.max_tokens,
+        conversation_id=query.conversation_id,
+        history=query.memory,
+        condense_model=condensed.model,
+        condense_usage=condensed.usage or {},
+        condense_ms=condensed.ms,
     )
     if prompt.hyde == "off":
         return query.follow(PromptAssembled, STAGE, prompt=spec)
-    passage = await hypothetical_passage(prompt, admitted.question, deps)
+    passage = await hypothetical_passage(prompt, condensed.text, deps)
     hyde = {"hyde_passage": passage.text, "hyde_model": passage.model, "hyde_usage": passage.usage_details}
     return query.follow(PromptAssembled, STAGE, prompt=spec.model_copy(update=hyde))
 

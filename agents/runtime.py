@@ -34,6 +34,8 @@ T = TypeVar("T")
 # nothing to emit, or the exception that this input failed with.
 Result = Event | None | BaseException
 BatchHandler = Callable[[Sequence[Any], Any], Awaitable[Sequence[Result]]]
+# (the event a stage took or None, its output or error) -> the deliveries of what it sent.
+Announce = Callable[[Event | None, Event | BaseException], Awaitable[list[Awaitable[Any]]]]
 
 
 class Backoff(BaseModel):
@@ -139,6 +141,11 @@ class StageRunner:
     # Where StageCompleted reports go (the telemetry topic); None: not reported.
     telemetry: Callable[[bytes, bytes], Awaitable[Awaitable[Any]]] | None = None
     telemetry_settings: TelemetrySettings = TelemetrySettings()
+    # Topics that carry more than one event type decode with their own function.
+    decoder: Callable[[bytes | None], Event] | None = None
+    # What else an outcome (an output event or the error an event failed with) makes the
+    # stage send, after its output: the awaitables of those deliveries.
+    announce: Announce | None = None
 
     async def process(self, batch: Sequence[Incoming]) -> None:
         """Handle one micro-batch; returns once every output is acknowledged by the broker,
@@ -154,7 +161,10 @@ class StageRunner:
                         f"{size} bytes where at most {self.settings.max_event_bytes} are accepted "
                         "(LLMOPS_WORKER__RUNTIME__MAX_EVENT_BYTES)"
                     )
-                pending.append((message, decode(message.value, self.input_model)))
+                if self.decoder is not None:
+                    pending.append((message, self.decoder(message.value)))
+                else:
+                    pending.append((message, decode(message.value, self.input_model)))
             except InvalidEvent as exc:
                 deliveries += await self._fail(message, None, exc, 1, started_at)
         attempt = 1
@@ -172,6 +182,7 @@ class StageRunner:
                     result = _with_timing(result, event, self.name, elapsed_ms)
                     deliveries.append(await self.emit(result.trace_id.encode(), encode(result)))
                     deliveries += await self._report(event, result, event.trace_id, event.tenant, started_at)
+                    deliveries += await self._announce(event, result)
                 else:
                     deliveries += await self._report(event, None, event.trace_id, event.tenant, started_at)
             pending = retry
@@ -220,7 +231,17 @@ class StageRunner:
                 reason=letter.reason,
             )
             sent.append(await self.reply(trace_id.encode(), encode(failed)))
-        return sent
+        return sent + await self._announce(event, error)
+
+    async def _announce(self, source: Event | None, outcome: Event | BaseException) -> list[Awaitable[Any]]:
+        if self.announce is None:
+            return []
+        try:
+            return await self.announce(source, outcome)
+        except Exception:  # the event itself went on; what it announces is logged as lost
+            trace = getattr(source, "trace_id", "?")
+            log.exception("%s: announcing the outcome of trace %s failed", self.name, trace)
+            return []
 
     async def _report(
         self,

@@ -93,6 +93,11 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
         prompt = getattr(event, "prompt", None)
         if isinstance(prompt, PromptSpec):
             found["served"] = prompt.served
+            if prompt.conversation_id:
+                found["conversation_id"] = prompt.conversation_id
+        conversation = getattr(event, "conversation_id", None)  # a conversation's turn events
+        if isinstance(conversation, str):
+            found["conversation_id"] = conversation
     match output:
         case PromptAssembled(prompt=p):
             found["question"] = p.variables.get("question", "")

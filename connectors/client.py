@@ -25,6 +25,7 @@ from schemas import (
     encode,
     new_id,
 )
+from schemas.conversations import conversation_key
 from schemas.errors import InvalidEvent, LLMOpsError, PermanentError, TransientError
 from schemas.feedback import FeedbackReceived, FeedbackType
 
@@ -138,14 +139,20 @@ class Client:
         retrieval_mode: RetrievalMode | None = None,
         prompt: str | None = None,
         timeout: float | None = None,
+        conversation: str | None = None,
+        variables: Mapping[str, str] | None = None,
     ) -> ResponseGenerated:
         """Publish a QueryReceived and await its ResponseGenerated.
 
         Raises RequestError when the pipeline rejected the query, TimeoutError when no
         reply came within `timeout` seconds. `prompt`: a registry label or version to
-        answer with instead of the served label."""
+        answer with instead of the served label. `conversation`: the question is a turn of
+        this conversation (of `tenant`), answered with its memory after its earlier turns.
+        `variables`: user metadata the prompt's template renders."""
         try:
             query = QueryReceived(
+                conversation_id=conversation,
+                variables=dict(variables or {}),
                 trace_id=new_id(),
                 tenant=tenant,
                 producer=self._name,
@@ -157,9 +164,15 @@ class Client:
             )
         except ValidationError as exc:
             raise InvalidEvent(f"invalid question: {_first_error(exc)}") from exc
-        reply = await self._request(self._kafka.topics.queries, [query], timeout)
+        reply = await self._request(self._topic_for(query), [query], timeout)
         assert isinstance(reply[0], ResponseGenerated)
         return reply[0]
+
+    def _topic_for(self, query: QueryReceived) -> str:
+        """Turns of a conversation go through the conversation stage; other questions
+        straight to prompting (no extra hop)."""
+        topics = self._kafka.topics
+        return topics.turns if query.conversation_id is not None else topics.queries
 
     async def ingest(
         self,
@@ -227,7 +240,7 @@ class Client:
             self._pending[event.trace_id] = future
             futures.append(future)
         try:
-            await self._publisher.publish(topic, [(e.trace_id.encode(), encode(e)) for e in events])
+            await self._publisher.publish(topic, [(_key(e), encode(e)) for e in events])
             async with asyncio.timeout(timeout or self._timeout):
                 replies = await asyncio.gather(*futures)
         finally:
@@ -260,6 +273,14 @@ class Client:
                 future = self._pending.get(reply.trace_id)
                 if future is not None and not future.done():
                     future.set_result(reply)
+
+
+def _key(event: Any) -> bytes:
+    """A conversation's turns are keyed by conversation, so that one worker sees them in
+    order; everything else by trace id."""
+    if isinstance(event, QueryReceived) and event.conversation_id is not None:
+        return conversation_key(event.tenant, event.conversation_id).encode()
+    return str(event.trace_id).encode()
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -23,6 +23,8 @@ class TopicNames(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     queries: str = "llmops.queries"
+    # Turns of conversations and their completions, keyed by conversation.
+    turns: str = "llmops.turns"
     prompts: str = "llmops.prompts"
     embeddings: str = "llmops.embeddings"
     contexts: str = "llmops.contexts"
@@ -154,7 +156,14 @@ class Publisher:
         self._producer = Producer(
             librdkafka_config(
                 self._settings,
-                **{"client.id": self._client_id, "linger.ms": self._linger_ms, "enable.idempotence": True},
+                **{
+                    "client.id": self._client_id,
+                    "linger.ms": self._linger_ms,
+                    "enable.idempotence": True,
+                    # Keys land where Java clients and faust (aiokafka) put them, so a faust
+                    # table's changelog partition is its key's topic partition.
+                    "partitioner": "murmur2_random",
+                },
             )
         )
         self._poller = asyncio.create_task(self._poll(), name=f"{self._client_id}-deliveries")

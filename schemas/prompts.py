@@ -10,7 +10,9 @@ import json
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+from pydantic.fields import FieldInfo
 
+from schemas.conversations import RESERVED_VARIABLES, VariableName
 from schemas.envelope import Frozen, Identifier, utc_now
 from schemas.queries import HydeMode, RetrievalMode
 
@@ -18,7 +20,21 @@ from schemas.queries import HydeMode, RetrievalMode
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 # Gao et al. 2022 (HyDE), the instruction of their web-search task; `$question` is filled in.
 DEFAULT_HYDE_INSTRUCTION = "Please write a passage to answer the question.\nQuestion: $question\nPassage:"
+# The condense node's instruction; `$history` (the earlier turns) and `$question` are filled in.
+DEFAULT_CONDENSE_INSTRUCTION = (
+    "Rewrite the follow-up question as one standalone question that can be understood "
+    "without the conversation. Reply with the question only.\n\nConversation:\n$history\n\n"
+    "Follow-up question: $question\nStandalone question:"
+)
 VERSION_CHARS = 12
+
+
+class VariableSpec(Frozen):
+    """A user variable a template declares: whether a query must give it and how long its
+    value may be. A missing or over-long value fails the query at prompting."""
+
+    required: bool = Field(default=True, description="False: an absent value renders as empty.")
+    max_chars: int = Field(default=200, ge=1, le=1_000)
 
 
 class PromptVersion(Frozen):
@@ -39,6 +55,17 @@ class PromptVersion(Frozen):
     hyde: HydeMode = "off"
     hyde_instruction: str = DEFAULT_HYDE_INSTRUCTION
     hyde_max_tokens: int = Field(default=256, ge=1)
+    # The condense node (conversation turns with memory): an LM call of its own settings;
+    # with the extractive backend the previous question is prepended instead.
+    condense: bool = Field(default=True, description="Rewrite a follow-up into a standalone question.")
+    condense_instruction: str = DEFAULT_CONDENSE_INSTRUCTION
+    condense_model: str | None = Field(default=None, description="None: the prompt's model.")
+    condense_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    condense_seed: int | None = None
+    condense_max_tokens: int = Field(default=96, ge=1)
+    variables: dict[VariableName, VariableSpec] = Field(
+        default_factory=dict, description="The user variables the template renders, with their limits."
+    )
     version: str = Field(default="", description="Derived: the hash of the rest; any other value is refused.")
 
     @model_validator(mode="after")
@@ -52,11 +79,43 @@ class PromptVersion(Frozen):
         object.__setattr__(self, "version", digest)  # frozen: set once, here, before anyone sees it
         return self
 
+    @model_validator(mode="after")
+    def _no_reserved_variables(self) -> PromptVersion:
+        reserved = sorted(set(self.variables) & RESERVED_VARIABLES)
+        if reserved:
+            raise ValueError(f"variables {reserved} are filled by the pipeline; declare other names")
+        return self
+
+
+# Fields added after versions were first published: hashed only when they differ from
+# their defaults, so every version published before them keeps its hash.
+_HASHED_WHEN_SET = frozenset(
+    {
+        "condense",
+        "condense_instruction",
+        "condense_model",
+        "condense_temperature",
+        "condense_seed",
+        "condense_max_tokens",
+        "variables",
+    }
+)
+
+
+def _default(info: FieldInfo) -> object:
+    return info.get_default(call_default_factory=True)
+
 
 def content_hash(prompt: PromptVersion) -> str:
     """SHA-256 of the canonical JSON of every field but the version (defaults included,
     so a file that spells a default out and one that leaves it are the same version)."""
-    fields = {name: getattr(prompt, name) for name in PromptVersion.model_fields if name != "version"}
+    fields: dict[str, object] = {
+        name: getattr(prompt, name)
+        for name, info in PromptVersion.model_fields.items()
+        if name != "version" and not (name in _HASHED_WHEN_SET and getattr(prompt, name) == _default(info))
+    }
+    if "variables" in fields:
+        fields["variables"] = {name: spec.model_dump() for name, spec in prompt.variables.items()}
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:VERSION_CHARS]
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
+from schemas.conversations import ConversationId, Turn, Variables
 from schemas.envelope import Event, Frozen, Identifier
 
 Question = Annotated[str, StringConstraints(min_length=1, max_length=32_000)]
@@ -35,6 +36,18 @@ class QueryReceived(Event):
         default=None,
         description="A prompt label or version to answer with (replays, evaluations); "
         "otherwise the served label, split by its experiment.",
+    )
+    conversation_id: ConversationId | None = Field(
+        default=None,
+        description="A turn of this conversation of the tenant: answered with its memory, "
+        "after the conversation's previous turn.",
+    )
+    variables: Variables = Field(
+        default_factory=dict, description="User metadata the prompt's template renders ($name)."
+    )
+    memory: list[Turn] = Field(
+        default_factory=list,
+        description="Set by the conversation stage: the conversation's last turns, oldest first.",
     )
 
 
@@ -89,6 +102,13 @@ class PromptSpec(Frozen):
     # What writing the HyDE passage took: the model that wrote it and its tokens.
     hyde_model: str = ""
     hyde_usage: dict[str, int] = Field(default_factory=dict)
+    # Conversations: the turns the answer prompt shows, and what condensing the follow-up
+    # into `retrieval_text` took (the condense node's model, tokens and time).
+    conversation_id: ConversationId | None = None
+    history: list[Turn] = Field(default_factory=list)
+    condense_model: str = ""
+    condense_usage: dict[str, int] = Field(default_factory=dict)
+    condense_ms: float = Field(default=0.0, ge=0)
 
 
 _SPEC_V1 = (

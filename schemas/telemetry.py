@@ -27,6 +27,7 @@ class StageCompleted(Event):
     # in the name, e.g. gpt-4o-mini-2024-07-18); the prompt version is in `served`.
     model: str = ""
     served: Served | None = Field(default=None, description="What served the request; None before prompting.")
+    conversation_id: str = Field(default="", description="The conversation of the request, or empty.")
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)

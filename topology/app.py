@@ -20,6 +20,7 @@ from connectors.llm import build_backend
 from connectors.milvus import MilvusStore
 from connectors.ports import Deltas
 from schemas.errors import LLMOpsError
+from topology.conversations import KeyedByText, announcer, conversations_table
 from topology.graph import STAGES
 from topology.settings import Settings
 from topology.topics import REGISTRY_TABLE, registry_topic
@@ -139,6 +140,8 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
     app = new_app(settings, settings.worker.app_id, web_enabled=False, topic_disable_leader=True)
 
     deps.registry = Registry(registry_table(app, settings))
+    deps.conversations = KeyedByText(conversations_table(app, settings))
+    deps.conversation = settings.conversation
     publisher, names = stage_publisher(app, settings), settings.kafka.topics
     llm = settings.llm
     deps.deltas = Deltas(sender(publisher, names.responses), llm.delta_tokens, llm.delta_ms)
@@ -155,6 +158,8 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
             settings=runtime,
             telemetry=sender(publisher, names.telemetry),
             telemetry_settings=settings.telemetry,
+            decoder=stage.decoder,
+            announce=announcer(stage, publisher, names, settings.telemetry),
         )
         register(
             app,

@@ -13,7 +13,7 @@ from connectors.kafka import ensure_topics
 from connectors.migrations import apply
 from connectors.milvus import MilvusStore
 from topology.settings import Settings
-from topology.topics import analytics_app_id, leader_topic, registry_topic, topic_specs
+from topology.topics import analytics_app_id, conversations_topic, leader_topic, registry_topic, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def bootstrap(settings: Settings, *, analytics: bool = True) -> BootstrapReport:
     starts (the local stack does that: a chDB directory opens in one process only)."""
     leaders = (leader_topic(analytics_app_id(settings.worker.app_id)),)
     registry = registry_topic(settings.worker.app_id)
-    created = ensure_topics(settings.kafka, topic_specs(settings.kafka, leaders, registry))
+    tables = (conversations_topic(settings.worker.app_id),)
+    created = ensure_topics(settings.kafka, topic_specs(settings.kafka, leaders, registry, tables))
     embedder = OnnxEmbedder(settings.embedding, side="document")
     embedder.open()  # the collection's vector size is the document encoder's, and it records it
     store = MilvusStore(settings.milvus, writer=embedder)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agents import alerts, analytics_deps, embedding, generation, indexing, prompting, retrieval
+from agents import alerts, analytics_deps, conversation, embedding, generation, indexing, prompting, retrieval
 from agents.analytics_deps import AnalyticsDeps
 from agents.runtime import BatchHandler, per_event
 from connectors.kafka import TopicNames
@@ -26,11 +26,18 @@ from schemas import (
     StageCompleted,
 )
 from schemas.alerts import Alert, ExperimentRolledBack
+from schemas.conversations import TurnCompleted
 from schemas.prompts import LabelMoved
-from topology.topics import registry_topic
+from topology.topics import CONVERSATIONS_TABLE, registry_topic
 
 if TYPE_CHECKING:
+    from agents.telemetry import TelemetrySettings
     from topology.settings import Settings
+
+# (the event a stage took, its output or error, telemetry settings) -> (topic field, key, event)
+Announcer = Callable[
+    [Event | None, Event | BaseException, "TelemetrySettings"], Sequence[tuple[str, bytes, Event]]
+]
 
 
 @dataclass(frozen=True)
@@ -42,9 +49,34 @@ class Stage:
     output_model: type[Event]
     handler: BatchHandler
     replies_to: str  # where the client hears of a failure (RequestFailed)
+    # A topic that carries several event types: how to decode it (None: input_model).
+    decoder: Callable[[bytes | None], Event] | None = None
+    # What else an outcome makes the stage send: (TopicNames field, key, event) each.
+    announces: Announcer | None = None
+    announced: tuple[tuple[str, type[Event]], ...] = ()  # for the diagram: (topic field, model)
+    # The language-model calls the stage makes, each switched and set per prompt version.
+    lm_nodes: tuple[str, ...] = ()
+    keeps: str | None = None  # a faust table the stage keeps (its changelog is a topic)
+
+
+# A conversation's turn is over (answered or failed): the conversation stage starts the next.
+_TURN_OVER = (("turns", TurnCompleted),)
 
 
 STAGES: tuple[Stage, ...] = (
+    # Only turns of a conversation pass here (the client sends them to the turns topic,
+    # keyed by conversation); every other question goes straight to prompting.
+    Stage(
+        conversation.STAGE,
+        "turns",
+        QueryReceived,
+        "queries",
+        QueryReceived,
+        conversation.handle_batch,
+        replies_to="responses",
+        decoder=conversation.decode_turn_event,
+        keeps=CONVERSATIONS_TABLE,
+    ),
     Stage(
         "prompting",
         "queries",
@@ -53,6 +85,10 @@ STAGES: tuple[Stage, ...] = (
         PromptAssembled,
         per_event(prompting.handle),
         replies_to="responses",
+        announces=conversation.announcements,
+        # The condense node's own row (prompting runs it, with HyDE, before assembling).
+        announced=(*_TURN_OVER, ("telemetry", StageCompleted)),
+        lm_nodes=(conversation.CONDENSE, "hyde"),
     ),
     Stage(
         "embedding",
@@ -62,6 +98,8 @@ STAGES: tuple[Stage, ...] = (
         QueryEmbedded,
         embedding.handle_batch,
         replies_to="responses",
+        announces=conversation.announcements,
+        announced=_TURN_OVER,
     ),
     Stage(
         "retrieval",
@@ -71,6 +109,8 @@ STAGES: tuple[Stage, ...] = (
         ContextRetrieved,
         retrieval.handle_batch,
         replies_to="responses",
+        announces=conversation.announcements,
+        announced=_TURN_OVER,
     ),
     Stage(
         "generation",
@@ -80,6 +120,9 @@ STAGES: tuple[Stage, ...] = (
         ResponseGenerated,
         per_event(generation.handle),
         replies_to="responses",
+        announces=conversation.announcements,
+        announced=_TURN_OVER,
+        lm_nodes=("answer",),
     ),
     Stage(
         "indexing",
@@ -95,6 +138,7 @@ STAGES: tuple[Stage, ...] = (
 # Who publishes onto the topics that no stage produces.
 ENTRY_POINTS = (
     ("client", "queries", QueryReceived),
+    ("client", "turns", QueryReceived),
     ("client", "documents", DocumentSubmitted),
     ("client", "feedback", FeedbackReceived),
 )
@@ -211,6 +255,15 @@ def mermaid(names: TopicNames | None = None, app_id: str = "llmops") -> str:
         lines.append(f"    {stage.name} -- {stage.output_model.__name__} --> {topic(stage.produces)}")
         lines.append(f"    {stage.name} -. DeadLetter .-> {topic('deadletter')}")
         lines.append(f"    {stage.name} -. StageCompleted .-> {topic('telemetry')}")
+        for said, kind in stage.announced:
+            if (said, kind) != ("telemetry", StageCompleted):
+                lines.append(f"    {stage.name} -. {kind.__name__} .-> {topic(said)}")
+        for node in stage.lm_nodes:
+            lines.append(f"    {stage.name} -.- lm_{_id(node)}[/{node} LM/]")
+        if stage.keeps:
+            changelog = f"{app_id}-{stage.keeps}-changelog"
+            table = f'table_{_id(stage.keeps)}[("{stage.keeps} table, changelog {changelog}")]'
+            lines.append(f"    {stage.name} <-. memory .-> {table}")
     lines.append(f"    {topic('registry')} -. prompt versions .-> prompting")
     lines.append(f"    {topic('responses')} --> client")
     lines.append(f"    {topic('indexed')} --> client")

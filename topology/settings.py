@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.config import PipelineSettings
+from agents.conversation import ConversationSettings
 from agents.feedback import FeedbackSettings
 from agents.monitor import MonitorSettings
 from agents.runtime import RuntimeSettings
@@ -77,6 +78,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     local_llm: LocalLLMSettings = LocalLLMSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    conversation: ConversationSettings = ConversationSettings()
     client: ClientSettings = ClientSettings()
     worker: WorkerSettings = WorkerSettings()
     stack: StackSettings = StackSettings()

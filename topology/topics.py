@@ -27,8 +27,20 @@ def registry_topic(app_id: str) -> str:
     return f"{app_id}-{REGISTRY_TABLE}-changelog"
 
 
+CONVERSATIONS_TABLE = "conversations"
+
+
+def conversations_topic(app_id: str) -> str:
+    """The conversations table's changelog (faust's name for it): compacted, one partition
+    per partition of the turns topic, so a worker recovers the conversations it owns."""
+    return f"{app_id}-{CONVERSATIONS_TABLE}-changelog"
+
+
 def topic_specs(
-    kafka: KafkaSettings, leader_topics: tuple[str, ...] = (), registry: str | None = None
+    kafka: KafkaSettings,
+    leader_topics: tuple[str, ...] = (),
+    registry: str | None = None,
+    tables: tuple[str, ...] = (),
 ) -> list[TopicSpec]:
     """`leader_topics`: faust apps that elect a leader (for a timer that must run once)
     need a one-partition topic each; with topic declaration off, bootstrap makes it."""
@@ -43,6 +55,7 @@ def topic_specs(
 
     return [
         spec(names.queries, 7),
+        spec(names.turns, 7),
         spec(names.prompts, 1),
         spec(names.embeddings, 1),
         spec(names.contexts, 1),
@@ -60,4 +73,6 @@ def topic_specs(
         ),
         # One partition: the registry is small and read whole, in order, by every worker.
         *([TopicSpec(registry, 1, {"cleanup.policy": "compact"})] if registry else []),
+        # Tables' changelogs: compacted, partitioned as the topics their agents read.
+        *(TopicSpec(name, partitions, {"cleanup.policy": "compact"}) for name in tables),
     ]

@@ -61,12 +61,21 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "context_tokens": 0,
     "context_tokens_cut": 0,
     "tokens_counted_by": "",
+    "conversation_id": "",
+}
+# The same for the prompt spec inside the query events.
+ADDED_TO_THE_SPEC: dict[str, Any] = {
+    "conversation_id": None,
+    "history": [],
+    "condense_model": "",
+    "condense_usage": {},
+    "condense_ms": 0.0,
 }
 
 
-def without_added(fields: dict[str, Any]) -> dict[str, Any]:
+def without_added(fields: dict[str, Any], added: dict[str, Any] = ADDED_SINCE_V1) -> dict[str, Any]:
     """`fields` less those added since version 1, which must hold their defaults."""
-    for name, default in ADDED_SINCE_V1.items():
+    for name, default in added.items():
         if name in fields:
             assert fields.pop(name) == default, name
     return fields
@@ -75,7 +84,7 @@ def without_added(fields: dict[str, Any]) -> dict[str, Any]:
 def same_as_v1(event: Event, old: dict[str, Any], flat: tuple[str, ...]) -> None:
     now = without_added(json.loads(encode(event)))
     if "prompt" in now:
-        now["prompt"] = as_v1(now["prompt"], SPEC_V1)
+        now["prompt"] = as_v1(without_added(now["prompt"], ADDED_TO_THE_SPEC), SPEC_V1)
     else:
         now = as_v1(now, flat)
     assert now == {**old, "schema_version": SCHEMA_VERSION}

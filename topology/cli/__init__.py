@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from topology.cli import ask, dlq, experiments, graph, model, prompts, reports, stack
+from topology.cli import ask, conversation, dlq, experiments, graph, model, prompts, reports, stack
 from topology.cli.common import CONFIG_HELP, Invocation, readable_errors
 
 
@@ -47,6 +47,8 @@ for command in (
     ask.ingest,
     ask.feedback,
     ask.sample_corpus,
+    conversation.chat,
+    conversation.conversation,
     reports.report,
     reports.alerts,
     reports.trace,

@@ -1,0 +1,86 @@
+"""Where conversation memory lives: a faust Table keyed by conversation key, whose
+changelog is a compacted topic partitioned like the turns topic. The worker that owns a
+partition of the turns topic owns the same partition of the table; when a worker starts
+or takes partitions over, faust reads the changelog back into the table before the
+conversation stage gets any event (faust's recovery), so no turn is forgotten."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import faust
+
+from connectors.kafka import Publisher, TopicNames
+from schemas import Event, encode
+from topology.topics import CONVERSATIONS_TABLE, conversations_topic
+
+if TYPE_CHECKING:
+    from agents.telemetry import TelemetrySettings
+    from topology.graph import Stage
+    from topology.settings import Settings
+
+
+class KeyedByText(MutableMapping[str, bytes]):
+    """The table as handlers see it: text keys, bytes values (stored raw)."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def __getitem__(self, key: str) -> bytes:
+        return bytes(self._table[key.encode()])
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._table[key.encode()] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._table[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key.decode() for key in self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+def conversations_table(app: faust.App, settings: Settings) -> Any:
+    """The table. `use_partitioner`: a write goes to its key's partition as the producer
+    places keys (murmur2, the same as the stage publisher's, connectors.kafka), which is
+    the turns partition the key's events come from; so it needs no current event, and
+    the conversation stage can write from inside a micro-batch."""
+    partitions = settings.kafka.partitions
+    changelog = app.topic(
+        conversations_topic(settings.worker.app_id),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        # As faust's own changelogs: never acked, so never committed by the group.
+        acks=False,
+    )
+    return app.Table(
+        CONVERSATIONS_TABLE,
+        partitions=partitions,
+        changelog_topic=changelog,
+        key_type=bytes,
+        value_type=bytes,
+        use_partitioner=True,
+    )
+
+
+def announcer(
+    stage: Stage, publisher: Publisher, names: TopicNames, telemetry: TelemetrySettings
+) -> Callable[[Event | None, Event | BaseException], Awaitable[list[Awaitable[Any]]]] | None:
+    """The stage's announcements (graph.Stage.announces) sent by the stage publisher."""
+    announces = stage.announces
+    if announces is None:
+        return None
+
+    async def announce(source: Event | None, outcome: Event | BaseException) -> list[Awaitable[Any]]:
+        return [
+            await publisher.send(getattr(names, field), key, encode(event))
+            for field, key, event in announces(source, outcome, telemetry)
+        ]
+
+    return announce

@@ -30,6 +30,7 @@ from connectors.ports import AnalyticsStore
 from schemas import encode
 from schemas.alerts import Alert
 from topology.app import leader_timer, new_app, raw_topic, register, sender, stage_publisher
+from topology.console import add_console
 from topology.graph import LEADER_TIMERS, SINKS
 from topology.query_service import add_query_service
 from topology.settings import Settings
@@ -170,4 +171,5 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
                 app, timer.name, timer.every(settings), functools.partial(timer.run, deps), opener.ready
             )
     add_query_service(app, store, lambda: opener.is_open)
+    add_console(app, settings, data, lambda: opener.is_open)
     return app

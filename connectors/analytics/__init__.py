@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from connectors.analytics.common import PROBE_TENANT, when
+from connectors.analytics.console import ConsoleQueries
 from connectors.analytics.monitor import MonitorQueries
 from connectors.analytics.reports import ReportQueries
 from connectors.analytics.service import ServiceSettings, ServiceStore, read_only
@@ -28,9 +29,10 @@ from connectors.clickhouse import (
 __all__ = ["PROBE_TENANT", "Analytics", "ServiceSettings", "ServiceStore", "read_only", "when"]
 
 
-class Analytics(ReportQueries, MonitorQueries, StoreWrites):
+class Analytics(ReportQueries, ConsoleQueries, MonitorQueries, StoreWrites):
     """Every named query of the analytics store, by concern: reports (`reports.py`), the
-    monitor's windows (`monitor.py`), the sinks' writes and feedback links (`writes.py`)."""
+    monitor's windows (`monitor.py`), the web console's (`console.py`), the sinks' writes
+    and feedback links (`writes.py`)."""
 
     def __init__(self, store: AnalyticsStore) -> None:
         self.store = store

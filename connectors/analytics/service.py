@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.clickhouse import QueryFailed, Rows, StoreUnavailable
 
@@ -21,6 +21,9 @@ class ServiceSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Bind address; keep it local: it runs SQL.")
     port: int = Field(default=6066, ge=0, le=65535)
     timeout_s: float = Field(default=30.0, gt=0)
+    console_token: SecretStr | None = Field(
+        default=None, description="The web console's actions (replay) ask for it; unset: they are off."
+    )
 
     @property
     def url(self) -> str:

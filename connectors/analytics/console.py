@@ -1,0 +1,141 @@
+"""The reads behind the web console (topology/console) that the report does not make:
+trace search, every row of one trace, end-to-end latency, and alerts with their evidence."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from connectors.analytics.common import report_window, when
+from connectors.clickhouse import AnalyticsStore, Rows
+from schemas import utc_now
+
+# One row per question trace (a trace with a prompting stage) started in [start, end),
+# with what served it; filters are bound, an empty one matches everything. The
+# prompting row carries what served the trace (prompt, label, retrieval mode), so the
+# newest matching traces are found among prompting rows alone, a top-N sort with no
+# GROUP BY over the window; only those traces' rows are then read and grouped (by
+# trace_id, the table's key). The text filter looks in the question and the answer;
+# the status filter asks whether any of the trace's stages failed.
+_WINDOW = "started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}"
+_MATCHING = f"""
+SELECT trace_id FROM telemetry
+WHERE stage = 'prompting' AND {_WINDOW}
+  AND (empty({{tenant:String}}) OR tenant = {{tenant:String}}) AND tenant != {{hide:String}}
+  AND (empty({{prompt:String}}) OR template_id = {{prompt:String}}
+       OR startsWith(template_version, {{prompt:String}}))
+  AND (empty({{label:String}}) OR label = {{label:String}})
+  AND (empty({{mode:String}}) OR retrieval_mode = {{mode:String}})
+  AND (empty({{text:String}}) OR trace_id IN (
+        SELECT trace_id FROM telemetry
+        WHERE {_WINDOW} AND (positionCaseInsensitiveUTF8(question, {{text:String}}) > 0
+                             OR positionCaseInsensitiveUTF8(answer, {{text:String}}) > 0)))
+  AND (empty({{status:String}})
+       OR (trace_id IN (SELECT trace_id FROM telemetry WHERE {_WINDOW} AND status = 'error'))
+          = ({{status:String}} = 'error'))
+ORDER BY started_at DESC LIMIT {{limit:UInt32}}
+"""  # noqa: S608  (constant SQL; values are bound)
+_SEARCH = f"""
+SELECT trace_id, tenant, min(started_at) AS first_started,
+       round(dateDiff('microsecond', min(started_at), max(ended_at)) / 1000, 2) AS total_ms,
+       if(countIf(status = 'error') > 0, 'error', 'ok') AS outcome,
+       anyIf(template_id, template_id != '') AS prompt_id,
+       anyIf(template_version, template_version != '') AS prompt_version,
+       anyIf(label, label != '') AS served_label, anyIf(experiment, experiment != '') AS experiment_name,
+       anyIf(arm, arm != '') AS experiment_arm, anyIf(retrieval_mode, retrieval_mode != '') AS mode,
+       anyIf(question, question != '') AS asked, anyIf(answer, answer != '') AS answered,
+       round(sum(cost_usd), 6) AS cost, groupUniqArray(stage) AS stages
+FROM telemetry
+WHERE trace_id IN ({_MATCHING}) AND {_WINDOW}
+GROUP BY trace_id, tenant
+ORDER BY first_started DESC
+"""  # noqa: S608  (constant SQL; values are bound)
+
+
+class ConsoleQueries:
+    """Reads for the web console's trace, overview and alert pages."""
+
+    store: AnalyticsStore
+
+    async def search_traces(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        tenant: str = "",
+        status: str = "",
+        prompt: str = "",
+        label: str = "",
+        mode: str = "",
+        text: str = "",
+        limit: int = 100,
+        probes: bool = False,
+    ) -> Rows:
+        """Question traces started in [start, end), newest first. `prompt`: a prompt id
+        or the start of a version hash; `text`: a case-insensitive substring of the
+        question or the answer."""
+        window = report_window(timedelta(0), tenant, probes)
+        return await self.store.query(
+            _SEARCH,
+            {
+                **window,
+                "start": when(start),
+                "end": when(end),
+                "status": status,
+                "prompt": prompt,
+                "label": label,
+                "mode": mode,
+                "text": text,
+                "limit": limit,
+            },
+        )
+
+    async def trace_rows(self, trace_id: str) -> tuple[Rows, Rows]:
+        """Every telemetry row (less the query vector) and every feedback row of a trace."""
+        stages = await self.store.query(
+            """
+            SELECT * EXCEPT (query_vector) FROM telemetry FINAL WHERE trace_id = {trace:String}
+            ORDER BY started_at, ended_at
+            """,
+            {"trace": trace_id},
+        )
+        feedback = await self.store.query(
+            "SELECT * FROM feedback FINAL WHERE trace_id = {trace:String} ORDER BY occurred_at",
+            {"trace": trace_id},
+        )
+        return stages, feedback
+
+    async def end_to_end(self, since: timedelta, tenant: str = "", probes: bool = False) -> Rows:
+        """Question traces in the window: how many, how many failed, and p50/p95/p99 from
+        the first stage's start to the last stage's end (ms)."""
+        return await self.store.query(
+            """
+            SELECT count() AS requests, countIf(failed) AS errors,
+                   arrayMap(x -> round(x, 2), quantiles(0.5, 0.95, 0.99)(total_ms)) AS q
+            FROM (
+                SELECT trace_id, dateDiff('microsecond', min(started_at), max(ended_at)) / 1000 AS total_ms,
+                       countIf(status = 'error') > 0 AS failed
+                FROM telemetry
+                WHERE started_at >= {since:DateTime64(3, 'UTC')} AND stage != 'indexing'
+                  AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
+                GROUP BY trace_id
+                HAVING countIf(stage = 'prompting') > 0
+            )
+            """,
+            report_window(since, tenant, probes),
+        )
+
+    async def alert_events(self, since: timedelta) -> Rows:
+        """Every event of the incidents raised in the window, oldest first, with the
+        evidence: the value, the threshold, the p-value and the window it was judged on."""
+        return await self.store.query(
+            """
+            SELECT alert_id, event_type, check_name, subject, value, threshold, p_value,
+                   window_start, window_end, message, occurred_at
+            FROM alerts FINAL
+            WHERE alert_id IN (
+                SELECT alert_id FROM alerts GROUP BY alert_id
+                HAVING min(occurred_at) >= {since:DateTime64(3, 'UTC')})
+            ORDER BY occurred_at
+            """,
+            {"since": when(utc_now() - since)},
+        )

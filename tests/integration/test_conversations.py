@@ -6,6 +6,7 @@ checked against the prompt's declarations at the edge."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -161,3 +162,22 @@ async def test_a_missing_or_oversized_variable_fails_at_the_edge(tansu_stack: Lo
     assert missing.value.failure.stage == "prompting" and next_turn.answer
     [letter] = dead_letters(tansu_stack, missing.value.failure.trace_id.encode())
     assert letter.stage == "prompting" and letter.permanent and "audience" in letter.reason
+
+
+async def test_a_restarted_worker_recovers_the_memory_from_the_changelog(tansu_stack: LocalStack):
+    owner, conversation = tenant("restart"), f"c-{uuid.uuid4().hex[:8]}"
+    async with Client(tansu_stack.settings) as client:
+        await client.ingest(docs("lambda", "with"), tenant=owner)
+        first = await client.ask(LAMBDA, tenant=owner, conversation=conversation, retrieval_mode="dense")
+    memory(tansu_stack, owner, conversation, turns=1)  # the turn is in the changelog
+    # SIGKILL: the worker commits nothing more; the table lives only in the changelog now.
+    await asyncio.to_thread(tansu_stack.stop_process, "worker", signal.SIGKILL)
+    began = time.monotonic()
+    await asyncio.to_thread(tansu_stack.start_worker)
+    print(f"worker serving again {time.monotonic() - began:.1f}s after the restart began")
+    async with Client(tansu_stack.settings) as client:
+        second = await client.ask(FOLLOW_UP, tenant=owner, conversation=conversation, retrieval_mode="dense")
+    state = memory(tansu_stack, owner, conversation, turns=2)
+    assert [t.trace_id for t in state.turns] == [first.trace_id, second.trace_id]  # each once, in order
+    assert state.turns[1].standalone == f"{LAMBDA} {FOLLOW_UP}"  # answered with the recovered memory
+    assert second.passages[0].doc_id == "pydoc-lambda"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -20,6 +20,7 @@ from schemas import (
     DocumentSubmitted,
     QueryReceived,
     RequestFailed,
+    ResponseDelta,
     ResponseGenerated,
     RetrievalMode,
     encode,
@@ -32,7 +33,9 @@ from schemas.feedback import FeedbackReceived, FeedbackType
 log = logging.getLogger(__name__)
 
 Reply = ResponseGenerated | DocumentIndexed | RequestFailed
-_replies: TypeAdapter[Reply] = TypeAdapter(Reply)
+_replies: TypeAdapter[Reply | ResponseDelta] = TypeAdapter(
+    Annotated[Reply | ResponseDelta, Field(discriminator="event_type")]
+)
 
 
 class ClientSettings(BaseModel):
@@ -66,6 +69,8 @@ class Client:
         self._consumer: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[Reply]] = {}
+        # Streaming asks: their deltas and final reply, in arrival order, by trace id.
+        self._streams: dict[str, asyncio.Queue[Reply | ResponseDelta]] = {}
 
     async def __aenter__(self) -> Client:
         await self.start()
@@ -149,8 +154,99 @@ class Client:
         answer with instead of the served label. `conversation`: the question is a turn of
         this conversation (of `tenant`), answered with its memory after its earlier turns.
         `variables`: user metadata the prompt's template renders."""
+        query = self._query(
+            question,
+            tenant,
+            top_k,
+            user,
+            retrieval_mode,
+            prompt,
+            conversation=conversation,
+            variables=variables,
+        )
+        reply = await self._request(self._topic_for(query), [query], timeout)
+        assert isinstance(reply[0], ResponseGenerated)
+        return reply[0]
+
+    async def stream(
+        self,
+        question: str,
+        tenant: str = "default",
+        *,
+        top_k: int | None = None,
+        user: str | None = None,
+        retrieval_mode: RetrievalMode | None = None,
+        prompt: str | None = None,
+        timeout: float | None = None,
+        conversation: str | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[str | ResponseGenerated]:
+        """Ask as ask() does, yielding the answer's text in pieces as the model writes it
+        and then its ResponseGenerated (always last, and the whole answer): with a backend
+        that does not stream, only the ResponseGenerated.
+
+        The pieces are those of the first generation of the answer. If that one fails
+        and the stage retries, the retry's pieces are not yielded; the ResponseGenerated
+        still is, so compare its answer with the pieces when that matters. Raises as
+        ask() does, after the pieces that came."""
+        query = self._query(
+            question,
+            tenant,
+            top_k,
+            user,
+            retrieval_mode,
+            prompt,
+            conversation=conversation,
+            variables=variables,
+        )
+        queue: asyncio.Queue[Reply | ResponseDelta] = asyncio.Queue()
+        self._streams[query.trace_id] = queue
+        loop = asyncio.get_running_loop()
+        # A deadline, not a timeout scope: a scope would be open across our yields.
+        deadline = loop.time() + (timeout or self._timeout)
+        stream_id: str | None = None
+        next_seq, early = 0, dict[int, str]()
         try:
-            query = QueryReceived(
+            await self._publisher.publish(self._topic_for(query), [(_key(query), encode(query))])
+            while True:
+                reply = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))
+                if isinstance(reply, RequestFailed):
+                    raise RequestError(reply)
+                if isinstance(reply, ResponseGenerated):
+                    yield reply
+                    return
+                if not isinstance(reply, ResponseDelta):
+                    continue
+                stream_id = stream_id or reply.stream_id
+                if reply.stream_id != stream_id or reply.seq < next_seq:
+                    continue  # a retry's pieces, or one seen already
+                early[reply.seq] = reply.text
+                while next_seq in early:  # in order, even if the broker reordered
+                    yield early.pop(next_seq)
+                    next_seq += 1
+        finally:
+            self._streams.pop(query.trace_id, None)
+
+    def _topic_for(self, query: QueryReceived) -> str:
+        """Turns of a conversation go through the conversation stage; other questions
+        straight to prompting (no extra hop)."""
+        topics = self._kafka.topics
+        return topics.turns if query.conversation_id is not None else topics.queries
+
+    def _query(
+        self,
+        question: str,
+        tenant: str,
+        top_k: int | None,
+        user: str | None,
+        retrieval_mode: RetrievalMode | None,
+        prompt: str | None,
+        *,
+        conversation: str | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> QueryReceived:
+        try:
+            return QueryReceived(
                 conversation_id=conversation,
                 variables=dict(variables or {}),
                 trace_id=new_id(),
@@ -164,15 +260,6 @@ class Client:
             )
         except ValidationError as exc:
             raise InvalidEvent(f"invalid question: {_first_error(exc)}") from exc
-        reply = await self._request(self._topic_for(query), [query], timeout)
-        assert isinstance(reply[0], ResponseGenerated)
-        return reply[0]
-
-    def _topic_for(self, query: QueryReceived) -> str:
-        """Turns of a conversation go through the conversation stage; other questions
-        straight to prompting (no extra hop)."""
-        topics = self._kafka.topics
-        return topics.turns if query.conversation_id is not None else topics.queries
 
     async def ingest(
         self,
@@ -270,6 +357,11 @@ class Client:
                     reply = _replies.validate_json(message.value())
                 except ValidationError:
                     continue  # not ours to judge: the pipeline dead-letters bad events
+                queue = self._streams.get(reply.trace_id)
+                if queue is not None:
+                    queue.put_nowait(reply)
+                if isinstance(reply, ResponseDelta):
+                    continue
                 future = self._pending.get(reply.trace_id)
                 if future is not None and not future.done():
                     future.set_result(reply)

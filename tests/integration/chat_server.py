@@ -2,7 +2,8 @@
 streamed (server-sent `chat.completion.chunk` events ending in `data: [DONE]`), for the
 `openai` backend's and HyDE's tests. It answers HyDE instructions (they end in
 "Passage:") with a passage and anything else with a cited answer; it can answer 429 or
-500 first, be slow, or cut a stream short."""
+500 first, be slow, or cut a stream short. With `tokenizes` it also serves llama.cpp's
+POST /tokenize, counting a token per word."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class ChatServer:
     down_until: float = 0.0  # time.monotonic()
     delay_s: float = 0.0
     cut_stream: bool = False
+    tokenizes: bool = False  # serve llama.cpp's POST /tokenize (a token per word), or 404
+    tokenize_calls: int = 0
     model: str = "served-model"
     seen: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
@@ -42,6 +45,7 @@ class ChatServer:
     async def start(self) -> ChatServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_post("/tokenize", self._tokenize)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         self.port = free_port()
@@ -92,6 +96,13 @@ class ChatServer:
         await self._event(response, {"model": self.model, "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
         return response
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        self.tokenize_calls += 1
+        if not self.tokenizes:
+            raise web.HTTPNotFound()
+        content = (await request.json())["content"]
+        return web.json_response({"tokens": list(range(len(content.split())))})
 
     @staticmethod
     async def _event(response: web.StreamResponse, chunk: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -17,6 +17,7 @@ from connectors.client import Client
 from schemas import DocumentSubmitted, ResponseGenerated, RetrievalMode, new_id
 from schemas.feedback import FeedbackType
 from topology.cli.common import current_settings, pass_settings, run_command
+from topology.cli.conversation import VAR_OPTION, parse_variables
 from topology.samples import python_reference
 
 if TYPE_CHECKING:
@@ -34,6 +35,18 @@ if TYPE_CHECKING:
 )
 @click.option("--timeout", type=float, help="Seconds to wait for the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ResponseGenerated event as JSON.")
+@click.option(
+    "--conversation",
+    "conversation_id",
+    help="A turn of this conversation: answered with its memory (see `llmops chat`).",
+)
+@VAR_OPTION
+@click.option(
+    "--no-stream",
+    "no_stream",
+    is_flag=True,
+    help="Print the answer once it is complete, not as the model writes it.",
+)
 @pass_settings
 def ask(
     settings: Settings,
@@ -43,31 +56,89 @@ def ask(
     mode: RetrievalMode | None,
     timeout: float | None,
     as_json: bool,
+    conversation_id: str | None,
+    variables: tuple[str, ...],
+    no_stream: bool,
 ) -> None:
-    """Ask QUESTION and print the answer as soon as it arrives."""
+    """Ask QUESTION and print the answer as the model writes it (--no-stream: once it is
+    complete)."""
+
+    options: dict[str, Any] = {
+        "tenant": tenant,
+        "top_k": top_k,
+        "retrieval_mode": mode,
+        "conversation": conversation_id,
+        "variables": parse_variables(variables),
+    }
 
     async def go() -> None:
         async with Client(settings, producer_name="cli") as client:
             started = time.perf_counter()
-            response = await client.ask(
-                question, tenant=tenant, top_k=top_k, retrieval_mode=mode, timeout=timeout
-            )
+            if as_json or no_stream:
+                response = await client.ask(question, timeout=timeout, **options)
+                streamed = None
+            else:
+                response, streamed = await print_as_written(
+                    client.stream(question, timeout=timeout, **options),
+                    question,
+                )
             elapsed = (time.perf_counter() - started) * 1000
         if as_json:
             click.echo(response.model_dump_json(indent=2))
         else:
-            click.echo(format_response(response, elapsed))
+            click.echo(format_response(response, elapsed, streamed))
 
     run_command(go())
 
 
-def format_response(response: ResponseGenerated, end_to_end_ms: float) -> str:
-    lines = [f"Q: {response.question}", f"A: {response.answer}"]
+async def print_as_written(
+    replies: AsyncIterator[str | ResponseGenerated], question: str
+) -> tuple[ResponseGenerated, str]:
+    """Echo the question, then each piece of the answer as it arrives; the final reply
+    and the text that was printed."""
+    click.echo(f"Q: {question}")
+    click.echo("A: ", nl=False)
+    printed: list[str] = []
+    try:
+        async for reply in replies:
+            if isinstance(reply, ResponseGenerated):
+                return reply, "".join(printed)
+            text = reply.lstrip() if not printed else reply
+            click.echo(text, nl=False)
+            printed.append(text)
+    except BaseException:
+        click.echo("")  # the error goes on a line of its own
+        raise
+    raise RuntimeError("the stream ended without its ResponseGenerated")  # stream() always ends with one
+
+
+def format_response(response: ResponseGenerated, end_to_end_ms: float, streamed: str | None = None) -> str:
+    """The answer and where it came from. `streamed`: the answer's text already printed
+    piece by piece (the Q and A lines are not repeated unless it differs from the answer)."""
+    if streamed is None:
+        lines = [f"Q: {response.question}", f"A: {response.answer}"]
+    elif not streamed:
+        lines = [response.answer]  # nothing was streamed: the A: prefix is out already
+    elif streamed.strip() == response.answer.strip():
+        lines = [""]  # end the streamed line
+    else:  # a retried generation wrote another answer than the pieces shown
+        lines = ["", f"A (as stored, after a retry): {response.answer}"]
     for n, p in enumerate(response.passages, start=1):
         used = "*" if p.id in response.citations else " "
         lines.append(f"  {used}[{n}] {p.title} (chunk {p.chunk}) score {p.score:.3f}  id {p.id}")
     stages = " | ".join(f"{k} {v:.1f}" for k, v in response.latency_ms.items())
-    lines.append(f"  latency ms: {stages} | end-to-end {end_to_end_ms:.1f}")
+    speed = ""
+    if response.ttft_ms is not None:
+        speed = f" | first token {response.ttft_ms:.1f}"
+        if response.tokens_per_s is not None:
+            speed += f" | {response.tokens_per_s:.1f} tokens/s"
+    lines.append(f"  latency ms: {stages}{speed} | end-to-end {end_to_end_ms:.1f}")
+    budget = response.context
+    if budget.passages_cut:
+        lines.append(
+            f"  prompt budget: {budget.passages_sent} passages sent ({budget.tokens_sent} tokens, "
+            f"counted by {budget.counted_by}), {budget.passages_cut} cut ({budget.tokens_cut} tokens)"
+        )
     lines.append(
         f"  trace {response.trace_id} | prompt {response.served.prompt}@"
         f"{response.served.version} | model {response.model} | retrieval {response.served.retrieval_mode}"

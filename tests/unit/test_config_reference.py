@@ -77,7 +77,7 @@ def test_every_variable_the_readme_and_docs_name_exists():
 
     known = set(re.findall(r"\| `(LLMOPS_[A-Z0-9_]+)` \|", render()))
     # Switches of the test suite, not settings of the system.
-    test_switches = {"LLMOPS_REQUIRE_APACHE_KAFKA", "LLMOPS_REQUIRE_CHROMIUM"}
+    test_switches = {"LLMOPS_REQUIRE_APACHE_KAFKA", "LLMOPS_REQUIRE_CHROMIUM", "LLMOPS_CONSOLE_SHOTS"}
     root = TARGET.parents[1]
     pages = [root / "README.md", *sorted(p for p in TARGET.parent.glob("*.md") if p != TARGET)]
     unknown = [

@@ -16,6 +16,7 @@ from schemas.alerts import (
     BudgetExceeded,
     DriftDetected,
     ExperimentRolledBack,
+    LagBreached,
     SloBreached,
 )
 from schemas.errors import InvalidEvent
@@ -23,7 +24,7 @@ from schemas.errors import InvalidEvent
 STAGE = "alerts-sink"
 KINDS: dict[str, type[Alert]] = {
     kind.__name__: kind
-    for kind in (DriftDetected, SloBreached, BudgetExceeded, AlertResolved, ExperimentRolledBack)
+    for kind in (DriftDetected, SloBreached, BudgetExceeded, AlertResolved, ExperimentRolledBack, LagBreached)
 }
 
 

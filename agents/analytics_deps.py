@@ -11,6 +11,7 @@ from typing import Any
 from agents import alerts, feedback, telemetry
 from agents.experiments import ExperimentGuard
 from agents.feedback import FeedbackSettings, Linker
+from agents.lag import LagWatch
 from agents.monitor import Monitor
 from agents.telemetry import TextMode
 from connectors.ports import AnalyticsPort
@@ -29,6 +30,7 @@ class AnalyticsDeps:
     guard: ExperimentGuard
     # Delivers one stored alert to people (the webhook); False when it could not.
     deliver: Callable[[Alert], Awaitable[bool]]
+    lag: LagWatch | None = None
 
 
 # --- the sinks' row builders and hooks (each takes the deps first) ----------------------
@@ -74,3 +76,8 @@ async def evaluate_window(deps: AnalyticsDeps) -> None:
 
 async def guard_experiments(deps: AnalyticsDeps) -> None:
     await deps.guard.check()
+
+
+async def sample_lag(deps: AnalyticsDeps) -> None:
+    if deps.lag is not None:
+        await deps.lag.sample()

@@ -310,3 +310,40 @@ class ExperimentReads(Protocol):
 
 class AnalyticsPort(MonitorReads, FeedbackLinks, SinkWrites, ExperimentReads, Protocol):
     """Everything the analytics agents ask of the store."""
+
+
+# --- consumer lag (agents.lag; connectors.lag reads the broker) ----------------------------
+
+
+@dataclass(frozen=True)
+class PartitionOffsets:
+    """One partition of a topic a consumer group reads: where the log starts and ends,
+    and the group's committed offset (None: the group committed none)."""
+
+    group: str
+    topic: str
+    partition: int
+    start: int
+    end: int
+    committed: int | None
+
+
+class OffsetReads(Protocol):
+    async def offsets(self, groups: Mapping[str, Sequence[str]]) -> list[PartitionOffsets]:
+        """Every partition of each group's topics ({group: [topic, ...]})."""
+        ...
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    stage: str
+    group: str
+    topic: str
+    partition: int
+    end: int
+    committed: int  # -1: none committed (the lag then counts from the log's start)
+    lag: int
+
+
+class LagWrites(Protocol):
+    async def store_lag(self, sampled_at: datetime, rows: Sequence[PartitionLag]) -> None: ...

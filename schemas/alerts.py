@@ -53,3 +53,13 @@ class ExperimentRolledBack(Alert):
     rating minus the arm's; `threshold`: the margin; `p_value`: the one-sided test's."""
 
     event_type: Literal["ExperimentRolledBack"] = "ExperimentRolledBack"
+
+
+class LagBreached(Alert):
+    """A stage's consumers fall behind: its consumer lag (end offset minus committed
+    offset, summed over the partitions) grew in each of the last N samples, or exceeds
+    a threshold in seconds of its recent input rate (the message says which, and how
+    many seconds behind). `subject`: the stage; `value`: its lag in messages;
+    `threshold`: the seconds-behind limit."""
+
+    event_type: Literal["LagBreached"] = "LagBreached"

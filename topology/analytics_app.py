@@ -17,6 +17,7 @@ from mode import Service
 from agents.analytics_deps import AnalyticsDeps
 from agents.experiments import ExperimentGuard
 from agents.feedback import Linker
+from agents.lag import LagWatch, Watched
 from agents.monitor import Monitor
 from agents.routing import Registry
 from agents.runtime import Backoff, until_done
@@ -25,13 +26,14 @@ from connectors import registry_log, webhook
 from connectors.analytics import Analytics
 from connectors.clickhouse import open_store
 from connectors.kafka import Publisher
+from connectors.lag import KafkaOffsets
 from connectors.migrations import apply
 from connectors.ports import AnalyticsStore
 from schemas import encode
 from schemas.alerts import Alert
 from topology.app import leader_timer, new_app, raw_topic, register, sender, stage_publisher
 from topology.console import add_console
-from topology.graph import LEADER_TIMERS, SINKS
+from topology.graph import LEADER_TIMERS, SINKS, STAGES
 from topology.query_service import add_query_service
 from topology.settings import Settings
 from topology.topics import analytics_app_id, registry_topic
@@ -90,6 +92,15 @@ class StoreService(Service):
         await self._after_open()
 
 
+def watched(settings: Settings) -> list[Watched]:
+    """Whose consumer lag is sampled: every stage (the pipeline's group) and every sink
+    (the analytics group), with the topic each reads."""
+    names, app_id = settings.kafka.topics, settings.worker.app_id
+    return [Watched(s.name, app_id, getattr(names, s.consumes)) for s in STAGES] + [
+        Watched(s.name, analytics_app_id(app_id), getattr(names, s.consumes)) for s in SINKS
+    ]
+
+
 def build_analytics_deps(settings: Settings, data: Analytics, publisher: Publisher) -> AnalyticsDeps:
     """The monitor, the experiment guard and the feedback linker, on the store's port;
     alerts go out as events on the alerts topic (the alerts sink stores and delivers them)."""
@@ -105,14 +116,21 @@ def build_analytics_deps(settings: Settings, data: Analytics, publisher: Publish
     async def write_registry(records: Any) -> None:
         await registry_log.append(settings.kafka, registry_name, records)
 
+    monitor = Monitor(data, settings.monitor, publish)
+    offsets = KafkaOffsets(
+        settings.kafka, client_id=f"{settings.worker.app_id}-lag", read_tail=settings.lag.read_tail
+    )
     return AnalyticsDeps(
         data=data,
         feedback=settings.feedback,
         text=settings.telemetry.text,
         linker=Linker(data, settle_s=settings.feedback.settle_s),
-        monitor=Monitor(data, settings.monitor, publish),
+        monitor=monitor,
         guard=ExperimentGuard(data, read_registry, write_registry, publish),
         deliver=functools.partial(webhook.deliver, settings.webhook),
+        # Lag incidents share the monitor's book: one set of open incidents, picked up
+        # from the alerts table after a restart.
+        lag=LagWatch(offsets, data, settings.lag, watched(settings), monitor.book, publish),
     )
 
 

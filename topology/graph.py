@@ -25,7 +25,7 @@ from schemas import (
     ResponseGenerated,
     StageCompleted,
 )
-from schemas.alerts import Alert, ExperimentRolledBack
+from schemas.alerts import Alert, ExperimentRolledBack, LagBreached
 from schemas.conversations import TurnCompleted
 from schemas.prompts import LabelMoved
 from topology.topics import CONVERSATIONS_TABLE, registry_topic
@@ -173,6 +173,7 @@ class LeaderTimer:
     reads: tuple[str, ...]  # tables
     produces: tuple[tuple[str, type[Any]], ...] = ()  # (TopicNames field or "registry", model)
     enabled: Callable[[Settings], bool] = lambda settings: True
+    writes: tuple[str, ...] = ()  # tables
 
 
 SINKS: tuple[Sink, ...] = (
@@ -230,6 +231,16 @@ LEADER_TIMERS: tuple[LeaderTimer, ...] = (
         produces=(("registry", LabelMoved), ("alerts", ExperimentRolledBack)),
         enabled=lambda settings: settings.monitor.enabled,
     ),
+    # Consumer lag of every stage and sink (from the broker's offsets), and its alert.
+    LeaderTimer(
+        "consumer-lag",
+        analytics_deps.sample_lag,
+        every=lambda settings: settings.lag.every_s,
+        reads=(),
+        produces=(("alerts", LagBreached),),
+        enabled=lambda settings: settings.lag.enabled,
+        writes=("consumer_lag",),
+    ),
 )
 
 
@@ -275,7 +286,12 @@ def mermaid(names: TopicNames | None = None, app_id: str = "llmops") -> str:
             lines.append(f"    {node} -. Slack JSON .-> webhook([webhook])")
     for timer in LEADER_TIMERS:
         node = f"timer_{_id(timer.name)}"
-        lines.append(f"    clickhouse -. {', '.join(timer.reads)} .-> {node}{{{{{timer.name}}}}}")
+        if timer.reads:
+            lines.append(f"    clickhouse -. {', '.join(timer.reads)} .-> {node}{{{{{timer.name}}}}}")
+        else:
+            lines.append(f"    kafka_offsets([consumer offsets]) -.-> {node}{{{{{timer.name}}}}}")
+        if timer.writes:
+            lines.append(f"    {node} -. {', '.join(timer.writes)} .-> clickhouse")
         for field, model in timer.produces:
             lines.append(f"    {node} -- {model.__name__} --> {topic(field)}")
     return "\n".join(lines) + "\n"

@@ -42,6 +42,7 @@ class ReportData:
     latency_series: Rows
     feedback_series: Rows
     alerts: Rows
+    lag: Rows | None = None  # per stage, from the last consumer lag sample in the window
 
 
 def describe_window(window: timedelta) -> str:
@@ -76,6 +77,7 @@ async def collect(
         analytics.feedback_over_time(since, bucket * 3, tenant, probes),  # ratings are sparser
         analytics.alerts(since),
     )
+    lag = await analytics.lag(since)
     return ReportData(
         describe_window(since),
         tenant,
@@ -88,6 +90,7 @@ async def collect(
         latency_series,
         feedback_series,
         alerts,
+        lag,
     )
 
 
@@ -134,6 +137,15 @@ def _feedback_rows(data: ReportData) -> list[list[Any]]:
 LATENCY_HEADERS = ("stage", "events", "errors", "error %", "p50 ms", "p95 ms", "p99 ms")
 COST_HEADERS = ("tenant", "model", "events", "tokens in", "tokens out", "cost USD", "unpriced")
 FEEDBACK_HEADERS = ("prompt version", "name", "type", "label", "ratings", "mean score")
+LAG_HEADERS = ("stage", "partitions", "total lag", "max lag", "peak total", "sampled at")
+
+
+def _lag_rows(data: ReportData) -> list[list[Any]]:
+    rows = data.lag.dicts() if data.lag is not None else []
+    return [
+        [r["stage"], r["partitions"], r["total_lag"], r["max_lag"], r["peak_lag"], r["last_sample"][:19]]
+        for r in rows
+    ]
 
 
 def text(data: ReportData) -> str:
@@ -143,6 +155,8 @@ def text(data: ReportData) -> str:
         out.append("No telemetry in this window yet. Ask something (`llmops ask ...`) and retry.")
         return "\n".join(out) + "\n"
     out += ["Latency, requests and errors per stage", text_table(LATENCY_HEADERS, _latency_rows(data)), ""]
+    out.append("Consumer lag per stage (messages; the last sample, and the largest total in the window)")
+    out += [text_table(LAG_HEADERS, _lag_rows(data)) if _lag_rows(data) else "(no samples)", ""]
     out += ["Tokens and cost per tenant and model", text_table(COST_HEADERS, data.cost.rows), ""]
     out.append("Feedback per prompt version")
     out.append(text_table(FEEDBACK_HEADERS, _feedback_rows(data)) if data.feedback.rows else "(none yet)")
@@ -204,6 +218,7 @@ def html(data: ReportData) -> str:
     ]
     tables = [
         _html_table("Latency, requests and errors per stage", LATENCY_HEADERS, _latency_rows(data)),
+        _html_table("Consumer lag per stage (messages)", LAG_HEADERS, _lag_rows(data)),
         _html_table("Tokens and cost per tenant and model", COST_HEADERS, data.cost.rows),
         _html_table("Feedback per prompt version", FEEDBACK_HEADERS, _feedback_rows(data)),
         _html_table("Alerts", ALERT_HEADERS, _alert_rows(data.alerts)),

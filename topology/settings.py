@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from agents.config import PipelineSettings
 from agents.conversation import ConversationSettings
 from agents.feedback import FeedbackSettings
+from agents.lag import LagSettings
 from agents.monitor import MonitorSettings
 from agents.runtime import RuntimeSettings
 from agents.sink import SinkSettings
@@ -88,6 +89,7 @@ class Settings(BaseSettings):
     sink: SinkSettings = SinkSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     monitor: MonitorSettings = MonitorSettings()
+    lag: LagSettings = LagSettings()
     webhook: WebhookSettings = WebhookSettings()
 
     @field_validator("telemetry")

@@ -13,6 +13,7 @@ from typing import Any
 
 from connectors.analytics.common import PROBE_TENANT, when
 from connectors.analytics.console import ConsoleQueries
+from connectors.analytics.lag import LagQueries
 from connectors.analytics.monitor import MonitorQueries
 from connectors.analytics.reports import ReportQueries
 from connectors.analytics.service import ServiceSettings, ServiceStore, read_only
@@ -29,10 +30,10 @@ from connectors.clickhouse import (
 __all__ = ["PROBE_TENANT", "Analytics", "ServiceSettings", "ServiceStore", "read_only", "when"]
 
 
-class Analytics(ReportQueries, ConsoleQueries, MonitorQueries, StoreWrites):
+class Analytics(ReportQueries, ConsoleQueries, MonitorQueries, StoreWrites, LagQueries):
     """Every named query of the analytics store, by concern: reports (`reports.py`), the
     monitor's windows (`monitor.py`), the web console's (`console.py`), the sinks' writes
-    and feedback links (`writes.py`)."""
+    and feedback links (`writes.py`), consumer lag samples (`lag.py`)."""
 
     def __init__(self, store: AnalyticsStore) -> None:
         self.store = store

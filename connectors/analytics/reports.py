@@ -109,6 +109,25 @@ class ReportQueries:
             report_window(since, tenant, probes),
         )
 
+    async def generation_speed(self, since: timedelta, tenant: str = "", probes: bool = False) -> Rows:
+        """Per model, over its streamed answers: time to first token (ms) and output
+        tokens per second, p50 and p95, and how many answers were measured. From the raw
+        generation rows: only streamed answers have the two values."""
+        return await self.store.query(
+            """
+            SELECT model, count() AS answers,
+                   arrayMap(x -> round(x, 1), quantiles(0.5, 0.95)(assumeNotNull(ttft_ms))) AS ttft,
+                   arrayMap(x -> round(x, 1), quantilesIf(0.5, 0.95)(
+                       assumeNotNull(tokens_per_s), isNotNull(tokens_per_s))) AS tokens_per_s
+            FROM telemetry
+            WHERE stage = 'generation' AND status = 'ok' AND isNotNull(ttft_ms)
+              AND started_at >= {since:DateTime64(3, 'UTC')}
+              AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
+            GROUP BY model ORDER BY model
+            """,
+            report_window(since, tenant, probes),
+        )
+
     async def feedback(self, since: timedelta, tenant: str = "", probes: bool = False) -> Rows:
         """Per prompt version and score name: ratings, mean score, and label counts for
         categorical scores. Feedback not yet linked to a trace is counted apart."""

@@ -17,6 +17,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -32,6 +33,7 @@ from tests.integration.chat_server import ANSWER, ChatServer
 from tests.integration.conftest import stack_settings
 from tests.integration.test_cli import llmops
 from tests.integration.test_pipeline import docs, tenant
+from topology.report import collect, text
 from topology.settings import Settings
 from topology.stack import LocalStack
 
@@ -214,6 +216,19 @@ async def test_deltas_arrive_in_order_before_the_response_and_join_to_its_answer
         "ttft_ms": pytest.approx(response.ttft_ms),
         "tokens_per_s": pytest.approx(response.tokens_per_s),
     }
+    # llmops report: p50 and p95 of both per model, over the streamed answers.
+    analytics = await Analytics.connect(
+        streaming_stack.settings.clickhouse, streaming_stack.settings.analytics
+    )
+    try:
+        data = await collect(analytics, timedelta(hours=1), owner)
+    finally:
+        await analytics.close()
+    assert data.speed is not None and data.speed.dicts()[0]["model"] == "served-model"
+    [speed] = text(data).split("Generation speed per model (streamed answers)\n")[1:]
+    header, _, first = speed.splitlines()[:3]
+    assert header.split()[:4] == ["model", "answers", "first", "token"]
+    assert first.split()[:2] == ["served-model", "2"]  # the streamed ask and the plain one
 
 
 async def generation_row(stack: LocalStack, trace_id: str) -> dict:

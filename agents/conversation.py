@@ -60,6 +60,9 @@ class ConversationSettings(BaseModel):
     retention_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="A conversation idle this long is forgotten."
     )
+    sweep_every_s: float = Field(
+        default=600.0, gt=0, description="How often each worker deletes its idle conversations."
+    )
     turn_timeout_s: float = Field(
         default=300.0,
         gt=0,
@@ -126,6 +129,19 @@ def step(
             return queued, None
         queued = _idle(queued, now)  # the turn in flight is given up on
     return _start_next(queued, settings, now)
+
+
+def expired(memory: MutableMapping[str, bytes], settings: ConversationSettings, now: datetime) -> list[str]:
+    """The conversations idle for longer than the retention, with no turn in flight or
+    waiting: the sweep deletes them (a tombstone in the changelog, so compaction drops
+    them and no recovery reads them again)."""
+    idle = timedelta(seconds=settings.retention_s)
+    found = []
+    for key, stored in list(memory.items()):
+        state = ConversationState.model_validate_json(stored)
+        if state.in_flight is None and not state.pending and now - state.updated_at > idle:
+            found.append(key)
+    return found
 
 
 def _idle(state: ConversationState, now: datetime) -> ConversationState:

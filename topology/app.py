@@ -20,7 +20,7 @@ from connectors.llm import build_backend
 from connectors.milvus import MilvusStore
 from connectors.ports import Deltas
 from schemas.errors import LLMOpsError
-from topology.conversations import KeyedByText, announcer, conversations_table
+from topology.conversations import KeyedByText, announcer, conversations_table, sweep_idle
 from topology.graph import STAGES
 from topology.settings import Settings
 from topology.topics import REGISTRY_TABLE, registry_topic
@@ -64,14 +64,18 @@ def faust_broker_options(kafka: KafkaSettings) -> dict[str, Any]:
     return options
 
 
-def new_app(settings: Settings, app_id: str, **options: Any) -> faust.App:
+def new_app(
+    settings: Settings, app_id: str, *, idle_fetch_max_wait_ms: int | None = None, **options: Any
+) -> faust.App:
     """A faust app on our broker settings, group timeouts and acks. Topics are never
-    declared here: the bootstrap step creates them."""
+    declared here: the bootstrap step creates them. `idle_fetch_max_wait_ms`: instead of
+    the worker's."""
     worker = settings.worker
+    idle_wait = worker.idle_fetch_max_wait_ms if idle_fetch_max_wait_ms is None else idle_fetch_max_wait_ms
     return PipelineApp(
         app_id,
         fetch_max_wait_ms=worker.fetch_max_wait_ms,
-        idle_fetch_max_wait_ms=worker.idle_fetch_max_wait_ms,
+        idle_fetch_max_wait_ms=idle_wait,
         store="memory://",
         topic_allow_declare=False,
         topic_replication_factor=settings.kafka.replication_factor,
@@ -142,6 +146,7 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
     deps.registry = Registry(registry_table(app, settings))
     deps.conversations = KeyedByText(conversations_table(app, settings))
     deps.conversation = settings.conversation
+    sweep_idle(app, deps.conversations, settings.conversation)
     publisher, names = stage_publisher(app, settings), settings.kafka.topics
     llm = settings.llm
     deps.deltas = Deltas(sender(publisher, names.responses), llm.delta_tokens, llm.delta_ms)

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
+from agents.conversation import ConversationSettings, expired
 from connectors.kafka import Publisher, TopicNames
-from schemas import Event, encode
+from schemas import Event, encode, utc_now
 from topology.topics import CONVERSATIONS_TABLE, conversations_topic
 
 if TYPE_CHECKING:
@@ -67,6 +68,18 @@ def conversations_table(app: faust.App, settings: Settings) -> Any:
         value_type=bytes,
         use_partitioner=True,
     )
+
+
+def sweep_idle(app: faust.App, memory: MutableMapping[str, bytes], settings: ConversationSettings) -> None:
+    """Every worker deletes the idle conversations its table holds, every
+    `sweep_every_s`. Not only on the leader: each worker holds its own partitions. A
+    standby copy swept too writes the same tombstone the owner would."""
+
+    async def forget_idle_conversations() -> None:
+        for key in expired(memory, settings, utc_now()):
+            del memory[key]
+
+    app.timer(interval=settings.sweep_every_s, name="forget-idle-conversations")(forget_idle_conversations)
 
 
 def announcer(

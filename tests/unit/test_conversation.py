@@ -387,3 +387,21 @@ def test_an_answer_or_a_failure_announces_the_turn_over_keyed_by_conversation():
     assert isinstance(failed, TurnCompleted) and not failed.ok and failed.reason == "boom"
     lone = source.model_copy(update={"prompt": spec.model_copy(update={"conversation_id": None})})
     assert conversation.announcements(lone, answer, TelemetrySettings()) == []
+
+
+def test_the_sweep_forgets_idle_conversations_only():
+    memory: dict[str, bytes] = {}
+    for name, since in (("idle", 3601), ("recent", 10)):
+        state, _ = step(
+            None, turn("q1", f"{name}-1", conversation_id=name), SETTINGS, NOW - timedelta(seconds=since)
+        )
+        state, _ = step(
+            state, done(f"{name}-1", conversation_id=name), SETTINGS, NOW - timedelta(seconds=since)
+        )
+        memory[conversation_key("acme", name)] = state.model_dump_json().encode()
+    # Idle for long, but a turn is still being answered: kept.
+    waiting, _ = step(
+        None, turn("q1", "w-1", conversation_id="waiting"), SETTINGS, NOW - timedelta(seconds=9999)
+    )
+    memory[conversation_key("acme", "waiting")] = waiting.model_dump_json().encode()
+    assert conversation.expired(memory, SETTINGS, NOW) == ["acme/idle"]

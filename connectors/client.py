@@ -27,6 +27,7 @@ from schemas import (
     new_id,
 )
 from schemas.conversations import conversation_key
+from schemas.documents import DocumentWithdrawn, document_key
 from schemas.errors import InvalidEvent, LLMOpsError, PermanentError, TransientError
 from schemas.feedback import FeedbackReceived, FeedbackType
 
@@ -281,6 +282,20 @@ class Client:
         replies = await self._request(self._kafka.topics.documents, events, timeout, on_indexed)
         return [r for r in replies if isinstance(r, DocumentIndexed)]
 
+    async def delete(
+        self, doc_id: str, tenant: str = "default", *, timeout: float | None = None
+    ) -> DocumentIndexed:
+        """Withdraw a document: the indexing stage deletes all its chunks from `tenant`
+        (no other tenant's) and replies with a DocumentIndexed of 0 chunks. It travels as
+        the document's submissions do, so it is handled in order with them."""
+        try:
+            event = DocumentWithdrawn(trace_id=new_id(), tenant=tenant, producer=self._name, doc_id=doc_id)
+        except ValidationError as exc:
+            raise InvalidEvent(f"invalid withdrawal: {_first_error(exc)}") from exc
+        [reply] = await self._request(self._kafka.topics.documents, [event], timeout)
+        assert isinstance(reply, DocumentIndexed)
+        return reply
+
     async def feedback(
         self,
         trace_id: str,
@@ -368,10 +383,13 @@ class Client:
 
 
 def _key(event: Any) -> bytes:
-    """A conversation's turns are keyed by conversation, so that one worker sees them in
-    order; everything else by trace id."""
+    """A conversation's turns are keyed by conversation, and a document's submissions and
+    withdrawals by document, so that one worker sees them in order; everything else by
+    trace id."""
     if isinstance(event, QueryReceived) and event.conversation_id is not None:
         return conversation_key(event.tenant, event.conversation_id).encode()
+    if isinstance(event, DocumentSubmitted | DocumentWithdrawn):
+        return document_key(event.tenant, event.doc_id).encode()
     return str(event.trace_id).encode()
 
 

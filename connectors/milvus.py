@@ -407,7 +407,9 @@ class MilvusStore:
         ]
         expr = f"{tenant_filter(tenant)} and ({' or '.join(clauses)})"
         deleted = self._call("delete", collection_name=self._settings.collection, filter=expr)
-        if self._settings.seal_after_upsert and (deleted or {}).get("delete_count", 1):
+        # Milvus Lite answers with the deleted ids, a server with {"delete_count": n}.
+        count = len(deleted) if isinstance(deleted, list) else int((deleted or {}).get("delete_count", 0))
+        if self._settings.seal_after_upsert and count:
             self._call("flush", collection_name=self._settings.collection)
 
     def count(self, tenant: str | None = None) -> int:

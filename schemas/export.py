@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.deadletter import DeadLetter
-from schemas.documents import DocumentIndexed, DocumentSubmitted
+from schemas.documents import DocumentIndexed, DocumentSubmitted, DocumentWithdrawn
 from schemas.feedback import FeedbackReceived
 from schemas.prompts import Experiment, LabelMoved, PromptVersion
 from schemas.queries import (
@@ -32,6 +32,7 @@ EVENTS: tuple[type[BaseModel], ...] = (
     ResponseGenerated,
     RequestFailed,
     DocumentSubmitted,
+    DocumentWithdrawn,
     DocumentIndexed,
     StageCompleted,
     FeedbackReceived,

@@ -27,6 +27,7 @@ from schemas import (
 )
 from schemas.alerts import Alert, ExperimentRolledBack, LagBreached
 from schemas.conversations import TurnCompleted
+from schemas.documents import DocumentWithdrawn, decode_request
 from schemas.prompts import LabelMoved
 from topology.topics import CONVERSATIONS_TABLE, registry_topic
 
@@ -132,6 +133,7 @@ STAGES: tuple[Stage, ...] = (
         DocumentIndexed,
         indexing.handle_batch,
         replies_to="indexed",
+        decoder=decode_request,
     ),
 )
 
@@ -140,6 +142,7 @@ ENTRY_POINTS = (
     ("client", "queries", QueryReceived),
     ("client", "turns", QueryReceived),
     ("client", "documents", DocumentSubmitted),
+    ("client", "documents", DocumentWithdrawn),
     ("client", "feedback", FeedbackReceived),
 )
 

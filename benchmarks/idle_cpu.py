@@ -162,29 +162,35 @@ def profile(roots: dict[str, int], seconds: float, out: Path) -> dict[str, Any]:
     return result
 
 
-LIBRARIES = ("faust/", "mode/", "aiokafka/", "agents/", "topology/", "connectors/")
-
-
 def summarize(path: Path, seconds: float) -> dict[str, Any]:
-    """Samples per second by leaf function and by the innermost frame of the libraries
-    and our code (faust, mode, aiokafka, agents, topology, connectors)."""
-    leaves: Counter[str] = Counter()
-    owners: Counter[str] = Counter()
+    """Samples per second by thread (faust's consumer thread, the main one, others) and by
+    what ran there: the task a callback of the event loop stepped into (its first frame
+    outside asyncio), or the loop itself (`loop: ...`, epoll included: a wake-up)."""
+    where: Counter[str] = Counter()
     total = 0
     if not path.exists():
         return {"samples": 0}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        n = int(count)
+        frames, n = stack.split(";"), int(count)
         total += n
-        leaves[frames[-1]] += n
-        owner = next((f for f in reversed(frames) if any(k in f for k in LIBRARIES)), frames[-1])
-        owners[owner] += n
+        thread = (
+            "consumer thread"
+            if any("ServiceThread" in f for f in frames)
+            else "main thread"
+            if "runpy" in frames[0]
+            else "other thread"
+        )
+        runs = [i for i, f in enumerate(frames) if f.startswith("Handle._run")]
+        if not runs or "selectors.py" in frames[-1]:
+            what = "loop: " + ("epoll wait" if "selectors.py" in frames[-1] else frames[-1])
+        else:
+            inner = [f for f in frames[runs[-1] + 1 :] if "asyncio/" not in f] or [frames[-1]]
+            what = inner[0]
+        where[f"{thread}: {what}"] += n
     return {
         "samples_per_s": total / seconds,
-        "by_function": {f: n / seconds for f, n in leaves.most_common(12)},
-        "by_library_frame": {f: n / seconds for f, n in owners.most_common(12)},
+        "by_thread_and_task": {w: n / seconds for w, n in where.most_common(15)},
     }
 
 
@@ -239,9 +245,9 @@ def main() -> None:
     print(f"{'worker + analytics':<26}" + "".join(f"{t:>10.3f}" for t in report["ours_total_cores"]))
     print(f"{'load average (1 min)':<26}" + "".join(f"{r['load_average_1m']:>10.2f}" for r in runs))
     for name, found in (profiled or {}).items():
-        if "by_library_frame" in found:
-            print(f"\n{name}: py-spy samples/s {found['samples_per_s']:.1f}, by innermost library frame")
-            for frame, rate in found["by_library_frame"].items():
+        if "by_thread_and_task" in found:
+            print(f"\n{name}: py-spy samples/s {found['samples_per_s']:.1f} (at 200/s), by thread and task")
+            for frame, rate in found["by_thread_and_task"].items():
                 print(f"{rate:>8.1f}  {frame[:110]}")
 
 

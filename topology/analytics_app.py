@@ -140,6 +140,10 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
     app = new_app(
         settings,
         analytics_app_id(settings.worker.app_id),
+        # A sink waits this long to fill a batch anyway; an idle fetch may wait as long.
+        idle_fetch_max_wait_ms=max(
+            settings.worker.idle_fetch_max_wait_ms, round(settings.sink.batch_within_s * 1000)
+        ),
         web_enabled=True,
         web_bind=service.host,
         web_host=service.host,

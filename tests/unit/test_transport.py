@@ -183,3 +183,14 @@ def test_a_getmany_paces_the_fetcher_it_read_from(monkeypatch):
     thread._records_at -= 2  # as if two quiet seconds had passed
     assert asyncio.run(thread._fetch_records(consumer, set(), timeout=1.0)) == {}
     assert fetcher._fetch_max_wait_ms == 250
+
+
+def test_the_analytics_process_waits_idle_as_long_as_its_sinks_fill_a_batch():
+    from topology.analytics_app import create_analytics_app
+
+    settings = Settings()
+    sink = settings.sink.model_copy(update={"batch_within_s": 0.75})
+    app = create_analytics_app(settings.model_copy(update={"sink": sink}))
+    assert (app.fetch_max_wait_ms, app.idle_fetch_max_wait_ms) == (settings.worker.fetch_max_wait_ms, 750)
+    worker = new_app(settings, "transport-test")
+    assert worker.idle_fetch_max_wait_ms == settings.worker.idle_fetch_max_wait_ms

@@ -25,6 +25,7 @@ WHERE stage = 'prompting' AND {_WINDOW}
        OR startsWith(template_version, {{prompt:String}}))
   AND (empty({{label:String}}) OR label = {{label:String}})
   AND (empty({{mode:String}}) OR retrieval_mode = {{mode:String}})
+  AND (empty({{conversation:String}}) OR conversation_id = {{conversation:String}})
   AND (empty({{text:String}}) OR trace_id IN (
         SELECT trace_id FROM telemetry
         WHERE {_WINDOW} AND (positionCaseInsensitiveUTF8(question, {{text:String}}) > 0
@@ -43,6 +44,7 @@ SELECT trace_id, tenant, min(started_at) AS first_started,
        anyIf(label, label != '') AS served_label, anyIf(experiment, experiment != '') AS experiment_name,
        anyIf(arm, arm != '') AS experiment_arm, anyIf(retrieval_mode, retrieval_mode != '') AS mode,
        anyIf(question, question != '') AS asked, anyIf(answer, answer != '') AS answered,
+       anyIf(conversation_id, conversation_id != '') AS conversation,
        round(sum(cost_usd), 6) AS cost, groupUniqArray(stage) AS stages
 FROM telemetry
 WHERE trace_id IN ({_MATCHING}) AND {_WINDOW}
@@ -67,12 +69,13 @@ class ConsoleQueries:
         label: str = "",
         mode: str = "",
         text: str = "",
+        conversation: str = "",
         limit: int = 100,
         probes: bool = False,
     ) -> Rows:
         """Question traces started in [start, end), newest first. `prompt`: a prompt id
         or the start of a version hash; `text`: a case-insensitive substring of the
-        question or the answer."""
+        question or the answer; `conversation`: the turns of that conversation."""
         window = report_window(timedelta(0), tenant, probes)
         return await self.store.query(
             _SEARCH,
@@ -85,8 +88,29 @@ class ConsoleQueries:
                 "label": label,
                 "mode": mode,
                 "text": text,
+                "conversation": conversation,
                 "limit": limit,
             },
+        )
+
+    async def conversations(
+        self, since: timedelta, tenant: str = "", limit: int = 100, probes: bool = False
+    ) -> Rows:
+        """Conversations with a turn in the window, the latest active first: turns in the
+        window, failed turns, first and last turn, and the last question."""
+        return await self.store.query(
+            """
+            SELECT conversation_id, tenant, count() AS turns, countIf(status = 'error') AS failed,
+                   min(started_at) AS first_turn, max(started_at) AS last_turn,
+                   argMax(question, started_at) AS last_question
+            FROM telemetry
+            WHERE stage = 'prompting' AND conversation_id != ''
+              AND started_at >= {since:DateTime64(3, 'UTC')}
+              AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
+            GROUP BY conversation_id, tenant
+            ORDER BY last_turn DESC LIMIT {limit:UInt32}
+            """,
+            {**report_window(since, tenant, probes), "limit": limit},
         )
 
     async def trace_rows(self, trace_id: str) -> tuple[Rows, Rows]:

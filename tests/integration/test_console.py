@@ -1,10 +1,10 @@
 """The web console in a real browser (Playwright driving Debian's Chromium, no browser
 download) against the running stack with real traffic: every page loads without a
 console error, a known question's trace shows its four stages and its cited passage, a
-word of its answer finds it, a dead letter replayed from the page with the token is
-answered (as `llmops dlq replay` does, test_dlq.py), a label moved from the page serves
-the next question pinned to it, a wrong token is refused, and markup in a question or a
-feedback comment stays text."""
+word of its answer finds it, a conversation shows its turns, a dead letter replayed from
+the page with the token is answered (as `llmops dlq replay` does, test_dlq.py), a label
+moved from the page serves the next question pinned to it, a wrong token is refused, and
+markup in a question, a feedback comment or a conversation id stays text."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ from topology.topics import registry_topic
 
 TOKEN = "console-test-token"  # noqa: S105  (a test's own token)
 STAGES = ("prompting", "embedding", "retrieval", "generation")
-PAGES = ("/", "/traces", "/deadletters", "/prompts", "/alerts")
+PAGES = ("/", "/traces", "/conversations", "/deadletters", "/prompts", "/alerts")
+# A conversation id is any printable text a client chooses: markup too.
+CONVERSATION = f'c-{uuid.uuid4().hex[:6]}"><img src=x onerror="window.__xss=3">'
 XSS = '<script>window.__xss=1</script>"><img src=x onerror="window.__xss=2;alert(1)">'
 LAUNCH_ARGS = [
     "--no-sandbox",
@@ -242,6 +244,8 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
         known = await client.ask("What is a lambda expression?", tenant=tenant, retrieval_mode="dense")
         tricky = await client.ask(f"lambda {XSS}", tenant=tenant, retrieval_mode="dense")
         await client.feedback(tricky.trace_id, False, comment=XSS, tenant=tenant)
+        for turn in ("What is a lambda expression?", "Can it hold statements?"):
+            await client.ask(turn, tenant=tenant, conversation=CONVERSATION, retrieval_mode="dense")
     assert known.citations, "the extractive backend cited nothing"
     # Two versions of a prompt and a label moved between them, as `llmops prompts` writes
     # them (a label of this test's own: the served one stays as other tests expect).
@@ -269,7 +273,13 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
         timings[path] = await page.open(base + path)
         await page.shot({"/": "overview"}.get(path, path.strip("/")))
         assert not page.errors, f"{path}: {page.errors}"
-    assert await page.page.locator("#overview-body").count() == 0  # left the overview: its timer stopped
+
+    # The overview refreshes itself while open (every 10 s).
+    await page.open(base + "/")
+    before = await page.page.locator("#status").inner_text()
+    await page.page.wait_for_function(
+        "was => document.getElementById('status').textContent !== was", arg=before, timeout=20_000
+    )
 
     # The known question's trace: its four stages, and the passage its answer cited.
     timings["trace"] = await page.open(f"{base}/trace?id={known.trace_id}")
@@ -331,6 +341,20 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
         await page.page.locator("main img").count() == 0
         and await page.page.locator("main script").count() == 0
     )
+
+    # A conversation's turns from its memory, each with its trace; its id stays text.
+    await page.open(f"{base}/conversations?tenant={tenant}")
+    async with page.page.expect_navigation():
+        await page.page.get_by_role("link", name=CONVERSATION).click()
+    await page.page.wait_for_selector("body[data-loaded='1']")
+    deadline = time.monotonic() + 30
+    while await page.page.locator("#turns tbody tr").count() < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(1)  # the last turn's completion reaches the memory just after its answer
+        await page.open(page.page.url)
+    assert await page.page.locator("#turns tbody tr").count() == 2
+    assert await page.page.locator("#conversation-id").inner_text() == CONVERSATION
+    await page.shot("conversation")
+    assert await page.page.evaluate("window.__xss") is None and not page.dialogs
 
     # Replay from the page: refused with a wrong token, dry run first, then answered.
     await page.open(f"{base}/deadletters?since=1h")

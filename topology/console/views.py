@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 # Every page is the one shell; console.js renders the page its path names.
-PAGES = ("/", "/traces", "/trace", "/deadletters", "/prompts", "/alerts")
+PAGES = ("/", "/traces", "/trace", "/conversations", "/conversation", "/deadletters", "/prompts", "/alerts")
 ASSETS = {
     "console.js": "application/javascript",
     "console.css": "text/css",
@@ -113,6 +113,7 @@ class Console:
             label=q.get("label", ""),
             mode=q.get("mode", ""),
             text=q.get("text", ""),
+            conversation=q.get("conversation", ""),
             limit=min(_int(q, "limit", 100), 1000),
         )
         return {
@@ -135,6 +136,35 @@ class Console:
             "feedback": feedback.dicts(),
             "letters": letters,
         }
+
+    async def conversations(self, q: dict[str, str]) -> dict[str, Any]:
+        found = await self.data.conversations(_window(q, "24h"), q.get("tenant", ""), _int(q, "limit", 100))
+        return {"conversations": found.dicts()}
+
+    async def conversation(self, q: dict[str, str]) -> dict[str, Any]:
+        """What `llmops conversation show` prints: the turns the memory keeps (read from
+        the conversations table's changelog), with each turn's trace."""
+        from connectors.conversations import latest_record
+        from schemas.conversations import ConversationState, conversation_key
+        from topology.topics import conversations_topic
+
+        conversation_id, tenant = q.get("id", ""), q.get("tenant") or "default"
+        if not conversation_id:
+            raise Refused(400, "which conversation? (?id=...&tenant=...)")
+        topic = conversations_topic(self.settings.worker.app_id)
+        key = conversation_key(tenant, conversation_id)
+        record = await asyncio.to_thread(latest_record, self.settings.kafka, topic, key)
+        if record is None:
+            raise Refused(404, f"no conversation {conversation_id!r} of tenant {tenant} (or it expired)")
+        state = ConversationState.model_validate_json(record)
+        traces = await self.data.search_traces(
+            state.turns[0].at - timedelta(minutes=5) if state.turns else utc_now() - timedelta(days=30),
+            utc_now() + timedelta(seconds=1),
+            tenant=tenant,
+            conversation=conversation_id,
+            limit=1000,
+        )
+        return {"state": state.model_dump(mode="json"), "traces": traces.dicts()}
 
     async def deadletters(self, q: dict[str, str]) -> dict[str, Any]:
         letters = await self._letters(q.get("stage") or None, _window(q, "24h"), q.get("trace", ""))
@@ -320,6 +350,8 @@ def add_console(app: faust.App, settings: Settings, data: Analytics, is_open: Ca
         "overview": console.overview,
         "traces": console.traces,
         "trace": console.trace,
+        "conversations": console.conversations,
+        "conversation": console.conversation,
         "alerts": console.alerts,
     }
     kafka_reads: dict[str, Callable[[dict[str, str]], Awaitable[dict[str, Any]]]] = {

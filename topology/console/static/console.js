@@ -188,7 +188,7 @@ function renderOverview(body, d) {
   body.replaceChildren(...parts);
 }
 
-const SEARCH_FIELDS = ["since", "from", "to", "tenant", "status", "prompt", "label", "mode", "text"];
+const SEARCH_FIELDS = ["since", "from", "to", "tenant", "status", "prompt", "label", "mode", "conversation", "text"];
 
 async function traces() {
   const get = (n, d) => params.get(n) || d || "";
@@ -203,6 +203,7 @@ async function traces() {
     field("prompt id or version", el("input", { name: "prompt", value: get("prompt"), size: 12 })),
     field("label", el("input", { name: "label", value: get("label"), size: 10 })),
     field("retrieval", el("select", { name: "mode" }, ["", "dense", "bm25", "hybrid"].map((s) => el("option", { value: s, selected: s === get("mode") }, s || "any")))),
+    field("conversation", el("input", { name: "conversation", value: get("conversation"), size: 10 })),
     field("text in question or answer", el("input", { name: "text", value: get("text"), size: 24, id: "search-text" })),
     el("button", { type: "submit", id: "search-button" }, "Search"),
   );
@@ -226,6 +227,51 @@ async function traces() {
   }
 }
 
+const conversationLink = (id, tenant) => el("a", { href: "/conversation?" + new URLSearchParams({ id, tenant }) }, id);
+
+async function conversations() {
+  const since = params.get("since") || "24h";
+  const tenant = params.get("tenant") || "";
+  main.replaceChildren(el("h1", {}, "Conversations"), el("form", { class: "filters" },
+    field("window", windowSelect("since", since)),
+    field("tenant", el("input", { name: "tenant", value: tenant, placeholder: "all", size: 12 })),
+    el("button", { type: "submit" }, "Show")));
+  try {
+    const d = await api("/api/conversations?" + new URLSearchParams({ since, tenant }));
+    main.append(el("div", { class: "panel", id: "conversations" }, table(
+      ["last turn", "conversation", "tenant", "turns", "failed", "first turn", "last question"],
+      d.conversations.map((c) => [el("td", { class: "nowrap" }, c.last_turn.slice(5, 19)), conversationLink(c.conversation_id, c.tenant), c.tenant,
+        num(c.turns), num(c.failed), c.first_turn.slice(5, 19), clip(c.last_question)]),
+      "No conversation had a turn in the last " + since + ".")));
+  } catch (e) {
+    main.append(el("p", { class: "error" }, String(e.message)));
+  }
+}
+
+async function conversation() {
+  const id = params.get("id") || "";
+  const tenant = params.get("tenant") || "default";
+  main.replaceChildren(el("h1", {}, "Conversation ", el("code", { id: "conversation-id" }, id)));
+  let d;
+  try {
+    d = await api("/api/conversation?" + new URLSearchParams({ id, tenant }));
+  } catch (e) {
+    main.append(el("p", { class: "error" }, String(e.message)));
+    return;
+  }
+  const s = d.state;
+  const traces = new Map(d.traces.map((t) => [t.trace_id, t]));
+  main.append(el("p", { class: "muted" }, "tenant " + s.tenant + " · turns answered " + s.turn_count + " (remembered: the last " + s.turns.length + ") · last active " + s.updated_at.slice(0, 19) + " UTC" +
+    (s.in_flight ? " · being answered: " + s.in_flight + ", waiting: " + s.pending.length : "")));
+  const first = s.turn_count - s.turns.length + 1;
+  main.append(el("div", { class: "panel", id: "turns" }, table(["turn", "at", "question", "searched as", "answer", "cited", "trace", "total ms"],
+    s.turns.map((t, i) => {
+      const found = traces.get(t.trace_id);
+      return [num(first + i), t.at.slice(11, 19), t.question, t.standalone && t.standalone !== t.question ? t.standalone : "", clip(t.answer),
+        (t.citations || []).join(", "), traceLink(t.trace_id), found ? num(found.total_ms) : "-"];
+    }), "No turn remembered.")));
+}
+
 async function trace() {
   const id = params.get("id") || "";
   main.replaceChildren(el("h1", {}, "Trace ", el("code", {}, id)));
@@ -246,7 +292,8 @@ async function trace() {
   if (question) main.append(el("div", { class: "panel" }, el("h2", {}, "Question"), el("pre", { id: "question" }, question.question)));
   if (rows.length) {
     main.append(el("p", { class: "muted" }, "tenant " + first.tenant + " · prompt " + (first.template_id || "-") + "@" + (first.template_version || "-") +
-      (first.label ? " (label " + first.label + ")" : "") + (first.experiment ? " · experiment " + first.experiment + " arm " + first.arm : "")));
+      (first.label ? " (label " + first.label + ")" : "") + (first.experiment ? " · experiment " + first.experiment + " arm " + first.arm : ""),
+      ...(first.conversation_id ? [" · conversation ", conversationLink(first.conversation_id, first.tenant)] : [])));
     main.append(waterfall(rows));
   }
   const retrieval = rows.filter((r) => r.passage_ids && r.passage_ids.length);
@@ -293,8 +340,8 @@ function lettersTable(letters, selectable) {
     [selectable ? "replay" : "", "at", "letter", "stage", "from", "error", "reason", "tries", "trace", "original"],
     letters.map((l) => [
       selectable ? el("input", { type: "checkbox", class: "pick", value: l.event_id, disabled: l.truncated, title: l.truncated ? "truncated: cannot be replayed" : "" }) : "",
-      l.occurred_at.slice(0, 19), el("code", {}, l.event_id), l.stage, l.topic + "@" + l.partition + ":" + l.offset, l.error_type, clip(l.reason), num(l.attempts),
-      traceLink(l.trace_id),
+      el("td", { class: "nowrap" }, l.occurred_at.slice(5, 19).replace("T", " ")), el("code", {}, l.event_id), l.stage, l.topic + "@" + l.partition + ":" + l.offset,
+      l.error_type, clip(l.reason), num(l.attempts), el("td", { class: "clip" }, traceLink(l.trace_id)),
       el("details", {}, el("summary", {}, (l.original_text !== undefined ? "text" : "base64") + (l.truncated ? " (truncated)" : "")),
         el("pre", { class: "original" }, l.original_text !== undefined ? l.original_text : l.original_base64)),
     ]),
@@ -457,11 +504,11 @@ async function alerts() {
   }
 }
 
-const PAGES = { "/": overview, "/traces": traces, "/trace": trace, "/deadletters": deadletters, "/prompts": prompts, "/alerts": alerts };
+const PAGES = { "/": overview, "/traces": traces, "/trace": trace, "/conversations": conversations, "/conversation": conversation, "/deadletters": deadletters, "/prompts": prompts, "/alerts": alerts };
 
 async function start() {
   const page = location.pathname.replace(/\/+$/, "") || "/";
-  const active = page === "/" ? "overview" : page === "/trace" ? "traces" : page.slice(1);
+  const active = page === "/" ? "overview" : page === "/trace" ? "traces" : page === "/conversation" ? "conversations" : page.slice(1);
   for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("active", a.dataset.page === active);
   try {
     config = await api("/api/config");

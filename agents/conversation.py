@@ -47,6 +47,7 @@ from schemas.telemetry import StageCompleted
 
 STAGE = "conversation"
 CONDENSE = "condense"
+SUMMARIZE = "summarize"
 # Shown before the earlier turns when the template does not place $history itself.
 HISTORY_HEADER = "Earlier in this conversation:\n"
 
@@ -105,11 +106,7 @@ def step(
     if isinstance(event, TurnCompleted):
         if state is None or event.trace_id != state.in_flight:
             return state, None  # a duplicate, or a turn given up on (turn_timeout_s)
-        turns = [*state.turns, event.turn][-settings.memory_turns :] if event.turn else state.turns
-        done = state.model_copy(
-            update={"turns": turns, "turn_count": state.turn_count + (event.turn is not None)}
-        )
-        return _start_next(_idle(done, now), settings, now)
+        return _start_next(_idle(_remember(state, event, settings), now), settings, now)
     assert event.conversation_id is not None
     if state is None or (
         state.in_flight is None and now - state.updated_at > timedelta(seconds=settings.retention_s)
@@ -144,6 +141,28 @@ def expired(memory: MutableMapping[str, bytes], settings: ConversationSettings, 
     return found
 
 
+def _remember(
+    state: ConversationState, done: TurnCompleted, settings: ConversationSettings
+) -> ConversationState:
+    """The answered turn joins the memory; turns beyond `memory_turns` leave it for the
+    unsummarized list, which the next turn's summarize node folds into the summary (turns
+    the summary took in leave the list; with no LM, the oldest are dropped at the limit)."""
+    summary, unsummarized = state.summary, state.unsummarized
+    if done.summary is not None:
+        summary, unsummarized = done.summary, unsummarized[done.summarized :]
+    turns = [*state.turns, done.turn] if done.turn else state.turns
+    left, turns = turns[: -settings.memory_turns], turns[-settings.memory_turns :]
+    unsummarized = [*unsummarized, *left][-settings.memory_turns :]
+    return state.model_copy(
+        update={
+            "turns": turns,
+            "summary": summary,
+            "unsummarized": unsummarized,
+            "turn_count": state.turn_count + (done.turn is not None),
+        }
+    )
+
+
 def _idle(state: ConversationState, now: datetime) -> ConversationState:
     return state.model_copy(
         update={"in_flight": None, "in_flight_since": None, "in_flight_query": "", "updated_at": now}
@@ -172,7 +191,14 @@ def _with_memory(
     query: QueryReceived, state: ConversationState, settings: ConversationSettings
 ) -> QueryReceived:
     # Whatever memory the client put in is replaced: only the pipeline's counts.
-    return query.model_copy(update={"memory": state.turns[-settings.memory_turns :], "producer": STAGE})
+    return query.model_copy(
+        update={
+            "memory": state.turns[-settings.memory_turns :],
+            "summary": state.summary,
+            "unsummarized": state.unsummarized,
+            "producer": STAGE,
+        }
+    )
 
 
 def _pending_ids(state: ConversationState) -> set[str]:
@@ -222,8 +248,15 @@ def announcements(
                 answer=outcome.answer,
                 citations=outcome.citations,
             )
+            spec = source.prompt
             done = source.follow(
-                TurnCompleted, "generation", conversation_id=conversation, ok=True, turn=turn
+                TurnCompleted,
+                "generation",
+                conversation_id=conversation,
+                ok=True,
+                turn=turn,
+                summary=spec.summary if spec.summarized else None,
+                summarized=spec.summarized,
             )
             said.append(("turns", key, done))
         elif isinstance(outcome, BaseException):
@@ -231,27 +264,41 @@ def announcements(
                 TurnCompleted, "pipeline", conversation_id=conversation, ok=False, reason=str(outcome)[:500]
             )
             said.append(("turns", key, failed))
-    if isinstance(outcome, PromptAssembled) and outcome.prompt.condense_model and telemetry.enabled:
-        said.append(("telemetry", outcome.trace_id.encode(), condense_row(outcome, telemetry)))
+    if isinstance(outcome, PromptAssembled) and telemetry.enabled:
+        spec = outcome.prompt
+        for node, model, usage, ms in (
+            (CONDENSE, spec.condense_model, spec.condense_usage, spec.condense_ms),
+            (SUMMARIZE, spec.summarize_model, spec.summarize_usage, spec.summarize_ms),
+        ):
+            if model:
+                row = node_row(outcome, node, model, usage, ms, telemetry)
+                said.append(("telemetry", outcome.trace_id.encode(), row))
     return said
 
 
-def condense_row(assembled: PromptAssembled, telemetry: TelemetrySettings) -> StageCompleted:
-    """The condense node's StageCompleted: its own model, tokens, latency and cost."""
+def node_row(
+    assembled: PromptAssembled,
+    node: str,
+    model: str,
+    usage: dict[str, int],
+    ms: float,
+    telemetry: TelemetrySettings,
+) -> StageCompleted:
+    """An LM node's own StageCompleted (condense, summarize): model, tokens, latency, cost."""
     spec = assembled.prompt
     ended = assembled.occurred_at
-    tokens_in, tokens_out = spec.condense_usage.get("input", 0), spec.condense_usage.get("output", 0)
-    cost, known = priced(telemetry.prices, spec.condense_model, tokens_in, tokens_out)
+    tokens_in, tokens_out = usage.get("input", 0), usage.get("output", 0)
+    cost, known = priced(telemetry.prices, model, tokens_in, tokens_out)
     return StageCompleted(
         trace_id=assembled.trace_id,
         tenant=assembled.tenant,
         producer="prompting",
-        stage=CONDENSE,
-        started_at=ended - timedelta(milliseconds=spec.condense_ms),
+        stage=node,
+        started_at=ended - timedelta(milliseconds=ms),
         ended_at=ended,
-        latency_ms=spec.condense_ms,
+        latency_ms=ms,
         status="ok",
-        model=spec.condense_model,
+        model=model,
         served=spec.served,
         conversation_id=spec.conversation_id or "",
         input_tokens=tokens_in,
@@ -273,11 +320,14 @@ class Condensed:
     ms: float = 0.0
 
 
-def history_text(turns: Sequence[Turn]) -> str:
-    return "\n".join(f"User: {t.question}\nAssistant: {t.answer}" for t in turns)
+def history_text(turns: Sequence[Turn], summary: str = "") -> str:
+    lines = [f"Summary of earlier turns: {summary}"] if summary else []
+    return "\n".join([*lines, *(f"User: {t.question}\nAssistant: {t.answer}" for t in turns)])
 
 
-async def condense(prompt: PromptVersion, query: QueryReceived, question: str, deps: Any) -> Condensed:
+async def condense(
+    prompt: PromptVersion, query: QueryReceived, question: str, deps: Any, summary: str | None = None
+) -> Condensed:
     """The follow-up as a standalone question. No memory (a first turn), or condense off:
     the question as it is. With the extractive backend (no LM): the previous question
     prepended, which carries its topic words into retrieval but resolves nothing else."""
@@ -287,7 +337,8 @@ async def condense(prompt: PromptVersion, query: QueryReceived, question: str, d
         return Condensed(f"{query.memory[-1].question} {question}")
     try:
         instruction = Template(prompt.condense_instruction).substitute(
-            history=history_text(query.memory), question=question
+            history=history_text(query.memory, query.summary if summary is None else summary),
+            question=question,
         )
     except (KeyError, ValueError) as exc:
         raise PermanentError(f"prompt {prompt.version}: condense instruction: {exc!r}") from exc
@@ -310,12 +361,51 @@ async def condense(prompt: PromptVersion, query: QueryReceived, question: str, d
     return Condensed(text, written.model, dict(written.usage_details), round(ms, 3))
 
 
+@dataclass(frozen=True)
+class Summarized:
+    text: str  # the rolling summary the answer prompt shows
+    taken: int = 0  # unsummarized turns it took in; 0: the summary as it was
+    model: str = ""
+    usage: dict[str, int] | None = None
+    ms: float = 0.0
+
+
+async def summarize(prompt: PromptVersion, query: QueryReceived, deps: Any) -> Summarized:
+    """Fold the turns that left the memory into the rolling summary. Nothing to fold,
+    summarize off, or the extractive backend (no LM): the summary as it was (with
+    extractive there is none: the oldest turns are dropped)."""
+    if not query.unsummarized or not prompt.summarize or deps.llm.name == "extractive":
+        return Summarized(query.summary)
+    try:
+        instruction = Template(prompt.summarize_instruction).substitute(
+            summary=query.summary or "(none yet)", turns=history_text(query.unsummarized)
+        )
+    except (KeyError, ValueError) as exc:
+        raise PermanentError(f"prompt {prompt.version}: summarize instruction: {exc!r}") from exc
+    started = time.perf_counter()
+    written = await deps.llm.generate(
+        RenderedPrompt(
+            system="",
+            user=instruction,
+            question=query.question,
+            sources=[],
+            temperature=prompt.summarize_temperature,
+            max_tokens=prompt.summarize_max_tokens,
+            model=prompt.summarize_model or prompt.model,
+            seed=prompt.summarize_seed,
+        )
+    )
+    ms = round((time.perf_counter() - started) * 1000, 3)
+    text = " ".join(written.text.split()) or query.summary
+    return Summarized(text, len(query.unsummarized), written.model, dict(written.usage_details), ms)
+
+
 def with_history(spec: PromptSpec, template: str, rendered: str) -> str:
     """The answer prompt with the earlier turns verbatim: where the template places
     $history, there; otherwise before the rest."""
-    if not spec.history or "history" in Template(template).get_identifiers():
+    if not (spec.history or spec.summary) or "history" in Template(template).get_identifiers():
         return rendered
-    return f"{HISTORY_HEADER}{history_text(spec.history)}\n\n{rendered}"
+    return f"{HISTORY_HEADER}{history_text(spec.history, spec.summary)}\n\n{rendered}"
 
 
 # --- user variables -------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def render(event: ContextRetrieved, passages: Sequence[Passage] | None = None) -
     sources = [Source(id=p.id, title=p.title, text=p.text) for p in chosen]
     context = "\n\n".join(passage_block(n, s.title, s.text) for n, s in enumerate(sources, start=1))
     try:
-        history = conversation.history_text(spec.history)
+        history = conversation.history_text(spec.history, spec.summary)
         user = Template(spec.template).substitute(spec.variables, context=context, history=history)
         user = conversation.with_history(spec, spec.template, user)
     except (KeyError, ValueError) as exc:

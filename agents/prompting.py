@@ -33,7 +33,8 @@ async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
     prompt = routed.prompt
     admitted = intake.admit(query, pipeline, prompt.top_k)
     variables = conversation.template_variables(prompt, query)  # before any LM call is paid for
-    condensed = await conversation.condense(prompt, query, admitted.question, deps)
+    summarized = await conversation.summarize(prompt, query, deps)
+    condensed = await conversation.condense(prompt, query, admitted.question, deps, summarized.text)
     served = Served(
         prompt=prompt.name,
         version=prompt.version,
@@ -59,6 +60,11 @@ async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
         condense_model=condensed.model,
         condense_usage=condensed.usage or {},
         condense_ms=condensed.ms,
+        summary=summarized.text,
+        summarized=summarized.taken,
+        summarize_model=summarized.model,
+        summarize_usage=summarized.usage or {},
+        summarize_ms=summarized.ms,
     )
     if prompt.hyde == "off":
         return query.follow(PromptAssembled, STAGE, prompt=spec)

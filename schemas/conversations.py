@@ -52,6 +52,10 @@ class TurnCompleted(Event):
     ok: bool
     turn: Turn | None = Field(default=None, description="The answered turn; None when it failed.")
     reason: str = ""
+    summary: str | None = Field(
+        default=None, description="The rolling summary the turn's summarize node wrote; None: unchanged."
+    )
+    summarized: int = Field(default=0, ge=0, description="How many of the unsummarized turns it took in.")
 
 
 class ConversationState(Frozen):
@@ -61,6 +65,10 @@ class ConversationState(Frozen):
     tenant: str
     conversation_id: ConversationId
     turns: list[Turn] = Field(default_factory=list, description="Oldest first; at most the memory's limit.")
+    summary: str = Field(default="", description="The rolling summary of the turns older than `turns`.")
+    unsummarized: list[Turn] = Field(
+        default_factory=list, description="Turns that left `turns` and are not in the summary yet."
+    )
     turn_count: int = Field(default=0, ge=0, description="Turns answered over the conversation's life.")
     in_flight: Identifier | None = Field(default=None, description="The trace id of the turn being answered.")
     in_flight_since: AwareDatetime | None = None

@@ -26,6 +26,12 @@ DEFAULT_CONDENSE_INSTRUCTION = (
     "without the conversation. Reply with the question only.\n\nConversation:\n$history\n\n"
     "Follow-up question: $question\nStandalone question:"
 )
+# The summarize node's instruction; `$summary` (so far) and `$turns` (to add) are filled in.
+DEFAULT_SUMMARIZE_INSTRUCTION = (
+    "Update the summary of a conversation with the turns below. Keep the topics, names and "
+    "facts a later question may refer to; at most five sentences.\n\nSummary so far:\n$summary\n\n"
+    "Turns to add:\n$turns\n\nUpdated summary:"
+)
 VERSION_CHARS = 12
 
 
@@ -63,6 +69,14 @@ class PromptVersion(Frozen):
     condense_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     condense_seed: int | None = None
     condense_max_tokens: int = Field(default=96, ge=1)
+    # The summarize node: folds the turns that leave a conversation's memory into its
+    # rolling summary (an LM call; with the extractive backend they are dropped).
+    summarize: bool = Field(default=True, description="Keep a rolling summary of older turns.")
+    summarize_instruction: str = DEFAULT_SUMMARIZE_INSTRUCTION
+    summarize_model: str | None = Field(default=None, description="None: the prompt's model.")
+    summarize_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    summarize_seed: int | None = None
+    summarize_max_tokens: int = Field(default=160, ge=1)
     variables: dict[VariableName, VariableSpec] = Field(
         default_factory=dict, description="The user variables the template renders, with their limits."
     )
@@ -97,6 +111,12 @@ _HASHED_WHEN_SET = frozenset(
         "condense_temperature",
         "condense_seed",
         "condense_max_tokens",
+        "summarize",
+        "summarize_instruction",
+        "summarize_model",
+        "summarize_temperature",
+        "summarize_seed",
+        "summarize_max_tokens",
         "variables",
     }
 )

@@ -49,6 +49,10 @@ class QueryReceived(Event):
         default_factory=list,
         description="Set by the conversation stage: the conversation's last turns, oldest first.",
     )
+    summary: str = Field(default="", description="Set by the conversation stage: the rolling summary.")
+    unsummarized: list[Turn] = Field(
+        default_factory=list, description="Set by the conversation stage: older turns not in the summary yet."
+    )
 
 
 class Served(Frozen):
@@ -109,6 +113,13 @@ class PromptSpec(Frozen):
     condense_model: str = ""
     condense_usage: dict[str, int] = Field(default_factory=dict)
     condense_ms: float = Field(default=0.0, ge=0)
+    # The rolling summary the answer prompt shows, and what writing it took (summarize node);
+    # `summarized`: how many unsummarized turns it took in (0: the summary is unchanged).
+    summary: str = ""
+    summarized: int = Field(default=0, ge=0)
+    summarize_model: str = ""
+    summarize_usage: dict[str, int] = Field(default_factory=dict)
+    summarize_ms: float = Field(default=0.0, ge=0)
 
 
 _SPEC_V1 = (

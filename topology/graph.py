@@ -87,9 +87,9 @@ STAGES: tuple[Stage, ...] = (
         per_event(prompting.handle),
         replies_to="responses",
         announces=conversation.announcements,
-        # The condense node's own row (prompting runs it, with HyDE, before assembling).
+        # The LM nodes' own rows (prompting runs them, with HyDE, before assembling).
         announced=(*_TURN_OVER, ("telemetry", StageCompleted)),
-        lm_nodes=(conversation.CONDENSE, "hyde"),
+        lm_nodes=(conversation.SUMMARIZE, conversation.CONDENSE, "hyde"),
     ),
     Stage(
         "embedding",

@@ -405,3 +405,50 @@ def test_the_sweep_forgets_idle_conversations_only():
     )
     memory[conversation_key("acme", "waiting")] = waiting.model_dump_json().encode()
     assert conversation.expired(memory, SETTINGS, NOW) == ["acme/idle"]
+
+
+def test_turns_that_leave_the_memory_wait_for_the_summary_and_leave_the_list_once_taken_in():
+    state = None
+    for n in range(1, 5):
+        state, _ = step(state, turn(f"q{n}", f"t{n}"), SETTINGS, NOW)
+        state, _ = step(state, done(f"t{n}"), SETTINGS, NOW)
+    assert state is not None
+    assert [t.trace_id for t in state.turns] == ["t3", "t4"]
+    assert [t.trace_id for t in state.unsummarized] == ["t1", "t2"] and state.summary == ""
+    state, started = step(state, turn("q5", "t5"), SETTINGS, NOW)
+    assert started is not None and [t.trace_id for t in started.unsummarized] == ["t1", "t2"]
+    written = done("t5").model_copy(update={"summary": "t1 and t2 were about x.", "summarized": 2})
+    state, _ = step(state, written, SETTINGS, NOW)
+    assert state is not None and state.summary == "t1 and t2 were about x."
+    assert [t.trace_id for t in state.turns] == ["t4", "t5"]
+    assert [t.trace_id for t in state.unsummarized] == ["t3"]  # left after the summary was written
+    # With no LM (the summary never changes) the list stays bounded: the oldest are dropped.
+    for n in range(6, 10):
+        state, _ = step(state, turn(f"q{n}", f"t{n}"), SETTINGS, NOW)
+        state, _ = step(state, done(f"t{n}"), SETTINGS, NOW)
+    assert len(state.unsummarized) == SETTINGS.memory_turns
+
+
+def test_the_summarize_node_folds_older_turns_into_the_summary_condense_and_the_answer_see():
+    llm = WritingLLM()
+    d = deps(llm)
+    d.pipeline = PipelineSettings(prompt=prompt(summarize_temperature=0.1).model_dump(exclude={"version"}))
+    follow_up = turn(
+        "Can it contain statements?",
+        "t9",
+        memory=remembered("What is a lambda expression?"),
+        summary="",
+        unsummarized=remembered("What is a generator?"),
+    )
+    assembled = asyncio.run(prompting.handle(follow_up, d))
+    summarizing, condensing = llm.prompts
+    assert "Turns to add:\nUser: What is a generator?" in summarizing.user and summarizing.temperature == 0.1
+    spec = assembled.prompt
+    written = '"Can a lambda expression contain statements?"'  # what WritingLLM writes, one line
+    assert (spec.summary, spec.summarized, spec.summarize_model) == (written, 1, "smol")
+    assert f"Summary of earlier turns: {written}" in condensing.user
+    rows = conversation.announcements(follow_up, assembled, TelemetrySettings())
+    assert [(r.stage, r.output_tokens) for _, _, r in rows] == [("condense", 9), ("summarize", 9)]
+    # Extractive: no summary is written; the turns are dropped instead.
+    plain = asyncio.run(conversation.summarize(prompt(), follow_up, deps()))
+    assert (plain.text, plain.taken) == ("", 0)

@@ -70,6 +70,11 @@ ADDED_TO_THE_SPEC: dict[str, Any] = {
     "condense_model": "",
     "condense_usage": {},
     "condense_ms": 0.0,
+    "summary": "",
+    "summarized": 0,
+    "summarize_model": "",
+    "summarize_usage": {},
+    "summarize_ms": 0.0,
 }
 
 

@@ -127,6 +127,10 @@ def conversation_text(state: ConversationState, traces: dict[str, list[dict[str,
         f"conversation {state.conversation_id}  tenant {state.tenant}  turns answered {state.turn_count} "
         f"(remembered: the last {len(state.turns)})  last active {state.updated_at:%Y-%m-%d %H:%M:%S} UTC"
     ]
+    if state.summary:
+        out.append(f"summary of the turns before these: {state.summary}")
+    if state.unsummarized:
+        out.append(f"not summarized yet: {len(state.unsummarized)} older turn(s)")
     if state.in_flight:
         out.append(f"being answered: trace {state.in_flight}; waiting: {len(state.pending)}")
     first = state.turn_count - len(state.turns) + 1

@@ -1,7 +1,8 @@
 """A local HTTP server that speaks the OpenAI Chat Completions wire format, plain and
 streamed (server-sent `chat.completion.chunk` events ending in `data: [DONE]`), for the
 `openai` backend's and HyDE's tests. It answers HyDE instructions (they end in
-"Passage:") with a passage and anything else with a cited answer; it can answer 429 or
+"Passage:") with a passage, the conversation nodes' (condense, summarize) with a fixed
+rewrite and summary, and anything else with a cited answer; it can answer 429 or
 500 first, be slow, or cut a stream short. With `tokenizes` it also serves llama.cpp's
 POST /tokenize, counting a token per word."""
 
@@ -22,6 +23,9 @@ PASSAGE = (
     "It yields a function object that behaves like one defined with def."
 )
 ANSWER = "It is an anonymous function [1]."
+# What it writes for the conversation nodes' instructions (condense, summarize).
+STANDALONE = "Can a lambda expression contain statements?"
+SUMMARY = "The user asked what a lambda expression is: an anonymous function."
 
 
 @dataclass
@@ -71,7 +75,8 @@ class ChatServer:
             status = self.failures.pop(0)
             return web.json_response({"error": {"message": "try later", "code": status}}, status=status)
         user = body["messages"][-1]["content"]
-        text = PASSAGE if user.rstrip().endswith("Passage:") else ANSWER
+        endings = {"Passage:": PASSAGE, "Standalone question:": STANDALONE, "Updated summary:": SUMMARY}
+        text = next((t for end, t in endings.items() if user.rstrip().endswith(end)), ANSWER)
         usage = {
             "prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
             "completion_tokens": len(text.split()),

@@ -239,9 +239,19 @@ class MilvusStore:
         assert self._filled_by is not True
         return self._filled_by
 
+    def _reread(self) -> EncoderRecord | None:
+        """The record again: before refusing, in case the collection was made anew (or an
+        alias moved) since it was read."""
+        self._filled_by = False
+        return self.filled_by()
+
     def _check_reader(self) -> None:
-        recorded = self.filled_by() if self._reader is not None else None
-        if self._reader is None or recorded is None or belongs(self._reader.name, recorded):
+        if self._reader is None:
+            return
+        recorded = self.filled_by()
+        if recorded is not None and not belongs(self._reader.name, recorded):
+            recorded = self._reread()
+        if recorded is None or belongs(self._reader.name, recorded):
             return
         raise PermanentError(
             f"Milvus collection {self._settings.collection!r} was filled by the document encoder "
@@ -253,11 +263,12 @@ class MilvusStore:
         )
 
     def _check_writer(self) -> None:
-        recorded = self.filled_by() if self._writer is not None else None
-        if self._writer is None or recorded is None:
+        if self._writer is None:
             return
-        ours = self._writer.record()
-        if ours.fingerprint != recorded.fingerprint:
+        recorded, ours = self.filled_by(), self._writer.record()
+        if recorded is not None and recorded.fingerprint != ours.fingerprint:
+            recorded = self._reread()
+        if recorded is not None and recorded.fingerprint != ours.fingerprint:
             raise PermanentError(
                 f"Milvus collection {self._settings.collection!r} was filled by the document encoder "
                 f"{recorded.name} (fingerprint {recorded.fingerprint}); writing vectors of "

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 
 from connectors.client import Client
 from connectors.milvus import MilvusStore
+from tests.integration.test_cli import llmops
 from topology.stack import LocalStack
 
 ADVERSARIAL = [
@@ -96,3 +98,21 @@ async def test_requests_sent_back_to_back_are_handled_in_order(tansu_stack: Loca
     assert bigger.chunks > 1 and gone0.chunks == gone1.chunks == 0 and smaller.chunks == 1
     found = chunks_of(tansu_stack, owner)
     assert set(found) == {"d1", "d2"} and found["d1"] == [0]
+
+
+async def test_the_cli_withdraws_a_document(tansu_stack: LocalStack, tmp_path: Path):
+    owner = tenant("cli")
+    async with Client(tansu_stack.settings) as client:
+        await client.ingest(
+            [{"doc_id": 'say "hi"', "text": text(300, "a")}, {"doc_id": "b", "text": "b"}], tenant=owner
+        )
+    env = tansu_stack.env()
+    done = await asyncio.to_thread(llmops, "ingest", "--delete", 'say "hi"', "--tenant", owner, env=env)
+    assert done.returncode == 0, done.stderr
+    assert 'say "hi": every chunk deleted for tenant' in done.stdout
+    assert set(chunks_of(tansu_stack, owner)) == {"b"}
+    neither = await asyncio.to_thread(llmops, "ingest", env=env)
+    assert neither.returncode == 2 and "missing FILE (or --delete ID)" in neither.stderr
+    (tmp_path / "docs.jsonl").write_text('{"doc_id": "b", "text": "b"}\n')
+    both = await asyncio.to_thread(llmops, "ingest", str(tmp_path / "docs.jsonl"), "--delete", "b", env=env)
+    assert both.returncode == 2 and "not both" in both.stderr

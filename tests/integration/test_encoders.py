@@ -8,6 +8,7 @@ is skipped with a message, unless LLMOPS_REQUIRE_APACHE_KAFKA=1 (CI), which fail
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from pathlib import Path
 
@@ -17,9 +18,11 @@ import pytest
 from connectors import encoders
 from connectors.client import Client, RequestError
 from connectors.embedder import EmbeddingSettings, OnnxEmbedder, towers
-from connectors.encoders import CATALOGUE, fetch, installed, sha256_file
-from connectors.milvus import MilvusStore
+from connectors.encoders import CATALOGUE, EncoderRecord, fetch, installed, sha256_file
+from connectors.milvus import Chunk, MilvusStore
+from schemas.errors import PermanentError
 from tests.integration.conftest import require_java, stack_settings
+from tests.integration.test_cli import llmops
 from topology.samples import python_reference
 from topology.settings import Settings
 from topology.stack import LocalStack
@@ -69,6 +72,16 @@ def test_a_fetch_is_recorded_and_a_second_one_changes_nothing(
     said: list[str] = []
     assert fetch(name, models_dir, say=said.append) == target
     assert (target / "model.onnx").stat().st_mtime_ns == before and "is installed" in said[0]
+
+
+def test_model_list_shows_what_is_installed_and_which_side_uses_it(models_dir: Path):
+    env = {**os.environ, "LLMOPS_EMBEDDING__QUERY_ENCODER": "e5-small-v2"}
+    listed = llmops("model", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in listed.stdout.splitlines()[1:]}
+    assert rows["e5-small-v2"][:2] == ["query", "installed"]
+    assert rows["all-MiniLM-L6-v2"][:2] == ["document", "installed"]
+    assert rows["bge-small-en-v1.5"][:2] == ["-", "installed"]
 
 
 @pytest.mark.parametrize("name", FETCHED)
@@ -155,3 +168,37 @@ def test_the_pipeline_answers_through_e5_and_refuses_a_query_encoder_that_does_n
     reason = refused.value.failure.reason
     assert "e5-small-v2" in reason and "all-MiniLM-L6-v2" in reason and recorded.fingerprint in reason
     assert "LLMOPS_EMBEDDING__QUERY_ENCODER=e5-small-v2" in reason
+
+
+class Recorded:
+    """A tower as the store sees it: a name and the record of its encoder."""
+
+    def __init__(self, name: str, fingerprint: str = "f") -> None:
+        self.name, self._record = name, EncoderRecord(name, fingerprint, "0" * 64, {})
+
+    def record(self) -> EncoderRecord:
+        return self._record
+
+
+def test_the_store_reads_the_record_once_and_again_before_refusing(tansu_stack: LocalStack):
+    """A collection made anew under the same name (or an alias moved to another) is
+    judged by its new record, without reopening the store."""
+    collection = f"towers_{uuid.uuid4().hex[:8]}"
+    settings = tansu_stack.settings.milvus.model_copy(update={"collection": collection})
+    admin, reader = MilvusStore(settings), MilvusStore(settings, reader=Recorded("all-MiniLM-L6-v2"))
+    writer = MilvusStore(settings, writer=Recorded("all-MiniLM-L6-v2", "other"))
+    for store in (admin, reader, writer):
+        store.open()
+    try:
+        admin.ensure_collection(4, filled_by=Recorded("e5-small-v2").record())
+        with pytest.raises(PermanentError, match="filled by the document encoder e5-small-v2"):
+            reader.search([[1.0, 0.0, 0.0, 0.0]], "acme", 3)
+        with pytest.raises(PermanentError, match="would mix two vector spaces"):
+            writer.upsert([Chunk("c", "acme", "d", 0, "", "text", [1.0, 0.0, 0.0, 0.0])])
+        admin._call("drop_collection", collection_name=collection)
+        admin.ensure_collection(4, filled_by=Recorded("all-MiniLM-L6-v2").record())
+        assert reader.search([[1.0, 0.0, 0.0, 0.0]], "acme", 3)[0].hits == []
+    finally:
+        admin._call("drop_collection", collection_name=collection)
+        for store in (admin, reader, writer):
+            store.close()

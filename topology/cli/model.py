@@ -54,6 +54,7 @@ def model_list() -> None:
     sides = {"query": settings.query_encoder, "document": settings.document_encoder}
     extra = sorted(p.name for p in settings.models_dir.glob("*") if (p / MANIFEST).is_file())
     names = list(CATALOGUE) + [n for n in extra if n not in CATALOGUE]
+    click.echo(f"{'encoder':<20} {'used by':<15} state")
     for name in dict.fromkeys([*names, *sides.values()]):
         where = settings.encoder_dir(name)
         present = (where / "model.onnx").is_file() and (where / "tokenizer.json").is_file()

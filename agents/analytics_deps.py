@@ -14,7 +14,7 @@ from agents.feedback import FeedbackSettings, Linker
 from agents.lag import LagWatch
 from agents.monitor import Monitor
 from agents.telemetry import TextMode
-from connectors.ports import AnalyticsPort
+from connectors.ports import AnalyticsPort, TelemetryMetrics
 from schemas.alerts import Alert
 from schemas.feedback import FeedbackReceived
 from schemas.telemetry import StageCompleted
@@ -31,6 +31,7 @@ class AnalyticsDeps:
     # Delivers one stored alert to people (the webhook); False when it could not.
     deliver: Callable[[Alert], Awaitable[bool]]
     lag: LagWatch | None = None
+    metrics: TelemetryMetrics | None = None
 
 
 # --- the sinks' row builders and hooks (each takes the deps first) ----------------------
@@ -52,6 +53,11 @@ async def alert_rows(deps: AnalyticsDeps, events: Sequence[Alert]) -> list[dict[
 
 async def link_arrived_traces(deps: AnalyticsDeps, rows: Sequence[Mapping[str, Any]]) -> None:
     await deps.linker.telemetry_stored(rows)
+
+
+async def record_metrics(deps: AnalyticsDeps, stored: Sequence[StageCompleted]) -> None:
+    if deps.metrics is not None:
+        deps.metrics.observe(stored)
 
 
 async def link_new_feedback(deps: AnalyticsDeps, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -184,6 +184,7 @@ class LagWatch:
         watched: Sequence[Watched],
         book: IncidentBook,
         publish: Callable[[Alert], Awaitable[None]] | None = None,
+        on_sample: Callable[[Sequence[PartitionLag]], None] | None = None,
     ) -> None:
         self.offsets = offsets
         self.store = store
@@ -191,6 +192,7 @@ class LagWatch:
         self.watched = list(watched)
         self.book = book
         self.publish = publish
+        self.on_sample = on_sample  # the process's metrics (topology/metrics.py)
         self.history: dict[str, deque[Sample]] = {}
         self.latest: list[PartitionLag] = []
         self._stage_of = {(w.group, w.topic): w.stage for w in watched}
@@ -212,6 +214,8 @@ class LagWatch:
         ]
         await self.store.store_lag(now, rows)
         self.latest = rows
+        if self.on_sample is not None:
+            self.on_sample(rows)
         findings = []
         keep = max(self.settings.grow_samples + 1, 2)
         for lag in per_stage(rows):

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from schemas.queries import RetrievalMode
+from schemas.telemetry import StageCompleted
 
 # --- embedding --------------------------------------------------------------------------
 
@@ -347,3 +348,11 @@ class PartitionLag:
 
 class LagWrites(Protocol):
     async def store_lag(self, sampled_at: datetime, rows: Sequence[PartitionLag]) -> None: ...
+
+
+class TelemetryMetrics(Protocol):
+    """The process's metrics (Prometheus), fed by the telemetry sink and the lag watch."""
+
+    def observe(self, events: Sequence[StageCompleted]) -> None: ...
+
+    def lag_sampled(self, rows: Sequence[PartitionLag]) -> None: ...

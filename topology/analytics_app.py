@@ -34,6 +34,7 @@ from schemas.alerts import Alert
 from topology.app import leader_timer, new_app, raw_topic, register, sender, stage_publisher
 from topology.console import add_console
 from topology.graph import LEADER_TIMERS, SINKS, STAGES
+from topology.metrics import PipelineMetrics, add_metrics, providers
 from topology.query_service import add_query_service
 from topology.settings import Settings
 from topology.topics import analytics_app_id, registry_topic
@@ -101,7 +102,9 @@ def watched(settings: Settings) -> list[Watched]:
     ]
 
 
-def build_analytics_deps(settings: Settings, data: Analytics, publisher: Publisher) -> AnalyticsDeps:
+def build_analytics_deps(
+    settings: Settings, data: Analytics, publisher: Publisher, metrics: PipelineMetrics | None = None
+) -> AnalyticsDeps:
     """The monitor, the experiment guard and the feedback linker, on the store's port;
     alerts go out as events on the alerts topic (the alerts sink stores and delivers them)."""
 
@@ -130,7 +133,16 @@ def build_analytics_deps(settings: Settings, data: Analytics, publisher: Publish
         deliver=functools.partial(webhook.deliver, settings.webhook),
         # Lag incidents share the monitor's book: one set of open incidents, picked up
         # from the alerts table after a restart.
-        lag=LagWatch(offsets, data, settings.lag, watched(settings), monitor.book, publish),
+        lag=LagWatch(
+            offsets,
+            data,
+            settings.lag,
+            watched(settings),
+            monitor.book,
+            publish,
+            on_sample=metrics.lag_sampled if metrics is not None else None,
+        ),
+        metrics=metrics,
     )
 
 
@@ -152,7 +164,12 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
     store = given_store if given_store is not None else open_store(settings.clickhouse)
     data = Analytics(store)
     publisher = stage_publisher(app, settings)
-    deps = build_analytics_deps(settings, data, publisher)
+    metrics = (
+        PipelineMetrics(providers(settings.llm.backend), settings.metrics.max_label_values)
+        if settings.metrics.enabled
+        else None
+    )
+    deps = build_analytics_deps(settings, data, publisher, metrics)
     opener = StoreService(
         store,
         settings,
@@ -193,5 +210,7 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
                 app, timer.name, timer.every(settings), functools.partial(timer.run, deps), opener.ready
             )
     add_query_service(app, store, lambda: opener.is_open)
+    if metrics is not None:
+        add_metrics(app, metrics)
     add_console(app, settings, data, lambda: opener.is_open)
     return app

@@ -187,6 +187,7 @@ SINKS: tuple[Sink, ...] = (
         "telemetry",
         analytics_deps.telemetry_rows,
         after_write=analytics_deps.link_arrived_traces,
+        after_new=analytics_deps.record_metrics,  # each event once, for /metrics
     ),
     Sink(
         "feedback",

@@ -26,6 +26,7 @@ from connectors.llm import LLMSettings
 from connectors.local_llm import LocalLLMSettings
 from connectors.milvus import MilvusSettings
 from connectors.webhook import WebhookSettings
+from topology.metrics import MetricsSettings
 
 
 class WorkerSettings(BaseModel):
@@ -90,6 +91,7 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = FeedbackSettings()
     monitor: MonitorSettings = MonitorSettings()
     lag: LagSettings = LagSettings()
+    metrics: MetricsSettings = MetricsSettings()
     webhook: WebhookSettings = WebhookSettings()
 
     @field_validator("telemetry")

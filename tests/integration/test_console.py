@@ -28,7 +28,7 @@ from connectors import registry_log
 from connectors.analytics import Analytics
 from connectors.client import Client
 from schemas import QueryReceived, encode, utc_now
-from schemas.prompts import PromptVersion
+from schemas.prompts import Arm, Experiment, PromptVersion
 from tests.integration.analytics_fixtures import opened, stage_event, store_settings
 from tests.integration.test_dlq import letter_for, publish
 from tests.integration.test_report_html import chromium
@@ -58,14 +58,14 @@ LAUNCH_ARGS = [
 
 
 def test_actions_are_off_without_a_token_and_refuse_a_wrong_one():
-    off = Console(Settings(), Analytics(None))  # type: ignore[arg-type]  # no store is read
+    off = Console(Settings(), Analytics(None), lambda: False)  # type: ignore[arg-type]  # no store is read
     with pytest.raises(Refused, match="LLMOPS_ANALYTICS__CONSOLE_TOKEN") as refused:
         off.check_token("anything")
     assert refused.value.status == 403 and str(refused.value) == ACTIONS_OFF
     settings = Settings().model_copy(
         update={"analytics": Settings().analytics.model_copy(update={"console_token": SecretStr(TOKEN)})}
     )
-    on = Console(settings, Analytics(None))  # type: ignore[arg-type]
+    on = Console(settings, Analytics(None), lambda: False)  # type: ignore[arg-type]
     for wrong in ("", "console-test-toke", None, 7):
         with pytest.raises(Refused, match="wrong token"):
             on.check_token(wrong)
@@ -260,6 +260,13 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
     await registry_log.append(settings.kafka, topic, [move_label(registry, label, first.version, by="test")])
     registry = Registry(await asyncio.to_thread(registry_log.read_all, settings.kafka, topic))
     await registry_log.append(settings.kafka, topic, [move_label(registry, label, second.version, by="test")])
+    # An experiment over two of the test's labels, stopped: it routes no request.
+    trial = Experiment(
+        name=f"trial-{uuid.uuid4().hex[:6]}",
+        arms=[Arm(label=label, weight=1), Arm(label=f"{label}-b", weight=1)],
+        status="stopped",
+    )
+    await registry_log.append(settings.kafka, topic, [trial])
     # A question that failed after its retries ran out, dead-lettered as a stage does.
     failed = QueryReceived(trace_id=f"replay-{uuid.uuid4().hex}", producer="t", question="What is a lambda?")
     letter = letter_for(failed, settings.kafka.topics.queries)
@@ -277,9 +284,13 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
     # The overview refreshes itself while open (every 10 s).
     await page.open(base + "/")
     before = await page.page.locator("#status").inner_text()
-    await page.page.wait_for_function(
-        "was => document.getElementById('status').textContent !== was", arg=before, timeout=20_000
-    )
+    deadline, now = time.monotonic() + 20, before
+    while now == before and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        now = await page.page.locator("#status").inner_text()
+    if now == before:
+        body = await page.page.locator("main").inner_text()
+        pytest.fail(f"the overview did not refresh in 20 s: {before!r}; {page.errors}; {body[:500]}")
 
     # The known question's trace: its four stages, and the passage its answer cited.
     timings["trace"] = await page.open(f"{base}/trace?id={known.trace_id}")
@@ -304,6 +315,8 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
     await page.open(f"{base}/prompts")
     labels = page.page.locator("#labels")
     assert label in await labels.inner_text() and first.version in await labels.inner_text()
+    experiment = page.page.locator(".experiment", has_text=trial.name)
+    assert "stopped" in await experiment.inner_text() and f"{label}-b" in await experiment.inner_text()
     await page.page.select_option("#diff-a", first.version)
     await page.page.select_option("#diff-b", second.version)
     await page.page.click("#diff-button")

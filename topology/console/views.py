@@ -24,6 +24,7 @@ from connectors.analytics import Analytics
 from connectors.clickhouse import QueryFailed, StoreUnavailable
 from schemas import DeadLetter, utc_now
 from schemas.errors import PermanentError, TransientError
+from schemas.prompts import Experiment
 from topology.report import collect, parse_window
 from topology.settings import Settings
 from topology.topics import registry_topic
@@ -68,9 +69,10 @@ class Refused(Exception):
 class Console:
     """What the pages show, as JSON-ready values, read through the CLI's own code."""
 
-    def __init__(self, settings: Settings, data: Analytics) -> None:
+    def __init__(self, settings: Settings, data: Analytics, is_open: Callable[[], bool]) -> None:
         self.settings = settings
         self.data = data
+        self._store_open = is_open
 
     # --- reads ---------------------------------------------------------------------
 
@@ -98,6 +100,7 @@ class Console:
             "feedback": report.feedback.dicts(),
             "feedback_series": report.feedback_series.dicts(),
             "alerts": report.alerts.dicts(),
+            "lag": report.lag.dicts() if report.lag is not None else [],
         }
 
     async def traces(self, q: dict[str, str]) -> dict[str, Any]:
@@ -179,10 +182,14 @@ class Console:
             {**p.model_dump(mode="json"), "labels": sorted(on.get(p.version, []))}
             for p in sorted(registry.prompts(), key=lambda p: (p.name, p.version))
         ]
+        experiments = [
+            {**e.model_dump(mode="json"), "results": await self._arms(e) if self._store_open() else []}
+            for e in registry.experiments()
+        ]
         return {
             "versions": versions,
             "labels": [m.model_dump(mode="json") for m in sorted(registry.labels(), key=lambda m: m.label)],
-            "experiments": [e.model_dump(mode="json") for e in registry.experiments()],
+            "experiments": experiments,
             "serve_label": self.settings.pipeline.serve_label,
             "builtin": self.settings.pipeline.prompt.version,
         }
@@ -270,6 +277,34 @@ class Console:
         letters = await self._read_letters(stage, since)
         return [_letter(d) for d in letters if not trace_id or d.trace_id == trace_id]
 
+    async def _arms(self, experiment: Experiment) -> list[dict[str, Any]]:
+        """Per arm, what `llmops experiments report` prints: queries, ratings, the mean
+        rating with its 95% interval, p95 latency, cost per query, the verdict."""
+        from agents.experiments import arm_stats, judge  # numpy: only when asked
+
+        stats = {a.arm: a for a in await arm_stats(self.data, experiment)}
+        verdicts = {v.arm: v for v in judge(experiment, list(stats.values()))}
+        rows = []
+        for arm in experiment.arms:
+            st, verdict = stats.get(arm.label), verdicts[arm.label]
+            low, high = st.interval() if st and st.ratings > 1 else (None, None)
+            rows.append(
+                {
+                    "arm": arm.label,
+                    "weight": arm.weight,
+                    "queries": st.queries if st else 0,
+                    "failed": st.failed if st else 0,
+                    "ratings": st.ratings if st else 0,
+                    "mean_rating": st.mean if st and st.ratings else None,
+                    "ci95": [low, high],
+                    "p95_ms": st.p95_ms if st and st.queries else None,
+                    "cost_per_query_usd": st.cost_per_query if st and st.queries else None,
+                    "verdict": verdict.state,
+                    "detail": verdict.message,
+                }
+            )
+        return rows
+
     async def _registry(self) -> Registry:
         topic = registry_topic(self.settings.worker.app_id)
         return Registry(await asyncio.to_thread(registry_log.read_all, self.settings.kafka, topic))
@@ -326,7 +361,7 @@ async def _answer(view: View, call: Callable[[], Awaitable[dict[str, Any]]]) -> 
 def add_console(app: faust.App, settings: Settings, data: Analytics, is_open: Callable[[], bool]) -> None:
     """Serve the console on the app's web server. Reads of the store answer 503 until
     `is_open()`; the dead-letter and prompt pages read Kafka and work before it."""
-    console = Console(settings, data)
+    console = Console(settings, data, is_open)
     shell = (STATIC / "index.html").read_text()
     assets = {name: ((STATIC / name).read_bytes(), kind) for name, kind in ASSETS.items()}
 

@@ -69,7 +69,15 @@ async function api(path, options) {
 }
 
 function showError(where, error) {
+  // A failed request is the server's message; anything else is a bug in this page, so
+  // it goes to the console too (the browser test fails on console errors).
+  if (error.status === undefined) console.error(error);
   where.replaceChildren(el("p", { class: "error" }, String(error.message || error)));
+}
+
+function fail(error) {
+  if (error.status === undefined) console.error(error);
+  main.append(el("p", { class: "error" }, String(error.message || error)));
 }
 
 function windowSelect(name, current) {
@@ -176,6 +184,10 @@ function renderOverview(body, d) {
       [...d.latency.map((r) => [r.stage, num(r.events), num(r.errors), num(100 * (r.error_rate || 0), 1), num(r.q[0]), num(r.q[1]), num(r.q[2])]),
         ...(e2e.requests ? [[el("strong", {}, "end to end"), num(e2e.requests), num(e2e.errors), num(100 * e2e.errors / e2e.requests, 1), num(q[0]), num(q[1]), num(q[2])]] : [])],
       "No telemetry in this window yet.")));
+  parts.push(el("div", { class: "panel", id: "lag" }, el("h2", {}, "Consumer lag per stage (messages)"),
+    table(["stage", "partitions", "total lag", "max lag", "peak total", "sampled at"],
+      d.lag.map((r) => [r.stage, num(r.partitions), num(r.total_lag), num(r.max_lag), num(r.peak_lag), String(r.last_sample).slice(0, 19)]),
+      "No lag samples in this window.")));
   parts.push(el("div", { class: "panel" }, el("h2", {}, "Tokens and cost per tenant and model"),
     table(["tenant", "model", "events", "tokens in", "tokens out", "cost USD", "unpriced"],
       d.cost.map((r) => [r.tenant, r.model, num(r.events), num(r.input_tokens), num(r.output_tokens), num(r.cost_usd, 6), num(r.unpriced)]))));
@@ -244,7 +256,7 @@ async function conversations() {
         num(c.turns), num(c.failed), c.first_turn.slice(5, 19), clip(c.last_question)]),
       "No conversation had a turn in the last " + since + ".")));
   } catch (e) {
-    main.append(el("p", { class: "error" }, String(e.message)));
+    fail(e);
   }
 }
 
@@ -256,7 +268,7 @@ async function conversation() {
   try {
     d = await api("/api/conversation?" + new URLSearchParams({ id, tenant }));
   } catch (e) {
-    main.append(el("p", { class: "error" }, String(e.message)));
+    fail(e);
     return;
   }
   const s = d.state;
@@ -279,7 +291,7 @@ async function trace() {
   try {
     d = await api("/api/trace?" + new URLSearchParams({ id }));
   } catch (e) {
-    main.append(el("p", { class: "error" }, String(e.message)));
+    fail(e);
     return;
   }
   const rows = d.stages;
@@ -409,7 +421,7 @@ async function prompts() {
   try {
     d = await api("/api/prompts");
   } catch (e) {
-    main.append(el("p", { class: "error" }, String(e.message)));
+    fail(e);
     return;
   }
   const served = d.labels.find((l) => l.label === d.serve_label);
@@ -423,10 +435,14 @@ async function prompts() {
     table(["version", "name", "model", "temp", "k", "retrieval", "HyDE", "labels", "description"],
       d.versions.map((p) => [el("code", {}, p.version), p.name, p.model || "(worker)", num(p.temperature, 1), num(p.top_k), p.retrieval_mode, p.hyde, p.labels.join(", "), p.description]),
       "The registry is empty (llmops prompts push FILE).")));
-  if (d.experiments.length) {
-    main.append(el("div", { class: "panel" }, el("h2", {}, "Experiments"),
-      table(["name", "status", "arms", "started", "ended", "reason"],
-        d.experiments.map((e) => [e.name, e.status, e.arms.map((a) => a.label + " ×" + a.weight).join(", "), e.started_at.slice(0, 19), (e.ended_at || "").slice(0, 19), e.reason]))));
+  for (const e of d.experiments) {
+    main.append(el("div", { class: "panel experiment" }, el("h2", {}, "Experiment " + e.name + " (" + e.status + ")"),
+      el("p", { class: "muted" }, "since " + e.started_at.slice(0, 19) + (e.ended_at ? " until " + e.ended_at.slice(0, 19) : "") +
+        " · margin " + e.margin + " · at least " + e.min_samples + " ratings per arm · α " + e.alpha + (e.auto_rollback ? " · rolls back automatically" : "") + (e.reason ? " · " + e.reason : "")),
+      table(["arm", "split", "queries", "failed", "ratings", "mean rating", "95% interval", "p95 ms", "USD per query", "verdict"],
+        (e.results.length ? e.results : e.arms.map((a) => ({ arm: a.label, weight: a.weight, ci95: [] }))).map((r) => [r.arm, num(r.weight), num(r.queries), num(r.failed), num(r.ratings),
+          num(r.mean_rating, 3), r.ci95 && r.ci95[0] !== null && r.ci95[0] !== undefined ? "[" + fmt(r.ci95[0]) + ", " + fmt(r.ci95[1]) + "]" : "-",
+          num(r.p95_ms, 0), num(r.cost_per_query_usd, 6), el("span", { title: r.detail || "" }, r.verdict || "-")]))));
   }
   const options = d.versions.map((p) => p.version);
   const a = el("select", { name: "a", id: "diff-a" }, options.map((v, i) => el("option", { value: v, selected: i === 0 }, v)));
@@ -490,7 +506,7 @@ async function alerts() {
   try {
     d = await api("/api/alerts?" + new URLSearchParams({ since }));
   } catch (e) {
-    main.append(el("p", { class: "error" }, String(e.message)));
+    fail(e);
     return;
   }
   if (!d.alerts.length) main.append(el("p", { class: "muted", id: "no-alerts" }, "No incidents raised in the last " + since + "."));

@@ -17,6 +17,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -423,6 +424,16 @@ class MilvusStore:
         if self._settings.seal_after_upsert and count:
             self._call("flush", collection_name=self._settings.collection)
 
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of these passage ids the collection holds (one query)."""
+        if not ids:
+            return set()
+        expr = f"id in [{', '.join(string_literal(i) for i in ids)}]"
+        rows = self._call(
+            "query", collection_name=self._settings.collection, filter=expr, output_fields=["id"]
+        )
+        return {str(row["id"]) for row in rows}
+
     def count(self, tenant: str | None = None) -> int:
         expr = tenant_filter(tenant) if tenant else ""
         rows = self._call(
@@ -473,6 +484,61 @@ def copy_collection(reader: MilvusStore, writer: MilvusStore, batch: int = 1_000
             copied, pending = copied + len(pending), []
     writer.upsert(pending)
     return copied + len(pending)
+
+
+class DocumentTower(Tower, Protocol):
+    """The document encoder a re-index embeds with (an opened OnnxEmbedder)."""
+
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> Any: ...
+
+
+def reembed_collection(
+    reader: MilvusStore,
+    writer: MilvusStore,
+    tower: DocumentTower,
+    batch: int = 128,
+    progress: Callable[[int], None] = lambda _: None,
+) -> tuple[int, int]:
+    """Fill `writer`'s collection with every passage of `reader`'s, re-embedded by
+    `tower` (the new document encoder) from its stored title and text, the text the
+    indexing stage embeds. The new collection records `tower`'s encoder. Resumable: the
+    chunk ids are stable, so a run after a crash embeds only the passages the target
+    lacks (it must have been filled by the same encoder). Returns (embedded, already
+    there); `progress` hears of every page read."""
+    record = tower.record()
+    if not writer.ensure_collection(tower.dim, filled_by=record):
+        recorded = writer.filled_by()
+        if recorded is None or recorded.fingerprint != record.fingerprint:
+            held = (
+                f"{recorded.name} (fingerprint {recorded.fingerprint})" if recorded else "no recorded encoder"
+            )
+            raise PermanentError(
+                f"collection {writer._settings.collection!r} exists with {held}, not {record.name} "
+                f"(fingerprint {record.fingerprint}): choose a new name to re-index into"
+            )
+    embedded = present = 0
+    page: list[Chunk] = []
+
+    def flush() -> None:
+        nonlocal embedded, present
+        have = writer.existing_ids([c.id for c in page])
+        todo = [c for c in page if c.id not in have]
+        if todo:
+            vectors = tower.embed([content(c.title, c.text) for c in todo])
+            writer.upsert([replace(c, vector=v.tolist()) for c, v in zip(todo, vectors, strict=True)])
+        embedded, present = embedded + len(todo), present + len(page) - len(todo)
+        progress(len(page))
+        page.clear()
+
+    for chunk in reader.rows(batch):
+        page.append(chunk)
+        if len(page) == batch:
+            flush()
+    if page:
+        flush()
+    return embedded, present
 
 
 def _hit(pid: Any, entity: dict[str, Any], score: float) -> Hit:

@@ -19,7 +19,7 @@ from connectors import encoders
 from connectors.client import Client, RequestError
 from connectors.embedder import EmbeddingSettings, OnnxEmbedder, towers
 from connectors.encoders import CATALOGUE, EncoderRecord, fetch, installed, sha256_file
-from connectors.milvus import Chunk, MilvusStore
+from connectors.milvus import Chunk, MilvusStore, content, reembed_collection
 from schemas.errors import PermanentError
 from tests.integration.conftest import require_java, stack_settings
 from tests.integration.test_cli import llmops
@@ -202,3 +202,94 @@ def test_the_store_reads_the_record_once_and_again_before_refusing(tansu_stack: 
         admin._call("drop_collection", collection_name=collection)
         for store in (admin, reader, writer):
             store.close()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_reindex_with_a_new_model_fills_a_new_collection_and_resumes_after_a_crash(
+    base_settings: Settings, models_dir: Path, tansu_stack: LocalStack, embedder: OnnxEmbedder
+):
+    """The passages of a MiniLM collection re-embedded by e5's document tower into a new
+    collection that records e5; a run that dies after its first page is resumed by the
+    next, which embeds only what is missing; e5 questions then find their passages."""
+    suffix = uuid.uuid4().hex[:8]
+    milvus = tansu_stack.settings.milvus
+    source = MilvusStore(milvus.model_copy(update={"collection": f"src_{suffix}"}))
+    target = MilvusStore(milvus.model_copy(update={"collection": f"dst_{suffix}"}))
+    e5 = OnnxEmbedder(
+        base_settings.embedding.model_copy(update={"document_encoder": "e5-small-v2"}), "document"
+    )
+    e5.open()
+    names = ["lambda", "while", "try", "import", "yield", "global", "with", "assert", "for", "if"]
+    texts = [" ".join(DOCS[n]["text"].split()[:120]) for n in names]
+    vectors = embedder.embed([content(n, t) for n, t in zip(names, texts, strict=True)])
+    chunks = [
+        Chunk(f"{suffix}-{n}", "acme", f"pydoc-{n}", 0, n, t, v.tolist())
+        for n, t, v in zip(names, texts, vectors, strict=True)
+    ]
+    for store in (source, target):
+        store.open()
+    try:
+        source.ensure_collection(embedder.dim, filled_by=embedder.record())
+        source.upsert(chunks)
+
+        def die(_: int) -> None:
+            raise Interrupted
+
+        with pytest.raises(Interrupted):
+            reembed_collection(source, target, e5, batch=4, progress=die)
+        assert target.count() == 4
+        assert reembed_collection(source, target, e5, batch=4) == (len(names) - 4, 4)
+        assert target.count() == len(names) and target.filled_by() == e5.record()
+
+        query = OnnxEmbedder(
+            base_settings.embedding.model_copy(update={"query_encoder": "e5-small-v2"}), "query"
+        )
+        query.open()
+        reader = MilvusStore(target._settings, reader=query)
+        reader.open()
+        try:
+            [found] = reader.search(query.embed([QUESTIONS["while"]]), "acme", 3)
+        finally:
+            reader.close()
+        assert "pydoc-while" in [h.doc_id for h in found.hits]
+        with pytest.raises(PermanentError, match="choose a new name"):
+            reembed_collection(target, source, e5)  # the MiniLM collection is no e5 target
+    finally:
+        for store in (source, target):
+            store._call("drop_collection", collection_name=store._settings.collection)
+            store.close()
+
+
+def test_llmops_reindex_model_reembeds_with_progress_and_rate(
+    models_dir: Path, tansu_stack: LocalStack, embedder: OnnxEmbedder
+):
+    suffix = uuid.uuid4().hex[:8]
+    source = MilvusStore(tansu_stack.settings.milvus.model_copy(update={"collection": f"src_{suffix}"}))
+    source.open()
+    try:
+        source.ensure_collection(embedder.dim, filled_by=embedder.record())
+        text = " ".join(DOCS["lambda"]["text"].split()[:100])
+        source.upsert(
+            [Chunk(f"{suffix}-0", "acme", "pydoc-lambda", 0, "lambda", text, embedder.embed([text])[0])]
+        )
+        done = llmops(
+            "reindex",
+            "--model",
+            "e5-small-v2",
+            "--from",
+            f"src_{suffix}",
+            "--to",
+            f"dst_{suffix}",
+            env=tansu_stack.env(),
+        )
+        assert done.returncode == 0, done.stderr
+        assert "1 passages embedded (" in done.stdout and "0 were there already" in done.stdout
+        assert f"LLMOPS_MILVUS__COLLECTION=dst_{suffix}" in done.stdout
+        assert "re-embedded (e5-small-v2)" in done.stderr  # the progress bar
+    finally:
+        for name in (f"src_{suffix}", f"dst_{suffix}"):
+            source._call("drop_collection", collection_name=name)
+        source.close()

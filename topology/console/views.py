@@ -104,8 +104,9 @@ class Console:
         }
 
     async def traces(self, q: dict[str, str]) -> dict[str, Any]:
-        end = _moment(q.get("to", "")) or utc_now()
-        start = _moment(q.get("from", "")) or end - _window(q, "24h")
+        until, after = _moment(q.get("to", "")), _moment(q.get("from", ""))
+        end = until if until is not None else utc_now()
+        start = after if after is not None else end - _window(q, "24h")  # from/to win over the window
         began = time.perf_counter()
         found = await self.data.search_traces(
             start,
@@ -369,9 +370,9 @@ def add_console(app: faust.App, settings: Settings, data: Analytics, is_open: Ca
         async def get(self, request: Request) -> Response:
             return self.html(shell, headers=HEADERS)
 
-    for path in PAGES:
+    for n, path in enumerate(PAGES):
         # The shell at "/" takes the place of faust's {"status": "OK"} index.
-        app.page(path, name=f"console{path.replace('/', '_')}")(type(f"Page{len(path)}", (Page,), {}))
+        app.page(path, name=f"console{path.replace('/', '_')}")(type(f"Page{n}", (Page,), {}))
 
     @app.page("/static/{name:.+}", name="console_static")
     class Static(View):

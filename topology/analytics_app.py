@@ -35,6 +35,7 @@ from topology.app import leader_timer, new_app, raw_topic, register, sender, sta
 from topology.console import add_console
 from topology.graph import LEADER_TIMERS, SINKS, STAGES
 from topology.metrics import PipelineMetrics, add_metrics, providers
+from topology.otlp_export import add_otlp_export
 from topology.query_service import add_query_service
 from topology.settings import Settings
 from topology.topics import analytics_app_id, registry_topic
@@ -146,6 +147,10 @@ def build_analytics_deps(
     )
 
 
+async def _now() -> None:
+    """Ready at once: the exporter needs no store."""
+
+
 def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None = None) -> faust.App:
     """`given_store`: an open store of the caller's, which the app uses and leaves open."""
     service = settings.analytics
@@ -209,6 +214,8 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
             leader_timer(
                 app, timer.name, timer.every(settings), functools.partial(timer.run, deps), opener.ready
             )
+    if settings.otlp.endpoint:
+        add_otlp_export(app, settings, dead_letter, _now)
     add_query_service(app, store, lambda: opener.is_open)
     if metrics is not None:
         add_metrics(app, metrics)

@@ -25,6 +25,7 @@ from connectors.kafka import KafkaSettings
 from connectors.llm import LLMSettings
 from connectors.local_llm import LocalLLMSettings
 from connectors.milvus import MilvusSettings
+from connectors.otlp import OtlpSettings
 from connectors.webhook import WebhookSettings
 from topology.metrics import MetricsSettings
 
@@ -92,6 +93,7 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = MonitorSettings()
     lag: LagSettings = LagSettings()
     metrics: MetricsSettings = MetricsSettings()
+    otlp: OtlpSettings = OtlpSettings()
     webhook: WebhookSettings = WebhookSettings()
 
     @field_validator("telemetry")

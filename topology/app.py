@@ -144,7 +144,7 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
     app = new_app(settings, settings.worker.app_id, web_enabled=False, topic_disable_leader=True)
 
     deps.registry = Registry(registry_table(app, settings))
-    deps.conversations = KeyedByText(conversations_table(app, settings))
+    deps.conversations = KeyedByText(conversations_table(app, settings), settings.kafka.partitions)
     deps.conversation = settings.conversation
     sweep_idle(app, deps.conversations, settings.conversation)
     publisher, names = stage_publisher(app, settings), settings.kafka.topics

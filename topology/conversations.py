@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import faust
+from aiokafka.partitioner import murmur2
 
 from agents.conversation import ConversationSettings, expired
 from connectors.kafka import Publisher, TopicNames
@@ -22,20 +23,35 @@ if TYPE_CHECKING:
     from topology.settings import Settings
 
 
-class KeyedByText(MutableMapping[str, bytes]):
-    """The table as handlers see it: text keys, bytes values (stored raw)."""
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition a keyed message lands in, as Java clients, aiokafka and librdkafka's
+    murmur2_random (the stage publisher's, connectors.kafka) place it."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
-    def __init__(self, table: Any) -> None:
+
+class KeyedByText(MutableMapping[str, bytes]):
+    """The table as handlers see it: text keys, bytes values (stored raw). A write goes
+    to the changelog partition of its key, which is the turns partition the key's events
+    come from: placed here, not by faust, which asks its producer's metadata for the
+    changelog (absent on Apache Kafka until the first send) or needs a current event (one
+    per micro-batch, not per event)."""
+
+    def __init__(self, table: Any, partitions: int) -> None:
         self._table = table
+        self._partitions = partitions
 
     def __getitem__(self, key: str) -> bytes:
         return bytes(self._table[key.encode()])
 
     def __setitem__(self, key: str, value: bytes) -> None:
-        self._table[key.encode()] = value
+        raw = key.encode()
+        self._table.data[raw] = value
+        self._table.send_changelog(key_partition(raw, self._partitions), raw, value)
 
     def __delitem__(self, key: str) -> None:
-        del self._table[key.encode()]
+        raw = key.encode()
+        del self._table.data[raw]
+        self._table.send_changelog(key_partition(raw, self._partitions), raw, None, value_serializer="raw")
 
     def __iter__(self) -> Iterator[str]:
         return (key.decode() for key in self._table)
@@ -45,10 +61,7 @@ class KeyedByText(MutableMapping[str, bytes]):
 
 
 def conversations_table(app: faust.App, settings: Settings) -> Any:
-    """The table. `use_partitioner`: a write goes to its key's partition as the producer
-    places keys (murmur2, the same as the stage publisher's, connectors.kafka), which is
-    the turns partition the key's events come from; so it needs no current event, and
-    the conversation stage can write from inside a micro-batch."""
+    """The table (KeyedByText places its writes, so faust's own placement is not used)."""
     partitions = settings.kafka.partitions
     changelog = app.topic(
         conversations_topic(settings.worker.app_id),
@@ -66,7 +79,6 @@ def conversations_table(app: faust.App, settings: Settings) -> Any:
         changelog_topic=changelog,
         key_type=bytes,
         value_type=bytes,
-        use_partitioner=True,
     )
 
 

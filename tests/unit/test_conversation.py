@@ -452,3 +452,27 @@ def test_the_summarize_node_folds_older_turns_into_the_summary_condense_and_the_
     # Extractive: no summary is written; the turns are dropped instead.
     plain = asyncio.run(conversation.summarize(prompt(), follow_up, deps()))
     assert (plain.text, plain.taken) == ("", 0)
+
+
+def test_table_writes_go_to_the_partition_the_producers_put_the_key_in():
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from topology.conversations import KeyedByText, key_partition
+
+    for key in (b"acme/c-1", b"beta/acme/c-1", b"t/" + "ü".encode() * 40):
+        assert key_partition(key, 6) == DefaultPartitioner()(key, list(range(6)), list(range(6)))
+
+    class Table(dict):
+        def __init__(self) -> None:
+            super().__init__()
+            self.data, self.sent = self, []
+
+        def send_changelog(self, partition, key, value, value_serializer=None):
+            self.sent.append((partition, key, value))
+
+    table = Table()
+    memory = KeyedByText(table, 6)
+    memory["acme/c-1"] = b"state"
+    del memory["acme/c-1"]
+    partition = key_partition(b"acme/c-1", 6)
+    assert table.sent == [(partition, b"acme/c-1", b"state"), (partition, b"acme/c-1", None)]

@@ -4,7 +4,8 @@ console error, a known question's trace shows its four stages and its cited pass
 word of its answer finds it, a conversation shows its turns, a dead letter replayed from
 the page with the token is answered (as `llmops dlq replay` does, test_dlq.py), a label
 moved from the page serves the next question pinned to it, a wrong token is refused, and
-markup in a question, a feedback comment or a conversation id stays text."""
+markup in a question, a feedback comment, a conversation id or an alert's subject stays
+text; an incident shows open on the overview and with its evidence on the alerts page."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from connectors import registry_log
 from connectors.analytics import Analytics
 from connectors.client import Client
 from schemas import QueryReceived, encode, utc_now
+from schemas.alerts import SloBreached
 from schemas.prompts import Arm, Experiment, PromptVersion
 from tests.integration.analytics_fixtures import opened, stage_event, store_settings
 from tests.integration.test_dlq import letter_for, publish
@@ -271,6 +273,22 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
     failed = QueryReceived(trace_id=f"replay-{uuid.uuid4().hex}", producer="t", question="What is a lambda?")
     letter = letter_for(failed, settings.kafka.topics.queries)
     await publish(console, settings.kafka.topics.deadletter, letter.trace_id.encode(), encode(letter))
+    # An incident as the monitor publishes one (a check of this test's own: other tests
+    # count theirs on the same topic); the alerts sink stores it.
+    now = utc_now()
+    breach = SloBreached(
+        alert_id=f"console-{uuid.uuid4().hex[:8]}",
+        trace_id="console-alert",
+        producer="test",
+        check="console_check",
+        subject=XSS,
+        value=250.0,
+        threshold=100.0,
+        window_start=now - timedelta(minutes=5),
+        window_end=now,
+        message="p95 250 ms over 100 ms",
+    )
+    await publish(console, settings.kafka.topics.alerts, breach.alert_id.encode(), encode(breach))
     await wait_for_trace(base, known.trace_id, len(STAGES))
     await wait_for_trace(base, tricky.trace_id, len(STAGES))
 
@@ -280,6 +298,21 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
         timings[path] = await page.open(base + path)
         await page.shot({"/": "overview"}.get(path, path.strip("/")))
         assert not page.errors, f"{path}: {page.errors}"
+
+    # The incident: open on the overview, with its evidence on the alerts page.
+    await page.open(f"{base}/alerts?since=1h")
+    incident = page.page.locator(".incident", has_text=breach.alert_id)
+    deadline = time.monotonic() + 30
+    while not await incident.count() and time.monotonic() < deadline:
+        await asyncio.sleep(1)  # the alerts sink stores it within about a second
+        await page.open(f"{base}/alerts?since=1h")
+    shown = await incident.inner_text()
+    assert "OPEN" in shown and "console_check" in shown and "250" in shown and "100" in shown, shown
+    assert XSS in shown
+    await page.shot("alerts-open")
+    await page.open(base + "/")
+    assert breach.message in await page.page.locator("#open-alerts").inner_text()
+    assert await page.page.evaluate("window.__xss") is None and not page.dialogs
 
     # The overview refreshes itself while open (every 10 s).
     await page.open(base + "/")

@@ -511,9 +511,9 @@ async function alerts() {
   }
   if (!d.alerts.length) main.append(el("p", { class: "muted", id: "no-alerts" }, "No incidents raised in the last " + since + "."));
   for (const a of d.alerts) {
-    main.append(el("div", { class: "panel" + (a.resolved ? "" : " alerts-open") },
+    main.append(el("div", { class: "panel incident" + (a.resolved ? "" : " alerts-open") },
       el("h2", {}, (a.resolved ? "resolved · " : "OPEN · ") + a.kind + " · " + a.check_name + " · " + a.subject),
-      el("p", {}, "raised " + a.raised_at.slice(0, 19) + " UTC: " + a.message),
+      el("p", {}, "raised " + a.raised_at.slice(0, 19) + " UTC: " + a.message + " (incident " + a.alert_id + ")"),
       table(["at", "event", "value", "threshold", "p-value", "window", "message"],
         a.events.map((e) => [e.occurred_at.slice(0, 19), e.event_type, num(e.value, 4), num(e.threshold, 4), num(e.p_value, 4),
           e.window_start.slice(0, 19) + " – " + e.window_end.slice(11, 19), e.message]))));

@@ -2,13 +2,15 @@
 gets with the official protobuf definitions (opentelemetry-proto): a known question is one
 trace with our trace id, a request span over a span per stage, a CLIENT span per GenAI
 call under its stage, the GenAI attribute names, token counts equal to ClickHouse's, and
-no question text (LLMOPS_OTLP__TEXT is drop by default)."""
+no question text (LLMOPS_OTLP__TEXT is drop by default). With the receiver down, a
+question's spans wait (its offsets stay uncommitted) and all arrive once it is back."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,8 @@ from topology.settings import Settings
 from topology.stack import LocalStack, free_port
 
 
-async def receiver() -> tuple[web.AppRunner, str, list[Any]]:
-    spans: list[Any] = []
+async def receiver(port: int, spans: list[Any]) -> web.AppRunner:
+    """Collects every span posted to http://127.0.0.1:PORT/v1/traces into `spans`."""
 
     async def traces(request: web.Request) -> web.Response:
         body = await request.read()
@@ -44,9 +46,49 @@ async def receiver() -> tuple[web.AppRunner, str, list[Any]]:
     app.router.add_post("/v1/traces", traces)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}/v1/traces", spans
+    return runner
+
+
+async def arrived(received: list[Any], trace: bytes, timeout: float) -> float:
+    """Seconds until the trace's request span arrived."""
+    began = time.monotonic()
+    while not any(s.trace_id == trace and s.name == "request" for s in received):
+        assert time.monotonic() - began < timeout, "no request span for the question"
+        await asyncio.sleep(0.5)
+    return time.monotonic() - began
+
+
+async def outage(
+    stack: LocalStack, runner: web.AppRunner, port: int, received: list[Any], owner: str
+) -> float:
+    """With the receiver down, a question's spans wait; once it is back they all arrive."""
+    await runner.cleanup()
+    async with Client(stack.settings) as client:
+        answer = await client.ask("What is a lambda, during an outage?", tenant=owner, timeout=60)
+    trace = bytes.fromhex(answer.trace_id)
+    await asyncio.sleep(5)
+    assert not [s for s in received if s.trace_id == trace]
+    back = await receiver(port, received)
+    try:
+        delayed = await arrived(received, trace, 60)
+        await asyncio.sleep(2)
+    finally:
+        await back.cleanup()
+    names = Counter(s.name.split(" ")[0] for s in received if s.trace_id == trace)
+    # One of each (retrieval twice: the stage and its call), none twice: nothing lost.
+    assert names == Counter(
+        {
+            "request": 1,
+            "prompting": 1,
+            "embedding": 1,
+            "embeddings": 1,
+            "retrieval": 2,
+            "generation": 1,
+            "chat": 1,
+        }
+    ), names
+    return delayed
 
 
 def attributes(span: Any) -> dict[str, Any]:
@@ -58,9 +100,17 @@ def attributes(span: Any) -> dict[str, Any]:
 
 
 async def test_a_question_is_one_trace_with_stage_and_genai_spans(base_settings: Settings, tmp_path: Path):
-    runner, url, received = await receiver()
+    port, received = free_port(), []
+    runner = await receiver(port, received)
     owner = tenant("otlp")
-    stack = LocalStack(stack_settings(base_settings, tmp_path), env={"LLMOPS_OTLP__ENDPOINT": url})
+    env = {
+        "LLMOPS_OTLP__ENDPOINT": f"http://127.0.0.1:{port}/v1/traces",
+        # While the receiver is down (below): short calls, retried for about a minute.
+        "LLMOPS_OTLP__TIMEOUT_S": "2",
+        "LLMOPS_OTLP__ATTEMPTS": "20",
+        "LLMOPS_OTLP__BACKOFF_S": "0.5",
+    }
+    stack = LocalStack(stack_settings(base_settings, tmp_path), env=env)
     try:
         await asyncio.to_thread(stack.start)
         async with Client(stack.settings) as client:
@@ -68,11 +118,9 @@ async def test_a_question_is_one_trace_with_stage_and_genai_spans(base_settings:
             question = "What is a lambda expression?"
             answer = await client.ask(question, tenant=owner, timeout=60)
         trace = bytes.fromhex(answer.trace_id)
-        deadline = time.monotonic() + 30
-        while not any(s.trace_id == trace and s.name == "request" for s in received):
-            assert time.monotonic() < deadline, "no request span for the question"
-            await asyncio.sleep(0.5)
+        await arrived(received, trace, 30)
         await asyncio.sleep(2)  # the stage spans came in earlier batches; nothing more is due
+        delayed = await outage(stack, runner, port, received, owner)
         analytics = await Analytics.connect(stack.settings.clickhouse, stack.settings.analytics)
         try:
             rows = await analytics.query(
@@ -112,3 +160,4 @@ async def test_a_question_is_one_trace_with_stage_and_genai_spans(base_settings:
     assert not [s for s in mine for v in attributes(s).values() if v == question]
     sample = {s.name: attributes(s) for s in mine}
     print(f"trace {answer.trace_id}: {len(mine)} spans; " + "; ".join(f"{n}: {a}" for n, a in sample.items()))
+    print(f"receiver down 5 s: the held trace arrived {delayed:.1f}s after it came back, all 8 spans")

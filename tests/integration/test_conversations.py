@@ -91,6 +91,15 @@ def test_chat_reads_turns_from_standard_input(tansu_stack: LocalStack):
     assert result.stdout.count("trace ") == 2 and f"> {FOLLOW_UP}" in result.stdout
     state = memory(tansu_stack, owner, conversation, turns=2)
     assert [t.question for t in state.turns] == [LAMBDA, FOLLOW_UP]
+    # One more turn of the same conversation with `llmops ask`.
+    third = "What does it return?"
+    asked = llmops(
+        "ask", third, "--tenant", owner, "--conversation", conversation, "--no-stream", env=tansu_stack.env()
+    )
+    assert asked.returncode == 0, asked.stderr
+    state = memory(tansu_stack, owner, conversation, turns=3)
+    assert [t.question for t in state.turns] == [LAMBDA, FOLLOW_UP, third]
+    assert state.turns[2].standalone == f"{FOLLOW_UP} {third}"
 
 
 async def _ingest(stack: LocalStack, owner: str) -> None:

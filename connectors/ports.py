@@ -334,6 +334,8 @@ class OffsetReads(Protocol):
         """Every partition of each group's topics ({group: [topic, ...]})."""
         ...
 
+    async def close(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class PartitionLag:

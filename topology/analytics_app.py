@@ -214,8 +214,15 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
             leader_timer(
                 app, timer.name, timer.every(settings), functools.partial(timer.run, deps), opener.ready
             )
-    if settings.otlp.endpoint:
-        add_otlp_export(app, settings, dead_letter, _now)
+    exporter = add_otlp_export(app, settings, dead_letter, _now) if settings.otlp.endpoint else None
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode stub: async receivers
+    async def close_clients(sender: Any, *_: Any, **__: Any) -> None:
+        if deps.lag is not None:
+            await deps.lag.offsets.close()
+        if exporter is not None:
+            await asyncio.to_thread(exporter.close)
+
     add_query_service(app, store, lambda: opener.is_open)
     if metrics is not None:
         add_metrics(app, metrics)

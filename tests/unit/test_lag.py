@@ -96,6 +96,9 @@ class Offsets:
         self.asked.append(groups)
         return [PartitionOffsets("pipe", "q", 0, 0, self.end, self.committed)]
 
+    async def close(self) -> None:
+        pass
+
 
 class Store:
     def __init__(self) -> None:

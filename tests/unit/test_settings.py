@@ -36,8 +36,13 @@ def test_tenant_filter_is_one_equality():
 def test_the_builtin_prompt_is_a_prompt_version_set_field_by_field_from_the_environment(monkeypatch):
     builtin = Settings().pipeline.prompt
     assert isinstance(builtin, PromptVersion) and builtin.name == "rag-answer"
-    # The same content hash as before settings held a PromptVersion: rows keep grouping by it.
-    assert (builtin.version, builtin.top_k, builtin.retrieval_mode) == ("7363904b5687", 4, "hybrid")
+    # Its content hash: 7363904b5687 until max_tokens 256 joined its content (the local model).
+    assert (builtin.version, builtin.top_k, builtin.retrieval_mode, builtin.max_tokens) == (
+        "68bab262e8be",
+        4,
+        "hybrid",
+        256,
+    )
     monkeypatch.setenv("LLMOPS_PIPELINE__PROMPT__RETRIEVAL_MODE", "dense")
     monkeypatch.setenv("LLMOPS_PIPELINE__PROMPT__SEED", "5")
     monkeypatch.setenv("LLMOPS_PIPELINE__DEFAULT_TOP_K", "7")

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agents.monitor import Monitor, MonitorSettings, Window
+from benchmarks.ask_latency import machinery_settings
 from connectors.analytics import Analytics
 from connectors.clickhouse import ChdbStore, ClickHouseSettings
 from connectors.client import Client
@@ -118,7 +119,7 @@ def main(args: argparse.Namespace) -> dict:
     cancer = [c for c in claims if CANCER.search(c)]
     corpus = load(args.data / "corpus.jsonl")[:300]
     docs = [{"doc_id": d["_id"], "title": d["title"], "text": d["text"]} for d in corpus]
-    base = Settings()
+    base = machinery_settings()
     with tempfile.TemporaryDirectory(prefix="llmops-drift-") as tmp:
         stack_cfg = base.stack.model_copy(update={"data_dir": Path(tmp), "broker_port": 0, "milvus_port": 0})
         settings = base.model_copy(

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.ask_latency import pct
+from benchmarks.ask_latency import machinery_settings, pct
 from connectors.client import Client
 from connectors.embedder import OnnxEmbedder
 from schemas import ResponseGenerated
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--rates", default="2,4,8,16,32,64", help="questions per second, rising")
     parser.add_argument("--seconds", type=float, default=20, help="length of each step")
     args = parser.parse_args()
-    base = Settings()
+    base = machinery_settings()
     ceiling = embedding_ceiling(base)
     with tempfile.TemporaryDirectory() as tmp, stack(args.broker, base, Path(tmp)) as running:
         results = asyncio.run(ramp(running.settings, [float(r) for r in args.rates.split(",")], args.seconds))

@@ -80,6 +80,7 @@ class LocalStack:
         # configured LLMOPS_LLM__BASE_URL (remote or not) replaces it.
         backend = self._extra_env.get("LLMOPS_LLM__BACKEND", settings.llm.backend)
         base_url = self._extra_env.get("LLMOPS_LLM__BASE_URL", settings.llm.base_url)
+        self.llm_backend = backend
         self.local_llm = backend == "openai" and not base_url
         self.llm_port = (settings.local_llm.port or free_port()) if self.local_llm else 0
         self.llm_url = f"http://127.0.0.1:{self.llm_port}/v1" if self.local_llm else base_url
@@ -127,9 +128,10 @@ class LocalStack:
 
     def env(self) -> dict[str, str]:
         """The environment that points a process (worker, CLI) at this stack."""
-        llm = {}
+        # The backend the stack was started for, whichever way it was given (settings or env).
+        llm = {"LLMOPS_LLM__BACKEND": self.llm_backend}
         if self.local_llm:
-            llm = {"LLMOPS_LLM__BASE_URL": str(self.llm_url), "LLMOPS_LLM__MODEL": self.settings.llm.model}
+            llm |= {"LLMOPS_LLM__BASE_URL": str(self.llm_url), "LLMOPS_LLM__MODEL": self.settings.llm.model}
         return {
             **os.environ,
             **self._extra_env,

@@ -91,7 +91,9 @@ class SinkRunner:
             await self._after("after-write", self.after_write, rows)
         new_ids = {row["event_id"] for row in fresh}
         if new_ids:
-            await self._after("after-new", self.after_new, [e for e in stored if e.event_id in new_ids])
+            # A copy redelivered within this batch is new too: each event id goes once.
+            new = {e.event_id: e for e in stored if e.event_id in new_ids}
+            await self._after("after-new", self.after_new, list(new.values()))
         await asyncio.gather(*deliveries)
         return len(fresh)
 

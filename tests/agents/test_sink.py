@@ -19,7 +19,8 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class Tables:
-    """An in-memory SinkWrites: rows by table, deduplicated by event id."""
+    """An in-memory SinkWrites: rows by table, deduplicated by event id (within a batch
+    too, as the analytics store's insert_new)."""
 
     def __init__(self, failures: int = 0) -> None:
         self.rows: dict[str, list[Mapping[str, Any]]] = {}
@@ -32,7 +33,8 @@ class Tables:
             self.failures -= 1
             raise TransientError("the store is away")
         held = {r["event_id"] for r in self.rows.get(table, [])}
-        fresh = [r for r in rows if r["event_id"] not in held and r[key]]
+        unique = {r["event_id"]: r for r in rows}.values()
+        fresh = [r for r in unique if r["event_id"] not in held and r[key]]
         self.rows.setdefault(table, []).extend(fresh)
         return fresh
 
@@ -117,3 +119,13 @@ def test_the_flat_backoff_settings_of_earlier_versions_still_apply():
     assert SinkSettings(backoff_s=0.2, backoff_max_s=3).backoff == Backoff(first_s=0.2, max_s=3)
     assert SinkSettings().backoff == Backoff(first_s=0.5, max_s=5.0)
     assert [Backoff(first_s=0.5, max_s=5).delay(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1, 2, 4, 5]
+
+
+async def test_a_copy_redelivered_within_one_batch_is_announced_once():
+    # Both copies are new to the store; the store writes one row, and the alert is
+    # announced once (a webhook would post it twice otherwise).
+    data = Tables()
+    runner, _, _, announced = alerts_sink(data)
+    first = encode(alert(1))
+    assert await runner.process(batch(first, first, encode(alert(2)))) == 2
+    assert announced == ["a1", "a2"]

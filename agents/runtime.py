@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -117,6 +117,19 @@ def per_event(handler: Callable[[In, D], Awaitable[Out | None]]) -> BatchHandler
     return batch
 
 
+class StageObserver(Protocol):
+    """Process-local facts about a stage's batches (the worker's /metrics)."""
+
+    def batch(self, stage: str, events: int) -> None:
+        """A micro-batch of `events` messages came in."""
+
+    def handled(self, stage: str, seconds: float) -> None:
+        """One handler call (one attempt over the batch's pending events) took `seconds`."""
+
+    def outcome(self, stage: str, outcome: str) -> None:
+        """An event's outcome: "ok", "retried" (once per retry) or "dead_lettered"."""
+
+
 @dataclass(frozen=True)
 class Incoming:
     """One consumed message, as the runtime needs it (faust's EventT adapts to this)."""
@@ -146,6 +159,7 @@ class StageRunner:
     # What else an outcome (an output event or the error an event failed with) makes the
     # stage send, after its output: the awaitables of those deliveries.
     announce: Announce | None = None
+    observer: StageObserver | None = None
 
     async def process(self, batch: Sequence[Incoming]) -> None:
         """Handle one micro-batch; returns once every output is acknowledged by the broker,
@@ -153,6 +167,8 @@ class StageRunner:
         deliveries: list[Awaitable[Any]] = []
         pending: list[tuple[Incoming, Event]] = []
         started_at = utc_now()
+        if self.observer is not None:
+            self.observer.batch(self.name, len(batch))
         for message in batch:
             try:
                 size = len(message.value or b"")
@@ -172,18 +188,23 @@ class StageRunner:
             started = time.perf_counter()
             results = await self._call([event for _, event in pending])
             elapsed_ms = (time.perf_counter() - started) * 1000
+            if self.observer is not None:
+                self.observer.handled(self.name, elapsed_ms / 1000)
             retry: list[tuple[Incoming, Event]] = []
             for (message, event), result in zip(pending, results, strict=True):
                 if isinstance(result, TransientError) and attempt < self.settings.max_attempts:
                     retry.append((message, event))
+                    self._observe("retried")
                 elif isinstance(result, BaseException):
                     deliveries += await self._fail(message, event, result, attempt, started_at)
                 elif result is not None:
+                    self._observe("ok")
                     result = _with_timing(result, event, self.name, elapsed_ms)
                     deliveries.append(await self.emit(result.trace_id.encode(), encode(result)))
                     deliveries += await self._report(event, result, event.trace_id, event.tenant, started_at)
                     deliveries += await self._announce(event, result)
                 else:
+                    self._observe("ok")
                     deliveries += await self._report(event, None, event.trace_id, event.tenant, started_at)
             pending = retry
             if pending:
@@ -192,6 +213,10 @@ class StageRunner:
                 await asyncio.sleep(delay)
                 attempt += 1
         await asyncio.gather(*deliveries)
+
+    def _observe(self, outcome: str) -> None:
+        if self.observer is not None:
+            self.observer.outcome(self.name, outcome)
 
     async def _call(self, events: list[Event]) -> Sequence[Result]:
         try:
@@ -217,6 +242,7 @@ class StageRunner:
         started_at: datetime,
     ) -> list[Awaitable[Any]]:
         letter = dead_letter_for(self.name, message, event, error, attempts)
+        self._observe("dead_lettered")
         known_trace = _identify(message, event)[0]
         trace_id, tenant = letter.trace_id, letter.tenant
         sent = [await self.dead_letter(trace_id.encode(), encode(letter))]

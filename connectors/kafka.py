@@ -176,6 +176,11 @@ class Publisher:
             reports = self._producer.poll(0)
             await asyncio.sleep(0 if reports else 0.001)
 
+    @property
+    def outstanding(self) -> int:
+        """Messages sent that the broker has not acknowledged (or refused) yet."""
+        return self._outstanding
+
     async def send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
         """Queue one message; the future completes when the broker has acknowledged it."""
         await self.start()

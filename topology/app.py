@@ -25,6 +25,7 @@ from topology.graph import STAGES
 from topology.settings import Settings
 from topology.topics import REGISTRY_TABLE, registry_topic
 from topology.transport import PipelineApp
+from topology.worker_metrics import WorkerMetrics, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,11 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
     publisher, names = stage_publisher(app, settings), settings.kafka.topics
     llm = settings.llm
     deps.deltas = Deltas(sender(publisher, names.responses), llm.delta_tokens, llm.delta_ms)
-    runtime = settings.worker.runtime
+    runtime, worker = settings.worker.runtime, settings.worker
+    metrics = None
+    if worker.metrics_port:
+        metrics = WorkerMetrics([s.name for s in STAGES], lambda: publisher.outstanding)
+        serve_metrics(app, metrics, worker.metrics_host, worker.metrics_port)
     for stage in STAGES:
         runner = StageRunner(
             name=stage.name,
@@ -165,6 +170,7 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
             telemetry_settings=settings.telemetry,
             decoder=stage.decoder,
             announce=announcer(stage, publisher, names, settings.telemetry),
+            observer=metrics,
         )
         register(
             app,

@@ -55,6 +55,16 @@ class WorkerSettings(BaseModel):
     )
     log_level: str = "WARNING"
     runtime: RuntimeSettings = RuntimeSettings()
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Serve this worker's own /metrics on this port (0: off). Workers that "
+        "share a host need a port each.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Bind address of the worker's /metrics (0.0.0.0 in a container)."
+    )
 
 
 class StackSettings(BaseModel):

@@ -143,8 +143,8 @@ class PipelineMetrics:
         ProcessCollector(registry=r)
 
     def observe(self, events: Sequence[StageCompleted]) -> None:
-        """Count stored telemetry events. The sink passes only events new to the store, but
-        a copy redelivered within the same batch comes twice: each event id counts once."""
+        """Count stored telemetry events. The sink passes only events new to the store,
+        each event id once; any other caller's repeats count once too."""
         for e in {e.event_id: e for e in events}.values():
             seconds = e.latency_ms / 1000
             self.stage_duration.labels(e.stage, e.status).observe(seconds)

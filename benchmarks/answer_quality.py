@@ -55,7 +55,7 @@ from connectors.registry_log import append
 from schemas.prompts import PromptVersion
 from topology.samples import python_reference
 from topology.settings import Settings
-from topology.stack import LocalStack
+from topology.stack import PROBE_QUESTION, LocalStack
 from topology.topics import registry_topic
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "answers.jsonl"
@@ -122,7 +122,7 @@ async def until_served(client: Client, version: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            await client.ask("readiness probe", tenant=PROBE_TENANT, prompt=version, timeout=timeout)
+            await client.ask(PROBE_QUESTION, tenant=PROBE_TENANT, prompt=version, timeout=timeout)
             return
         except (RequestError, TimeoutError):
             if time.monotonic() > deadline:

@@ -43,6 +43,7 @@ class ReportData:
     feedback_series: Rows
     alerts: Rows
     lag: Rows | None = None  # per stage, from the last consumer lag sample in the window
+    speed: Rows | None = None  # per model: time to first token and tokens/s of streamed answers
 
 
 def describe_window(window: timedelta) -> str:
@@ -77,6 +78,7 @@ async def collect(
         analytics.feedback_over_time(since, bucket * 3, tenant, probes),  # ratings are sparser
         analytics.alerts(since),
     )
+    speed = await analytics.generation_speed(since, tenant, probes)
     lag = await analytics.lag(since)
     return ReportData(
         describe_window(since),
@@ -91,6 +93,7 @@ async def collect(
         feedback_series,
         alerts,
         lag,
+        speed=speed,
     )
 
 
@@ -136,6 +139,14 @@ def _feedback_rows(data: ReportData) -> list[list[Any]]:
 
 LATENCY_HEADERS = ("stage", "events", "errors", "error %", "p50 ms", "p95 ms", "p99 ms")
 COST_HEADERS = ("tenant", "model", "events", "tokens in", "tokens out", "cost USD", "unpriced")
+SPEED_HEADERS = ("model", "answers", "first token p50 ms", "p95 ms", "tokens/s p50", "p95")
+
+
+def _speed_rows(data: ReportData) -> list[list[Any]]:
+    rows = data.speed.dicts() if data.speed is not None else []
+    return [[r["model"], r["answers"], *r["ttft"], *r["tokens_per_s"]] for r in rows]
+
+
 FEEDBACK_HEADERS = ("prompt version", "name", "type", "label", "ratings", "mean score")
 LAG_HEADERS = ("stage", "partitions", "total lag", "max lag", "peak total", "sampled at")
 
@@ -158,6 +169,9 @@ def text(data: ReportData) -> str:
     out.append("Consumer lag per stage (messages; the last sample, and the largest total in the window)")
     out += [text_table(LAG_HEADERS, _lag_rows(data)) if _lag_rows(data) else "(no samples)", ""]
     out += ["Tokens and cost per tenant and model", text_table(COST_HEADERS, data.cost.rows), ""]
+    if _speed_rows(data):
+        out.append("Generation speed per model (streamed answers)")
+        out += [text_table(SPEED_HEADERS, _speed_rows(data)), ""]
     out.append("Feedback per prompt version")
     out.append(text_table(FEEDBACK_HEADERS, _feedback_rows(data)) if data.feedback.rows else "(none yet)")
     out += ["", "Alerts (llmops alerts lists them)"]
@@ -220,6 +234,7 @@ def html(data: ReportData) -> str:
         _html_table("Latency, requests and errors per stage", LATENCY_HEADERS, _latency_rows(data)),
         _html_table("Consumer lag per stage (messages)", LAG_HEADERS, _lag_rows(data)),
         _html_table("Tokens and cost per tenant and model", COST_HEADERS, data.cost.rows),
+        _html_table("Generation speed per model (streamed answers)", SPEED_HEADERS, _speed_rows(data)),
         _html_table("Feedback per prompt version", FEEDBACK_HEADERS, _feedback_rows(data)),
         _html_table("Alerts", ALERT_HEADERS, _alert_rows(data.alerts)),
     ]

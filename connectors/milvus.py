@@ -11,20 +11,17 @@ the same as hybrid_search with RRFRanker: tests/integration/test_hybrid_retrieva
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.encoders import EncoderRecord, belongs
+from connectors.milvus_expressions import content, fuse_rrf, string_literal, tenant_filter
 from connectors.ports import Chunk, Found, Hit
-from schemas.envelope import TENANT_PATTERN
 from schemas.errors import PermanentError, TransientError
 from schemas.queries import RetrievalMode
 
@@ -32,7 +29,6 @@ log = logging.getLogger(__name__)
 # Milvus's code for "collection not loaded" (searches need it in memory).
 _NOT_LOADED = 101
 
-_TENANT = re.compile(TENANT_PATTERN)
 _TEXT_LIMIT = 65_535  # Milvus VARCHAR max_length
 # The collection property that records the document encoder which filled it.
 ENCODER_PROPERTY = "llmops.document_encoder"
@@ -87,39 +83,6 @@ _ENTITY_FIELDS = ["doc_id", "chunk", "title", "text"]
 _COPIED_FIELDS = ["id", "tenant", "doc_id", "chunk", "title", "text", "vector"]
 
 
-def content(title: str, text: str) -> str:
-    """What BM25 indexes: the same title-and-text the passage embedding is made from."""
-    return f"{title}\n{text}" if title else text
-
-
-def fuse_rrf(legs: Sequence[Sequence[str]], k: int, limit: int) -> list[tuple[str, float]]:
-    """Reciprocal rank fusion: each id scores the sum of 1 / (k + rank) over the rankings
-    it is in (rank from 1). Best first; ties broken by id so the result is stable."""
-    scores: dict[str, float] = defaultdict(float)
-    for ranking in legs:
-        for rank, pid in enumerate(ranking, start=1):
-            scores[pid] += 1.0 / (k + rank)
-    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:limit]
-
-
-def string_literal(value: str) -> str:
-    """`value` as a Milvus filter string literal. Milvus Lite has no filter templating
-    (filter_params), so values are escaped: backslash and quote, and newlines, tabs and
-    the like as escapes its parser reads back; other control characters are refused."""
-    escaped = json.dumps(value, ensure_ascii=False)
-    if "\\u" in escaped.replace("\\\\", ""):
-        raise PermanentError(f"{value!r} has control characters a Milvus filter cannot carry")
-    return escaped
-
-
-def tenant_filter(tenant: str) -> str:
-    """A filter expression that matches exactly one tenant. Tenants are restricted to a
-    closed alphabet (checked again here), so no tenant string can change its meaning."""
-    if not _TENANT.fullmatch(tenant):
-        raise PermanentError(f"tenant {tenant!r} is not a valid tenant name")
-    return f'tenant == "{tenant}"'
-
-
 class Tower(Protocol):
     """An encoder the store checks against the collection's record (an OnnxEmbedder)."""
 
@@ -145,6 +108,10 @@ class MilvusStore:
         self._has_bm25: bool | None = None  # learnt from the collection's schema on first use
         self._reader, self._writer = reader, writer
         self._filled_by: EncoderRecord | None | bool = False  # False: not read yet
+
+    @property
+    def collection(self) -> str:
+        return self._settings.collection
 
     def open(self) -> None:
         from pymilvus import MilvusClient
@@ -464,81 +431,6 @@ class MilvusStore:
             raise error(f"Milvus {method} failed: {exc}") from exc
         except ConnectionError as exc:
             raise TransientError(f"Milvus {method} failed: {exc}") from exc
-
-
-def copy_collection(reader: MilvusStore, writer: MilvusStore, batch: int = 1_000) -> int:
-    """Copy every passage of `reader`'s collection into `writer`'s, which must not exist
-    yet and is created with the current schema and indexes (`llmops reindex`). Vectors
-    are copied, not recomputed. Returns the number of passages copied."""
-    rows = reader.rows(batch)
-    first = next(rows, None)
-    if first is None:
-        raise PermanentError("the source collection is empty or missing: nothing to copy")
-    if not writer.ensure_collection(len(first.vector), filled_by=reader.filled_by()):
-        raise PermanentError("the target collection exists already: choose a new name")
-    copied, pending = 0, [first]
-    for chunk in rows:
-        pending.append(chunk)
-        if len(pending) == batch:
-            writer.upsert(pending)
-            copied, pending = copied + len(pending), []
-    writer.upsert(pending)
-    return copied + len(pending)
-
-
-class DocumentTower(Tower, Protocol):
-    """The document encoder a re-index embeds with (an opened OnnxEmbedder)."""
-
-    dim: int
-
-    def embed(self, texts: Sequence[str]) -> Any: ...
-
-
-def reembed_collection(
-    reader: MilvusStore,
-    writer: MilvusStore,
-    tower: DocumentTower,
-    batch: int = 128,
-    progress: Callable[[int], None] = lambda _: None,
-) -> tuple[int, int]:
-    """Fill `writer`'s collection with every passage of `reader`'s, re-embedded by
-    `tower` (the new document encoder) from its stored title and text, the text the
-    indexing stage embeds. The new collection records `tower`'s encoder. Resumable: the
-    chunk ids are stable, so a run after a crash embeds only the passages the target
-    lacks (it must have been filled by the same encoder). Returns (embedded, already
-    there); `progress` hears of every page read."""
-    record = tower.record()
-    if not writer.ensure_collection(tower.dim, filled_by=record):
-        recorded = writer.filled_by()
-        if recorded is None or recorded.fingerprint != record.fingerprint:
-            held = (
-                f"{recorded.name} (fingerprint {recorded.fingerprint})" if recorded else "no recorded encoder"
-            )
-            raise PermanentError(
-                f"collection {writer._settings.collection!r} exists with {held}, not {record.name} "
-                f"(fingerprint {record.fingerprint}): choose a new name to re-index into"
-            )
-    embedded = present = 0
-    page: list[Chunk] = []
-
-    def flush() -> None:
-        nonlocal embedded, present
-        have = writer.existing_ids([c.id for c in page])
-        todo = [c for c in page if c.id not in have]
-        if todo:
-            vectors = tower.embed([content(c.title, c.text) for c in todo])
-            writer.upsert([replace(c, vector=v.tolist()) for c, v in zip(todo, vectors, strict=True)])
-        embedded, present = embedded + len(todo), present + len(page) - len(todo)
-        progress(len(page))
-        page.clear()
-
-    for chunk in reader.rows(batch):
-        page.append(chunk)
-        if len(page) == batch:
-            flush()
-    if page:
-        flush()
-    return embedded, present
 
 
 def _hit(pid: Any, entity: dict[str, Any], score: float) -> Hit:

@@ -19,7 +19,8 @@ from connectors import encoders
 from connectors.client import Client, RequestError
 from connectors.embedder import EmbeddingSettings, OnnxEmbedder, towers
 from connectors.encoders import CATALOGUE, EncoderRecord, fetch, installed, sha256_file
-from connectors.milvus import Chunk, MilvusStore, content, reembed_collection
+from connectors.milvus import Chunk, MilvusStore, content
+from connectors.milvus_reindex import reembed_collection
 from schemas.errors import PermanentError
 from tests.integration.conftest import require_java, stack_settings
 from tests.integration.test_cli import llmops

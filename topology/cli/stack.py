@@ -140,7 +140,8 @@ def reindex(settings: Settings, target: str, source: str | None, model: str | No
 
     With --model NAME the passages are embedded again by NAME's document encoder, from
     their stored text, while the old collection keeps serving; the new one records NAME."""
-    from connectors.milvus import MilvusStore, copy_collection
+    from connectors.milvus import MilvusStore
+    from connectors.milvus_reindex import copy_collection
 
     old = settings.milvus.model_copy(update={"collection": source or settings.milvus.collection})
     new = settings.milvus.model_copy(update={"collection": target})
@@ -169,7 +170,7 @@ def reembed(settings: Settings, reader: MilvusStore, writer: MilvusStore, model:
     from tqdm import tqdm
 
     from connectors.embedder import OnnxEmbedder
-    from connectors.milvus import reembed_collection
+    from connectors.milvus_reindex import reembed_collection
 
     tower = OnnxEmbedder(settings.embedding.model_copy(update={"document_encoder": model}), side="document")
     tower.open()

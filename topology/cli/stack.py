@@ -206,6 +206,8 @@ def demo(settings: Settings, keep: Path | None) -> None:
         )
         click.echo("starting the embedded stack (Tansu broker, Milvus Lite server, faust worker)...")
         with LocalStack(settings.model_copy(update={"stack": stack_cfg})) as stack:
+            if stack.local_llm:
+                click.echo(f"language model: {stack.settings.llm.model} on {stack.llm_url}")
             click.echo(
                 f"ready in {stack.timings['ready_s']:.1f}s "
                 f"(worker joined after {stack.timings['worker_ready_s']:.1f}s)"

@@ -66,9 +66,19 @@ def rss_mib(pid: int) -> float:
 
 
 def topic_events(
-    stack: LocalStack, topic: str, traces: set[str], wanted: int, timeout: float = 30
+    stack: LocalStack,
+    topic: str,
+    traces: set[str],
+    wanted: int,
+    timeout: float = 30,
+    kinds: frozenset[str] | None = None,
 ) -> list[dict]:
-    """Events of these traces on a topic, read from its start (as JSON)."""
+    """Events of these traces (and of these event types, if given) on a topic, read from
+    its start (as JSON)."""
+
+    def counts(event: dict) -> bool:
+        return event.get("trace_id") in traces and (kinds is None or event.get("event_type") in kinds)
+
     consumer = Consumer(
         librdkafka_config(
             stack.settings.kafka, **{"group.id": f"test-{uuid.uuid4().hex}", "enable.auto.commit": False}
@@ -83,11 +93,11 @@ def topic_events(
             for message in consumer.consume(num_messages=500, timeout=0.5):
                 if message.error() is None:
                     event = json.loads(message.value())
-                    if event.get("trace_id") in traces:
+                    if counts(event):
                         found.append(event)
         # Anything more that is already there (a duplicate would be).
         for message in consumer.consume(num_messages=500, timeout=2):
-            if message.error() is None and json.loads(message.value()).get("trace_id") in traces:
+            if message.error() is None and counts(json.loads(message.value())):
                 found.append(json.loads(message.value()))
         return found
     finally:
@@ -259,7 +269,9 @@ async def test_a_killed_llm_server_is_restarted_and_no_question_is_lost(llm_stac
         assert all((f.stage, f.error_type) == ("generation", "TransientError") for f in failed)
         traces = {a.trace_id for a in answered} | {f.trace_id for f in failed}
         assert len(traces) == len(questions)
-        replies = topic_events(stack, stack.settings.kafka.topics.responses, traces, wanted=len(traces))
+        # The answers and failures: streamed ResponseDelta events share the topic.
+        final = frozenset({"ResponseGenerated", "RequestFailed"})
+        replies = topic_events(stack, stack.settings.kafka.topics.responses, traces, len(traces), kinds=final)
         assert sorted(r["trace_id"] for r in replies) == sorted(traces), "a reply lost or sent twice"
 
         # The stack restarted the server; the next question is answered by it, and nothing

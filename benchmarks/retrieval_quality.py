@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from agents.evaluation import documents_in_order, load_beir, ndcg_at, recall_at
-from benchmarks.ask_latency import pct
+from benchmarks.ask_latency import machinery_settings, pct
 from benchmarks.milvus_index import cached_embeddings
 from connectors.client import Client
 from connectors.embedder import OnnxEmbedder
@@ -245,7 +245,9 @@ def main() -> None:
 
     if args.chunk_words:  # the stack's worker reads its settings from the environment
         os.environ["LLMOPS_PIPELINE__CHUNK_WORDS"] = str(args.chunk_words)
-    base = Settings()
+    base = machinery_settings()
+    if set(hyde) - {"off"} and base.llm.backend == "extractive":
+        parser.error("HyDE needs a model to write its passages: set LLMOPS_LLM__BACKEND=openai")
     nan = {"ndcg_at_10": float("nan"), "recall_at_100": float("nan")}
     baseline = nan if args.no_exact else exact_baseline(args.data, base, args.limit)
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,14 +28,18 @@ if TYPE_CHECKING:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a page with charts.",
 )
+@click.option(
+    "--probes", is_flag=True, help="Include the local stack's readiness probes (tenant llmops-probe)."
+)
 @pass_settings
-def report(settings: Settings, since: timedelta, tenant: str, html_path: Path | None) -> None:
+def report(settings: Settings, since: timedelta, tenant: str, html_path: Path | None, probes: bool) -> None:
     """Latency percentiles, requests and errors per stage, tokens and cost per tenant and
     model, feedback per prompt version and alerts, from ClickHouse. Reads through the
-    running stack's analytics service, or opens the analytics store itself when none runs."""
+    running stack's analytics service, or opens the analytics store itself when none runs.
+    The readiness probes of `llmops up` are stored but left out unless --probes."""
     from topology import report as rendering
 
-    data = with_analytics(settings, lambda analytics: rendering.collect(analytics, since, tenant))
+    data = with_analytics(settings, lambda analytics: rendering.collect(analytics, since, tenant, probes))
     click.echo(rendering.text(data), nl=False)
     if html_path is not None:
         html_path.write_text(rendering.html(data))

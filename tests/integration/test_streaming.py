@@ -216,7 +216,8 @@ async def test_deltas_arrive_in_order_before_the_response_and_join_to_its_answer
         "ttft_ms": pytest.approx(response.ttft_ms),
         "tokens_per_s": pytest.approx(response.tokens_per_s),
     }
-    # llmops report: p50 and p95 of both per model, over the streamed answers.
+    # llmops report: p50 and p95 of both per model, over the streamed answers (both stored).
+    await generation_row(streaming_stack, plain.trace_id)
     analytics = await Analytics.connect(
         streaming_stack.settings.clickhouse, streaming_stack.settings.analytics
     )

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agents.monitor import Finding, IncidentBook
 from connectors.ports import LagWrites, OffsetReads, PartitionLag, PartitionOffsets
 from schemas import utc_now
-from schemas.alerts import Alert, AlertResolved, LagBreached
+from schemas.alerts import Alert, LagBreached
 
 log = logging.getLogger(__name__)
 STAGE = "lag"
@@ -232,22 +232,7 @@ class LagWatch:
         return alerts
 
     def _announce(self, findings: Sequence[Finding], now: datetime) -> list[Alert]:
-        alerts: list[Alert] = []
-        for finding, alert_id, raised in self.book.update(findings, now):
-            history = self.history[finding.subject]
-            kind = finding.kind if raised else AlertResolved
-            alerts.append(
-                kind(
-                    trace_id=alert_id,
-                    producer=STAGE,
-                    alert_id=alert_id,
-                    check=finding.check,
-                    subject=finding.subject,
-                    value=finding.value,
-                    threshold=finding.threshold,
-                    window_start=history[0].at,
-                    window_end=now,
-                    message=finding.message if raised else f"resolved: {finding.message}",
-                )
-            )
-        return alerts
+        return [
+            finding.announce(alert_id, raised, STAGE, self.history[finding.subject][0].at, now)
+            for finding, alert_id, raised in self.book.update(findings, now)
+        ]

@@ -85,6 +85,25 @@ class Finding:
     message: str
     p_value: float | None = None
 
+    def announce(
+        self, alert_id: str, raised: bool, producer: str, window_start: datetime, window_end: datetime
+    ) -> Alert:
+        """The event that says this finding was raised (its kind) or resolved."""
+        kind = self.kind if raised else AlertResolved
+        return kind(
+            trace_id=alert_id,
+            producer=producer,
+            alert_id=alert_id,
+            check=self.check,
+            subject=self.subject,
+            value=self.value,
+            threshold=self.threshold,
+            p_value=self.p_value,
+            window_start=window_start,
+            window_end=window_end,
+            message=self.message if raised else f"resolved: {self.message}",
+        )
+
 
 async def embedding_drift(data: MonitorReads, w: Window, ref: Window, s: MonitorSettings) -> list[Finding]:
     current = await data.query_vectors(w, s.embedding_sample)
@@ -350,25 +369,10 @@ class Monitor:
     async def run_window(self, w: Window) -> list[Alert]:
         """Evaluate one window and announce what changed: alerts raised and resolved."""
         findings = await self.evaluate(w)
-        alerts = []
-        for finding, alert_id, raised in self.book.update(findings, w.end):
-            kind = finding.kind if raised else AlertResolved
-            message = finding.message if raised else f"resolved: {finding.message}"
-            alerts.append(
-                kind(
-                    trace_id=alert_id,
-                    producer=STAGE,
-                    alert_id=alert_id,
-                    check=finding.check,
-                    subject=finding.subject,
-                    value=finding.value,
-                    threshold=finding.threshold,
-                    p_value=finding.p_value,
-                    window_start=w.start,
-                    window_end=w.end,
-                    message=message,
-                )
-            )
+        alerts = [
+            finding.announce(alert_id, raised, STAGE, w.start, w.end)
+            for finding, alert_id, raised in self.book.update(findings, w.end)
+        ]
         for alert in alerts:
             log.warning("%s %s/%s: %s", type(alert).__name__, alert.check, alert.subject, alert.message)
             if self.publish is not None:

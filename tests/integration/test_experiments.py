@@ -149,14 +149,19 @@ async def test_a_worse_canary_is_rolled_back_and_a_good_one_left_alone(
     verdicts = {arm["arm"]: arm for arm in report(stack, bad)["arms"]}
     assert verdicts[bad_canary]["verdict"] == "worse" and verdicts[bad_control]["ratings"] >= 15
 
+    # The guard publishes the alert; the alerts sink stores it a moment later.
     analytics = await Analytics.connect(stack.settings.clickhouse, stack.settings.analytics)
     try:
-        alerts = (
-            await analytics.query(
-                "SELECT event_type, value, threshold FROM alerts WHERE subject = {s:String}",
-                {"s": f"{bad}/{bad_canary}"},
-            )
-        ).rows
+        for _ in range(60):
+            alerts = (
+                await analytics.query(
+                    "SELECT event_type, value, threshold FROM alerts WHERE subject = {s:String}",
+                    {"s": f"{bad}/{bad_canary}"},
+                )
+            ).rows
+            if alerts:
+                break
+            await asyncio.sleep(0.5)
     finally:
         await analytics.close()
     assert [a[0] for a in alerts] == ["ExperimentRolledBack"] and alerts[0][1] > alerts[0][2]

@@ -62,6 +62,14 @@ class TelemetrySettings(BaseModel):
         description="Share of traces whose query embedding is kept for drift checks (1.5 KB each on disk).",
     )
     prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    keep_payloads: bool = Field(
+        default=True,
+        description="Keep the generation's rendered prompt and the text of each passage sent (the "
+        "console's trace page shows them); only while `text` is keep. Off: neither is stored.",
+    )
+    payload_max_chars: int = Field(
+        default=8_000, ge=0, description="Kept payloads are cut to this many characters each."
+    )
 
 
 def priced(
@@ -137,6 +145,18 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
     return found
 
 
+def payloads(source: Event | None, output: Event | None, limit: int) -> dict[str, object]:
+    """The generation's prompt as the model got it (rendered again from the same event and
+    passages) and the text of each passage sent, each cut to `limit` characters."""
+    if not isinstance(source, ContextRetrieved) or not isinstance(output, ResponseGenerated):
+        return {}
+    from agents.generation import render  # here: generation imports conversation, which imports this
+
+    prompt = render(source, output.passages)
+    text = f"[system]\n{prompt.system}\n\n[user]\n{prompt.user}"
+    return {"rendered_prompt": text[:limit], "passage_texts": {p.id: p.text[:limit] for p in output.passages}}
+
+
 def stage_completed(
     stage: str,
     source: Event | None,
@@ -154,6 +174,8 @@ def stage_completed(
     for field in ("question", "answer"):
         if field in found:
             found[field] = redact(str(found[field]), settings.text)
+    if settings.keep_payloads and settings.text == "keep":
+        found.update(payloads(source, output, settings.payload_max_chars))
     model = str(found.get("model", ""))
     tokens_in, tokens_out = int(found.get("input_tokens", 0)), int(found.get("output_tokens", 0))  # type: ignore[call-overload]
     cost, known = priced(settings.prices, model, tokens_in, tokens_out) if model else (0.0, True)

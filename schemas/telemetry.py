@@ -51,6 +51,10 @@ class StageCompleted(Event):
     tokens_counted_by: str = ""
     ttft_ms: float | None = Field(default=None, ge=0)
     tokens_per_s: float | None = Field(default=None, ge=0)
+    # generation: for the console's trace page, the prompt as the model got it and the
+    # text of each passage sent, by id; cut, or empty (agents.telemetry's settings).
+    rendered_prompt: str = ""
+    passage_texts: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:

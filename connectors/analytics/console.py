@@ -3,6 +3,7 @@ trace search, every row of one trace, end-to-end latency, and alerts with their 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 from connectors.analytics.common import report_window, when
@@ -14,26 +15,36 @@ from schemas import utc_now
 # prompting row carries what served the trace (prompt, label, retrieval mode), so the
 # newest matching traces are found among prompting rows alone, a top-N sort with no
 # GROUP BY over the window; only those traces' rows are then read and grouped (by
-# trace_id, the table's key). The text filter looks in the question and the answer;
-# the status filter asks whether any of the trace's stages failed.
+# trace_id, the table's key). The status filter asks whether any of the trace's stages
+# failed.
 _WINDOW = "started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}"
-_MATCHING = f"""
-SELECT trace_id FROM telemetry
-WHERE stage = 'prompting' AND {_WINDOW}
+_FILTERS = f"""{_WINDOW}
   AND (empty({{tenant:String}}) OR tenant = {{tenant:String}}) AND tenant != {{hide:String}}
   AND (empty({{prompt:String}}) OR template_id = {{prompt:String}}
        OR startsWith(template_version, {{prompt:String}}))
   AND (empty({{label:String}}) OR label = {{label:String}})
   AND (empty({{mode:String}}) OR retrieval_mode = {{mode:String}})
   AND (empty({{conversation:String}}) OR conversation_id = {{conversation:String}})
-  AND (empty({{text:String}}) OR trace_id IN (
-        SELECT trace_id FROM telemetry
-        WHERE {_WINDOW} AND (positionCaseInsensitiveUTF8(question, {{text:String}}) > 0
-                             OR positionCaseInsensitiveUTF8(answer, {{text:String}}) > 0)))
   AND (empty({{status:String}})
        OR (trace_id IN (SELECT trace_id FROM telemetry WHERE {_WINDOW} AND status = 'error'))
-          = ({{status:String}} = 'error'))
+          = ({{status:String}} = 'error'))"""  # noqa: S608  (constant SQL; values are bound)
+_MATCHING = f"""
+SELECT trace_id FROM telemetry
+WHERE stage = 'prompting' AND {_FILTERS}
 ORDER BY started_at DESC LIMIT {{limit:UInt32}}
+"""  # noqa: S608  (constant SQL; values are bound)
+# Text: the words of the question or of the answer, read from the full-text indexes of
+# migration 012 (question_words, answer_words; same expressions). Both the prompting row
+# (the question) and the generation row (question and answer; it carries the same
+# filters) can match, so a trace gives at most two rows: the newest 2 x limit rows hold
+# the newest `limit` traces, a top-N with no GROUP BY over every match (a common word
+# matches most rows).
+_WORDS = "hasAllTokens(lower({column}), lower({{text:String}}))"
+_PHRASE = "positionCaseInsensitiveUTF8({column}, {{text:String}}) > 0"
+_MATCHING_TEXT = f"""
+SELECT trace_id FROM telemetry
+WHERE stage IN ('prompting', 'generation') AND {_FILTERS} AND (TEXT)
+ORDER BY started_at DESC LIMIT 2 * {{limit:UInt32}}
 """  # noqa: S608  (constant SQL; values are bound)
 _SEARCH = f"""
 SELECT trace_id, tenant, min(started_at) AS first_started,
@@ -47,10 +58,31 @@ SELECT trace_id, tenant, min(started_at) AS first_started,
        anyIf(conversation_id, conversation_id != '') AS conversation,
        round(sum(cost_usd), 6) AS cost, groupUniqArray(stage) AS stages
 FROM telemetry
-WHERE trace_id IN ({_MATCHING}) AND {_WINDOW}
+WHERE trace_id IN (MATCHING) AND {_WINDOW}
 GROUP BY trace_id, tenant
-ORDER BY first_started DESC
+ORDER BY first_started DESC LIMIT {{limit:UInt32}}
 """  # noqa: S608  (constant SQL; values are bound)
+# What splitByNonAlpha keeps as one token: runs of ASCII letters and digits (bytes of
+# other scripts count as letters).
+_TOKEN = re.compile(r"[A-Za-z0-9\u0080-\U0010ffff]+")
+
+
+def search_sql(text: str) -> str:
+    """The trace search for this text: words from the indexes (each word whole; a text of
+    several words must also appear as typed, case aside); a text with no word in it (only
+    punctuation) is looked for as a substring, reading every row's text."""
+    if not text:
+        return _SEARCH.replace("MATCHING", _MATCHING)
+    columns = ("question", "answer")
+    words = _TOKEN.findall(text)
+    if not words:
+        condition = " OR ".join(_PHRASE.format(column=c) for c in columns)
+    elif len(words) == 1 and words[0] == text.strip():
+        condition = " OR ".join(_WORDS.format(column=c) for c in columns)
+    else:
+        both = (f"({_WORDS.format(column=c)} AND {_PHRASE.format(column=c)})" for c in columns)
+        condition = " OR ".join(both)
+    return _SEARCH.replace("MATCHING", _MATCHING_TEXT.replace("TEXT", condition))
 
 
 class ConsoleQueries:
@@ -74,11 +106,11 @@ class ConsoleQueries:
         probes: bool = False,
     ) -> Rows:
         """Question traces started in [start, end), newest first. `prompt`: a prompt id
-        or the start of a version hash; `text`: a case-insensitive substring of the
-        question or the answer; `conversation`: the turns of that conversation."""
+        or the start of a version hash; `text`: words of the question or of the answer,
+        case aside (`search_sql`); `conversation`: the turns of that conversation."""
         window = report_window(timedelta(0), tenant, probes)
         return await self.store.query(
-            _SEARCH,
+            search_sql(text),
             {
                 **window,
                 "start": when(start),

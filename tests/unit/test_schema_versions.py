@@ -62,6 +62,8 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "context_tokens_cut": 0,
     "tokens_counted_by": "",
     "conversation_id": "",
+    "rendered_prompt": "",
+    "passage_texts": {},
 }
 # The same for the prompt spec inside the query events.
 ADDED_TO_THE_SPEC: dict[str, Any] = {

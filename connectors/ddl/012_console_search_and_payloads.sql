@@ -1,0 +1,18 @@
+-- Console search: full-text (inverted) indexes over the words of the question and the
+-- answer, lower-cased, so the trace search reads the postings of the words asked for
+-- instead of every row's text. The search query matches on the same expressions
+-- (hasAllTokens(lower(question), ...)), which also run, slower, where the index is not
+-- built yet. Text indexes are GA from ClickHouse 26.2 (chDB 4.x embeds 26.9). MATERIALIZE
+-- builds them for rows stored before this migration (a background mutation).
+ALTER TABLE telemetry ADD INDEX IF NOT EXISTS question_words lower(question)
+    TYPE text(tokenizer = splitByNonAlpha);
+ALTER TABLE telemetry ADD INDEX IF NOT EXISTS answer_words lower(answer)
+    TYPE text(tokenizer = splitByNonAlpha);
+ALTER TABLE telemetry MATERIALIZE INDEX question_words;
+ALTER TABLE telemetry MATERIALIZE INDEX answer_words;
+-- Payloads for the trace page, on the generation row only: the prompt as the model got
+-- it and the text of each passage sent, by passage id, each cut to the telemetry
+-- settings' limit; empty when LLMOPS_TELEMETRY__KEEP_PAYLOADS is false. Columns are read
+-- only when named, so the searches and reports do not pay for them.
+ALTER TABLE telemetry ADD COLUMN IF NOT EXISTS rendered_prompt String;
+ALTER TABLE telemetry ADD COLUMN IF NOT EXISTS passage_texts Map(String, String);

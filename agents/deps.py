@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from agents.config import PipelineSettings
 from agents.conversation import ConversationSettings
 from agents.routing import Registry
-from connectors.ports import Backend, Deltas, Embedder, PassageStore
+from connectors.ports import ArtifactStore, Backend, Deltas, Embedder, PassageStore
 
 
 @dataclass
@@ -29,6 +29,8 @@ class Dependencies:
     deltas: Deltas | None = None
     # The document tower (indexing); None: the query embedder does both (one encoder).
     document_embedder: Embedder | None = None
+    # Prompt artifacts (agents/artifacts.py, read by prompting); None: none are kept.
+    artifacts: ArtifactStore | None = None
     _opened: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -41,6 +43,8 @@ class Dependencies:
             if self.document_embedder is not None:
                 await asyncio.to_thread(self.document_embedder.open)
             await asyncio.to_thread(self.store.open)
+            if self.artifacts is not None:
+                await asyncio.to_thread(self.artifacts.open)
             await self.llm.open()
             self._opened = True
 
@@ -54,4 +58,6 @@ class Dependencies:
             if self._opened:
                 await self.llm.close()
                 await asyncio.to_thread(self.store.close)
+                if self.artifacts is not None:
+                    await asyncio.to_thread(self.artifacts.close)
                 self._opened = False

@@ -1,18 +1,23 @@
 """Prompting: pick the prompt version that answers (the served label, split by its
 experiment, or the one the query pinned) and fix its variables. The version, label and
 arm travel with the request, so every answer says which prompt produced it. With HyDE
-on, the LLM writes the hypothetical passage here and embedding searches with it."""
+on, the LLM writes the hypothetical passage here and embedding searches with it. With
+prompt artifacts on (`artifacts_k`), the artifacts of the pinned set most similar to the
+question fill `$examples`, and their ids travel in `Served.artifact_ids`."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from string import Template
 
 from agents import conversation, intake
 from agents.deps import Dependencies
-from connectors.ports import Generation, RenderedPrompt
+from agents.runtime import Result, per_event
+from connectors.ports import ArtifactHit, Generation, RenderedPrompt
 from schemas import ContextBudget, PromptAssembled, PromptSpec, QueryReceived, Served
 from schemas.errors import PermanentError
 from schemas.prompts import PromptVersion
@@ -46,6 +51,7 @@ async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
         seed=prompt.seed,
         retrieval_mode=query.retrieval_mode or prompt.retrieval_mode,
         hyde=prompt.hyde,
+        artifact_set=prompt.artifact_set,
     )
     spec = PromptSpec(
         served=served,
@@ -65,12 +71,83 @@ async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
         summarize_model=summarized.model,
         summarize_usage=summarized.usage or {},
         summarize_ms=summarized.ms,
+        artifacts_k=prompt.artifacts_k,
     )
     if prompt.hyde == "off":
         return query.follow(PromptAssembled, STAGE, prompt=spec)
     passage = await hypothetical_passage(prompt, condensed.text, deps)
     hyde = {"hyde_passage": passage.text, "hyde_model": passage.model, "hyde_usage": passage.usage_details}
     return query.follow(PromptAssembled, STAGE, prompt=spec.model_copy(update=hyde))
+
+
+async def handle_batch(queries: Sequence[QueryReceived], deps: Dependencies) -> list[Result]:
+    """Each query as `handle` does, concurrently; then the artifacts of the prompts that
+    use them: one embedding call for those questions and one search per tenant, prompt
+    and set (one per micro-batch while one prompt serves). An error there fails only the
+    queries that wanted artifacts."""
+    results = list(await _each(queries, deps))
+    wanted: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for i, result in enumerate(results):
+        if isinstance(result, PromptAssembled) and result.prompt.artifacts_k:
+            served = result.prompt.served
+            wanted[result.tenant, served.prompt, served.artifact_set].append(i)
+    if not wanted:
+        return results
+    chosen = [i for group in wanted.values() for i in group]
+    try:
+        if deps.artifacts is None:
+            raise PermanentError(
+                "prompt artifacts are on in the prompt but this worker has no artifact store"
+            )
+        texts = [_assembled(results[i]).prompt.retrieval_text for i in chosen]
+        vectors = dict(zip(chosen, await asyncio.to_thread(deps.embedder.embed, texts), strict=True))
+    except Exception as exc:  # these queries fail (a transient error is retried); the rest go on
+        return [exc if i in chosen else r for i, r in enumerate(results)]
+    for (tenant, name, artifact_set), group in wanted.items():
+        k = max(_assembled(results[i]).prompt.artifacts_k for i in group)
+        try:
+            found = await asyncio.to_thread(
+                deps.artifacts.search_artifacts, [vectors[i] for i in group], tenant, name, artifact_set, k
+            )
+        except Exception as exc:  # as above, for this group's queries only
+            for i in group:
+                results[i] = exc
+            continue
+        for i, hits in zip(group, found, strict=True):
+            results[i] = with_examples(_assembled(results[i]), hits)
+    return results
+
+
+_each = per_event(handle)
+
+
+def _assembled(result: Result) -> PromptAssembled:
+    assert isinstance(result, PromptAssembled)
+    return result
+
+
+def render_examples(hits: Sequence[ArtifactHit]) -> str:
+    """The artifacts as `$examples` shows them, most similar first: each its text, then
+    its input and output when it is an example."""
+    blocks = []
+    for n, hit in enumerate(hits, start=1):
+        lines = [f"Example {n}:", hit.text]
+        if hit.input or hit.output:
+            lines += [f"Input: {hit.input}", f"Output: {hit.output}"]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def with_examples(event: PromptAssembled, hits: Sequence[ArtifactHit]) -> PromptAssembled:
+    """The prompt with its `artifacts_k` nearest artifacts in `$examples` and their ids
+    in what served it (so the response and telemetry carry them)."""
+    spec = event.prompt
+    used = list(hits)[: spec.artifacts_k]
+    served = spec.served.model_copy(update={"artifact_ids": [h.id for h in used]})
+    variables = {**spec.variables, "examples": render_examples(used)}
+    return event.model_copy(
+        update={"prompt": spec.model_copy(update={"served": served, "variables": variables})}
+    )
 
 
 async def hypothetical_passage(prompt: PromptVersion, question: str, deps: Dependencies) -> Generation:

@@ -208,6 +208,7 @@ _SERVED_COLUMNS = {
     "experiment": "experiment",
     "arm": "arm",
     "hyde": "hyde",
+    "artifact_set": "artifact_set",
 }
 
 
@@ -215,6 +216,7 @@ def row(event: StageCompleted) -> dict[str, Any]:
     """The event as it is, with `served` spread into its columns (rows go in by name)."""
     served = event.served
     columns = {column: getattr(served, key) if served else "" for column, key in _SERVED_COLUMNS.items()}
+    columns["artifact_ids"] = list(served.artifact_ids) if served else []  # prompt artifacts used
     return {**event.model_dump(exclude=_NOT_STORED | {"served"}), **columns}
 
 

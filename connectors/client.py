@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -26,6 +26,13 @@ from schemas import (
     encode,
     new_id,
 )
+from schemas.artifacts import (
+    ArtifactContent,
+    ArtifactsIndexed,
+    ArtifactsSubmitted,
+    ArtifactsWithdrawn,
+    artifacts_key,
+)
 from schemas.conversations import conversation_key
 from schemas.documents import DocumentWithdrawn, document_key
 from schemas.errors import InvalidEvent, LLMOpsError, PermanentError, TransientError
@@ -33,7 +40,7 @@ from schemas.feedback import FeedbackReceived, FeedbackType
 
 log = logging.getLogger(__name__)
 
-Reply = ResponseGenerated | DocumentIndexed | RequestFailed
+Reply = ResponseGenerated | DocumentIndexed | ArtifactsIndexed | RequestFailed
 _replies: TypeAdapter[Reply | ResponseDelta] = TypeAdapter(
     Annotated[Reply | ResponseDelta, Field(discriminator="event_type")]
 )
@@ -296,6 +303,56 @@ class Client:
         assert isinstance(reply, DocumentIndexed)
         return reply
 
+    async def push_artifacts(
+        self,
+        prompt: str,
+        artifacts: Iterable[ArtifactContent | Mapping[str, Any]],
+        tenant: str = "default",
+        *,
+        timeout: float | None = None,
+    ) -> ArtifactsIndexed:
+        """Store prompt artifacts for the prompt named `prompt` in `tenant`, as one set;
+        the reply names the set's version (what a prompt version's `artifact_set` pins)
+        and the artifacts' ids. The same artifacts again store nothing new. Mappings need
+        `text` (`input` and `output` together, `tags`: optional)."""
+        try:
+            contents = [a if isinstance(a, ArtifactContent) else ArtifactContent(**a) for a in artifacts]
+            event = ArtifactsSubmitted(
+                trace_id=new_id(), tenant=tenant, producer=self._name, prompt=prompt, artifacts=contents
+            )
+        except (ValidationError, TypeError) as exc:
+            detail = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise InvalidEvent(f"invalid artifacts: {detail}") from exc
+        [reply] = await self._request(self._kafka.topics.prompt_artifacts, [event], timeout)
+        assert isinstance(reply, ArtifactsIndexed)
+        return reply
+
+    async def remove_artifacts(
+        self,
+        prompt: str,
+        tenant: str = "default",
+        *,
+        artifact_set: str = "",
+        ids: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> ArtifactsIndexed:
+        """Remove artifacts of `prompt` in `tenant` (no other tenant's): of `artifact_set`
+        and/or with these `ids`; with neither, all of the prompt's. The reply says how many."""
+        try:
+            event = ArtifactsWithdrawn(
+                trace_id=new_id(),
+                tenant=tenant,
+                producer=self._name,
+                prompt=prompt,
+                artifact_set=artifact_set,
+                ids=list(ids),
+            )
+        except ValidationError as exc:
+            raise InvalidEvent(f"invalid removal: {_first_error(exc)}") from exc
+        [reply] = await self._request(self._kafka.topics.prompt_artifacts, [event], timeout)
+        assert isinstance(reply, ArtifactsIndexed)
+        return reply
+
     async def feedback(
         self,
         trace_id: str,
@@ -390,6 +447,8 @@ def _key(event: Any) -> bytes:
         return conversation_key(event.tenant, event.conversation_id).encode()
     if isinstance(event, DocumentSubmitted | DocumentWithdrawn):
         return document_key(event.tenant, event.doc_id).encode()
+    if isinstance(event, ArtifactsSubmitted | ArtifactsWithdrawn):
+        return artifacts_key(event.tenant, event.prompt).encode()
     return str(event.trace_id).encode()
 
 

@@ -31,6 +31,8 @@ class TopicNames(BaseModel):
     responses: str = "llmops.responses"
     documents: str = "llmops.documents"
     indexed: str = "llmops.indexed"
+    # Prompt artifacts to store or remove, keyed by tenant and prompt.
+    prompt_artifacts: str = "llmops.artifacts"
     deadletter: str = "llmops.deadletter"
     telemetry: str = "llmops.telemetry"
     feedback: str = "llmops.feedback"

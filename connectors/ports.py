@@ -89,6 +89,50 @@ class PassageStore(Protocol):
     ) -> list[Found]: ...
 
 
+# --- prompt artifacts (Milvus) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Artifact:
+    id: str
+    tenant: str
+    prompt: str
+    artifact_set: str
+    text: str
+    input: str
+    output: str
+    tags: list[str]
+    vector: Sequence[float]
+
+
+@dataclass(frozen=True)
+class ArtifactHit:
+    id: str
+    text: str
+    input: str
+    output: str
+    score: float  # inner product of the question's and the artifact's text embeddings
+
+
+class ArtifactStore(Protocol):
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def upsert_artifacts(self, artifacts: Sequence[Artifact]) -> None: ...
+
+    def delete_artifacts(
+        self, tenant: str, prompt: str, artifact_set: str = "", ids: Sequence[str] = ()
+    ) -> int:
+        """Delete a prompt's artifacts of one tenant (of the set, and/or these ids; with
+        neither, all); how many."""
+
+    def search_artifacts(
+        self, vectors: Sequence[Sequence[float]], tenant: str, prompt: str, artifact_set: str, k: int
+    ) -> list[list[ArtifactHit]]:
+        """For each vector, the `k` artifacts of the tenant's prompt and set nearest to it."""
+
+
 # --- generation (LLM backends) ----------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ VariableValue = Annotated[str, StringConstraints(max_length=1_000)]
 MAX_VARIABLES = 16
 Variables = Annotated[dict[VariableName, VariableValue], Field(max_length=MAX_VARIABLES)]
 # Names the pipeline fills itself; a user variable of the same name would be overwritten.
-RESERVED_VARIABLES = frozenset({"question", "context", "history"})
+RESERVED_VARIABLES = frozenset({"question", "context", "history", "examples"})
 
 
 def conversation_key(tenant: str, conversation_id: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from schemas.artifacts import ArtifactsIndexed, ArtifactsSubmitted, ArtifactsWithdrawn
 from schemas.deadletter import DeadLetter
 from schemas.documents import DocumentIndexed, DocumentSubmitted, DocumentWithdrawn
 from schemas.feedback import FeedbackReceived
@@ -34,6 +35,9 @@ EVENTS: tuple[type[BaseModel], ...] = (
     DocumentSubmitted,
     DocumentWithdrawn,
     DocumentIndexed,
+    ArtifactsSubmitted,
+    ArtifactsWithdrawn,
+    ArtifactsIndexed,
     StageCompleted,
     FeedbackReceived,
     DeadLetter,

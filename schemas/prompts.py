@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from string import Template
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 from pydantic.fields import FieldInfo
 
+from schemas.artifacts import SET_CHARS
 from schemas.conversations import RESERVED_VARIABLES, VariableName
 from schemas.envelope import Frozen, Identifier, utc_now
 from schemas.queries import HydeMode, RetrievalMode
@@ -80,6 +83,12 @@ class PromptVersion(Frozen):
     variables: dict[VariableName, VariableSpec] = Field(
         default_factory=dict, description="The user variables the template renders, with their limits."
     )
+    # Prompt artifacts (schemas/artifacts.py): the `artifacts_k` of the pinned set most
+    # similar to the question are rendered into the template's $examples.
+    artifacts_k: int = Field(default=0, ge=0, le=20, description="Artifacts put into $examples; 0: off.")
+    artifact_set: str = Field(
+        default="", description="The version of the artifact set it uses (`llmops artifacts push` prints it)."
+    )
     version: str = Field(default="", description="Derived: the hash of the rest; any other value is refused.")
 
     @model_validator(mode="after")
@@ -91,6 +100,22 @@ class PromptVersion(Frozen):
                 f"version {self.version!r} is not the hash of this content ({digest}): edits are new versions"
             )
         object.__setattr__(self, "version", digest)  # frozen: set once, here, before anyone sees it
+        return self
+
+    @model_validator(mode="after")
+    def _artifacts_are_pinned(self) -> PromptVersion:
+        uses = "examples" in Template(self.template).get_identifiers()
+        if self.artifacts_k and not re.fullmatch(rf"[0-9a-f]{{{SET_CHARS}}}", self.artifact_set):
+            raise ValueError(
+                "artifacts_k needs artifact_set: the version of the set this prompt is evaluated with "
+                "(`llmops artifacts push` prints it)"
+            )
+        if self.artifact_set and not self.artifacts_k:
+            raise ValueError("artifact_set is set but artifacts_k is 0: say how many artifacts to use")
+        if self.artifacts_k and not uses:
+            raise ValueError("artifacts_k is set but the template has no $examples to render them into")
+        if uses and not self.artifacts_k:
+            raise ValueError("the template uses $examples but artifacts_k is 0: no artifacts would fill it")
         return self
 
     @model_validator(mode="after")
@@ -118,6 +143,8 @@ _HASHED_WHEN_SET = frozenset(
         "summarize_seed",
         "summarize_max_tokens",
         "variables",
+        "artifacts_k",
+        "artifact_set",
     }
 )
 

@@ -75,6 +75,10 @@ class Served(Frozen):
     # Events from before retrieval modes existed were all dense, and before HyDE all off.
     retrieval_mode: RetrievalMode = "dense"
     hyde: HydeMode = Field(default="off", description="How the search vector uses the hypothetical passage.")
+    # Prompt artifacts (schemas/artifacts.py): the set the prompt version pins and the
+    # artifacts prompting put into the prompt, most similar first; empty where none.
+    artifact_set: str = ""
+    artifact_ids: list[Identifier] = Field(default_factory=list)
 
 
 # Version 1 carried Served's fields flat, with the prompt as template_id@template_version.
@@ -120,6 +124,8 @@ class PromptSpec(Frozen):
     summarize_model: str = ""
     summarize_usage: dict[str, int] = Field(default_factory=dict)
     summarize_ms: float = Field(default=0.0, ge=0)
+    # Prompt artifacts: how many prompting puts into `$examples` (0: off).
+    artifacts_k: int = Field(default=0, ge=0, le=20)
 
 
 _SPEC_V1 = (

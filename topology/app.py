@@ -18,6 +18,7 @@ from connectors.embedder import towers
 from connectors.kafka import KafkaSettings, Publisher
 from connectors.llm import build_backend
 from connectors.milvus import MilvusStore
+from connectors.milvus_artifacts import MilvusArtifacts
 from connectors.ports import Deltas
 from schemas.errors import LLMOpsError
 from topology.conversations import KeyedByText, announcer, conversations_table, sweep_idle
@@ -39,6 +40,7 @@ def build_dependencies(settings: Settings) -> Dependencies:
         # The store checks each tower against the encoder its collection records.
         store=MilvusStore(settings.milvus, reader=query, writer=documents),
         llm=build_backend(settings.llm),
+        artifacts=MilvusArtifacts(settings.milvus, encoder=query),
     )
 
 

@@ -12,6 +12,7 @@ from connectors.embedder import OnnxEmbedder
 from connectors.kafka import ensure_topics
 from connectors.migrations import apply
 from connectors.milvus import MilvusStore
+from connectors.milvus_artifacts import MilvusArtifacts
 from topology.settings import Settings
 from topology.topics import analytics_app_id, conversations_topic, leader_topic, registry_topic, topic_specs
 
@@ -50,6 +51,16 @@ def bootstrap(settings: Settings, *, analytics: bool = True) -> BootstrapReport:
         made = store.ensure_collection(embedder.dim)
     finally:
         store.close()
+    # Prompt artifacts are compared with questions: the query encoder embeds both sides.
+    same = settings.embedding.query_encoder == settings.embedding.document_encoder
+    query = embedder if same else OnnxEmbedder(settings.embedding, side="query")
+    query.open()
+    artifacts = MilvusArtifacts(settings.milvus, encoder=query)
+    artifacts.open()
+    try:
+        artifacts.ensure_collection(query.dim)
+    finally:
+        artifacts.close()
     applied = None
     if analytics:
         try:

@@ -9,7 +9,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agents import alerts, analytics_deps, conversation, embedding, generation, indexing, prompting, retrieval
+from agents import (
+    alerts,
+    analytics_deps,
+    artifacts,
+    conversation,
+    embedding,
+    generation,
+    indexing,
+    prompting,
+    retrieval,
+)
 from agents.analytics_deps import AnalyticsDeps
 from agents.runtime import BatchHandler, per_event
 from connectors.kafka import TopicNames
@@ -26,6 +36,12 @@ from schemas import (
     StageCompleted,
 )
 from schemas.alerts import Alert, ExperimentRolledBack, LagBreached
+from schemas.artifacts import (
+    ArtifactsIndexed,
+    ArtifactsSubmitted,
+    ArtifactsWithdrawn,
+    decode_artifact_request,
+)
 from schemas.conversations import TurnCompleted
 from schemas.documents import DocumentWithdrawn, decode_request
 from schemas.prompts import LabelMoved
@@ -84,7 +100,7 @@ STAGES: tuple[Stage, ...] = (
         QueryReceived,
         "prompts",
         PromptAssembled,
-        per_event(prompting.handle),
+        prompting.handle_batch,
         replies_to="responses",
         announces=conversation.announcements,
         # The LM nodes' own rows (prompting runs them, with HyDE, before assembling).
@@ -135,6 +151,17 @@ STAGES: tuple[Stage, ...] = (
         replies_to="indexed",
         decoder=decode_request,
     ),
+    # Prompt artifacts, read by prompting (most similar to the question, one search per batch).
+    Stage(
+        artifacts.STAGE,
+        "prompt_artifacts",
+        ArtifactsSubmitted,
+        "indexed",
+        ArtifactsIndexed,
+        artifacts.handle_batch,
+        replies_to="indexed",
+        decoder=decode_artifact_request,
+    ),
 )
 
 # Who publishes onto the topics that no stage produces.
@@ -143,6 +170,8 @@ ENTRY_POINTS = (
     ("client", "turns", QueryReceived),
     ("client", "documents", DocumentSubmitted),
     ("client", "documents", DocumentWithdrawn),
+    ("client", "prompt_artifacts", ArtifactsSubmitted),
+    ("client", "prompt_artifacts", ArtifactsWithdrawn),
     ("client", "feedback", FeedbackReceived),
 )
 
@@ -280,6 +309,7 @@ def mermaid(names: TopicNames | None = None, app_id: str = "llmops") -> str:
             table = f'table_{_id(stage.keeps)}[("{stage.keeps} table, changelog {changelog}")]'
             lines.append(f"    {stage.name} <-. memory .-> {table}")
     lines.append(f"    {topic('registry')} -. prompt versions .-> prompting")
+    lines.append("    artifacts -. similar artifacts, via Milvus .-> prompting")
     lines.append(f"    {topic('responses')} --> client")
     lines.append(f"    {topic('indexed')} --> client")
     for sink in SINKS:

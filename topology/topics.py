@@ -62,6 +62,7 @@ def topic_specs(
         spec(names.responses, 7),
         spec(names.documents, 7),
         spec(names.indexed, 7),
+        spec(names.prompt_artifacts, 7),
         spec(names.telemetry, 7),
         spec(names.feedback, 30),
         spec(names.alerts, 30),

@@ -28,6 +28,7 @@ from schemas import (
     decode,
     encode,
 )
+from schemas.artifacts import ArtifactContent, ArtifactsSubmitted
 from tests.agents.test_handlers import FakeEmbedder, FakeStore
 from tests.agents.test_runtime import SPEC, Topic
 from topology.graph import STAGES
@@ -49,6 +50,9 @@ VALID = {
     ),
     "DocumentSubmitted": DocumentSubmitted(
         trace_id="t", producer="p", doc_id="d", text="Some words to index."
+    ),
+    "ArtifactsSubmitted": ArtifactsSubmitted(
+        trace_id="t", producer="p", prompt="rag-answer", artifacts=[ArtifactContent(text="An example.")]
     ),
 }
 

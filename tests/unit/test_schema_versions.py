@@ -64,6 +64,8 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "conversation_id": "",
     "rendered_prompt": "",
     "passage_texts": {},
+    "artifact_set": "",
+    "artifact_ids": [],
 }
 # The same for the prompt spec inside the query events.
 ADDED_TO_THE_SPEC: dict[str, Any] = {
@@ -77,6 +79,7 @@ ADDED_TO_THE_SPEC: dict[str, Any] = {
     "summarize_model": "",
     "summarize_usage": {},
     "summarize_ms": 0.0,
+    "artifacts_k": 0,
 }
 
 

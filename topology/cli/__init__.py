@@ -11,7 +11,18 @@ from typing import Any
 
 import click
 
-from topology.cli import ask, conversation, dlq, experiments, graph, model, prompts, reports, stack
+from topology.cli import (
+    artifacts,
+    ask,
+    conversation,
+    dlq,
+    experiments,
+    graph,
+    model,
+    prompts,
+    reports,
+    stack,
+)
 from topology.cli.common import CONFIG_HELP, Invocation, readable_errors
 
 
@@ -57,5 +68,6 @@ for command in (
     graph.topology,
     prompts.prompts,
     experiments.experiments,
+    artifacts.artifacts,
 ):
     main.add_command(command)

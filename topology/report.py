@@ -311,6 +311,10 @@ def trace_text(trace_id: str, stages: Rows, feedback: Rows) -> str:
                 out += ["", f"retrieved ({r['retrieval_mode'] or 'dense'}): {scored}"]
             if r["answer"]:
                 out += ["", f"answer: {r['answer']}", f"citations: {', '.join(r['citations']) or '-'}"]
+        # The prompt artifacts prompting put into the prompt (the same on every later row).
+        used = next((r for r in rows if r.get("artifact_ids")), None)
+        if used is not None:
+            out += ["", f"artifacts (set {used['artifact_set']}): {', '.join(used['artifact_ids'])}"]
     out += ["", "feedback:"]
     if feedback.rows:
         out.append(

@@ -212,7 +212,8 @@ class ReportQueries:
             """
             SELECT stage, started_at, ended_at, round(latency_ms, 2) AS latency_ms, status, error_class,
                    tenant, model, template_id, template_version, input_tokens, output_tokens,
-                   cost_usd, retrieval_mode, passage_ids, passage_scores, question, answer, citations
+                   cost_usd, retrieval_mode, passage_ids, passage_scores, question, answer, citations,
+                   artifact_set, artifact_ids
             FROM telemetry FINAL WHERE trace_id = {trace:String}
             ORDER BY started_at, ended_at
             """,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from connectors.analytics.common import report_window, when
@@ -227,6 +228,20 @@ class ReportQueries:
             {"trace": trace_id},
         )
         return stages, feedback
+
+    async def trace_stages(self, trace_ids: Sequence[str]) -> Rows:
+        """The stage rows of the given traces (a client reading its own requests back,
+        as the follow-up benchmark does): per row the trace, stage, latency (ms), status,
+        model, tokens and the passages retrieval found, in the order the stages ran."""
+        return await self.store.query(
+            """
+            SELECT trace_id, stage, round(latency_ms, 2) AS latency_ms, status, model,
+                   input_tokens, output_tokens, passage_ids, conversation_id
+            FROM telemetry FINAL WHERE trace_id IN {traces:Array(String)}
+            ORDER BY trace_id, started_at, ended_at
+            """,
+            {"traces": list(trace_ids)},
+        )
 
     async def experiment_arms(self, experiment: str, since: datetime) -> Rows:
         """Per arm of an experiment since it started: queries, failures, p95 end-to-end

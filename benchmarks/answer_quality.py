@@ -3,6 +3,7 @@
     python -m benchmarks.answer_quality [--data benchmarks/golden/answers.jsonl] [--out FILE]
         [--backend extractive] [--backend local:LLMOPS_LLM__BACKEND=openai,...]
         [--top-k 2,4] [--prompt FILE ...] [--limit N] [--concurrency 4] [--timeout 180]
+        [--artifacts benchmarks/golden/few_shot.jsonl --artifacts-k 0,3]
 
 The golden set (benchmarks/golden/answers.jsonl) has one JSON object per line:
   question     asked as written
@@ -24,6 +25,13 @@ LLMOPS_LLM__BACKEND=NAME) it starts its own embedded stack with those settings, 
 the sample corpus, registers one prompt version per `--top-k` (the built-in prompt
 retrieving that many passages) and per `--prompt` file (TOML or JSON fields of a prompt
 version), and asks every question pinned to each version, one version after the other.
+
+With `--artifacts FILE` (prompt artifacts, JSON Lines as `llmops artifacts push` reads)
+the file is pushed for the built-in prompt's name in the tenant, and each `--top-k`
+version comes once per `--artifacts-k` N: N = 0 is the version as it is, N > 0 the same
+prompt with the N artifacts nearest to the question rendered before the passages
+(`artifacts_k` = N, pinned to the file's set). The artifacts each answer was given are
+in its row.
 
 Per configuration, means over the cases (a failed question scores 0 on each): citation
 precision and recall against the expected passages, context recall (expected passages
@@ -52,6 +60,7 @@ from benchmarks.ask_latency import pct
 from connectors.analytics import PROBE_TENANT
 from connectors.client import Client, RequestError
 from connectors.registry_log import append
+from schemas.artifacts import ArtifactContent, artifact_set_version
 from schemas.prompts import PromptVersion
 from topology.samples import python_reference
 from topology.settings import Settings
@@ -104,13 +113,40 @@ def environment(extra: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+# The built-in template with the examples before the passages.
+FEW_SHOT_TEMPLATE = "Examples:\n$examples\n\nPassages:\n$context\n\nQuestion: $question\nAnswer:"
+
+
+def read_artifacts(path: Path) -> list[ArtifactContent]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [ArtifactContent.model_validate_json(line) for line in lines if line.strip()]
+
+
 def prompt_versions(
-    builtin: PromptVersion, top_ks: Sequence[int], files: Sequence[Path]
+    builtin: PromptVersion,
+    top_ks: Sequence[int],
+    files: Sequence[Path],
+    artifacts: Sequence[ArtifactContent] = (),
+    artifacts_ks: Sequence[int] = (0,),
 ) -> list[tuple[str, PromptVersion]]:
-    """(name, version) per configuration: the built-in prompt with each passage count,
-    then each file."""
+    """(name, version) per configuration: the built-in prompt with each passage count
+    (and with artifacts, once per artifact count), then each file."""
     base = builtin.model_dump(exclude={"version"})
-    versions = [(f"top{k}", PromptVersion.model_validate({**base, "top_k": k})) for k in top_ks]
+    if not artifacts:
+        artifacts_ks = (0,)
+    few_shot = {"template": FEW_SHOT_TEMPLATE}
+    if artifacts:
+        few_shot["artifact_set"] = artifact_set_version(builtin.name, list(artifacts))
+    versions = [
+        (
+            f"top{k}" + (f"-examples{n}" if artifacts else ""),
+            PromptVersion.model_validate(
+                {**base, "top_k": k, **({**few_shot, "artifacts_k": n} if n else {})}
+            ),
+        )
+        for k in top_ks
+        for n in artifacts_ks
+    ]
     for path in files:
         raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
         versions.append((path.stem, PromptVersion.model_validate(raw)))
@@ -147,6 +183,8 @@ async def ask_case(client: Client, case: GoldenCase, version: str, timeout: floa
         ),
         "latency_ms": (time.perf_counter() - began) * 1000,
         "tokens": sum(r.usage_details.values()),
+        "passages_seen": len(r.passages),
+        "artifacts": list(r.served.artifact_ids),
         "model": r.model,
     }
 
@@ -163,6 +201,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms": pct(latencies, 0.5) if latencies else None,
         "p95_ms": pct(latencies, 0.95) if latencies else None,
         "tokens_per_answer": statistics.mean(r["tokens"] for r in done) if done else None,
+        "passages_seen": statistics.mean(r["passages_seen"] for r in done) if done else None,
+        "artifacts_per_answer": statistics.mean(len(r["artifacts"]) for r in done) if done else None,
         "models": sorted({r["model"] for r in done}),
         "per_case": rows,
     }
@@ -174,6 +214,7 @@ async def run_backend(
     versions: Sequence[tuple[str, PromptVersion]],
     concurrency: int,
     timeout: float,
+    artifacts: Sequence[ArtifactContent] = (),
 ) -> tuple[float, list[dict[str, Any]]]:
     gate = asyncio.Semaphore(concurrency)
 
@@ -185,6 +226,8 @@ async def run_backend(
         started = time.perf_counter()
         await client.ingest(python_reference(), tenant=TENANT, timeout=900)
         ingest_s = time.perf_counter() - started
+        if artifacts:
+            await client.push_artifacts(versions[0][1].name, artifacts, tenant=TENANT, timeout=timeout)
         await append(settings.kafka, registry_topic(settings.worker.app_id), [v for _, v in versions])
         results = []
         for name, version in versions:
@@ -198,7 +241,8 @@ async def run_backend(
 def run(backend: Backend, cases: Sequence[GoldenCase], args: argparse.Namespace) -> list[dict[str, Any]]:
     with environment(backend.env):
         base = Settings()
-    versions = prompt_versions(base.pipeline.prompt, args.top_k, args.prompt)
+    artifacts = read_artifacts(args.artifacts) if args.artifacts else []
+    versions = prompt_versions(base.pipeline.prompt, args.top_k, args.prompt, artifacts, args.artifacts_k)
     with tempfile.TemporaryDirectory(prefix="llmops-answer-quality-") as tmp:
         update = {
             "stack": base.stack.model_copy(
@@ -208,7 +252,7 @@ def run(backend: Backend, cases: Sequence[GoldenCase], args: argparse.Namespace)
         }
         with LocalStack(base.model_copy(update=update), env=backend.env) as stack:
             ingest_s, results = asyncio.run(
-                run_backend(stack.settings, cases, versions, args.concurrency, args.timeout)
+                run_backend(stack.settings, cases, versions, args.concurrency, args.timeout, artifacts)
             )
     return [
         {"config": f"{backend.name}/{r['prompt']}", "backend": backend.name, "ingest_s": ingest_s, **r}
@@ -238,6 +282,15 @@ def main() -> None:
         "--prompt", type=Path, action="append", default=[], help="a prompt version file; repeatable"
     )
     parser.add_argument("--limit", type=int, help="only the first N questions")
+    parser.add_argument(
+        "--artifacts", type=Path, help="prompt artifacts (JSON Lines) for the built-in prompt"
+    )
+    parser.add_argument(
+        "--artifacts-k",
+        type=lambda s: [int(k) for k in s.split(",")],
+        default=[0, 3],
+        help="with --artifacts: artifacts per prompt, one version each (default 0,3)",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="questions in flight")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait per answer")
     args = parser.parse_args()
@@ -255,7 +308,7 @@ def main() -> None:
     print(
         f"{'configuration':<28}"
         + "".join(f"{h:>9}" for h in heads)
-        + f"{'failed':>7}{'p50 ms':>9}{'tokens':>8}"
+        + f"{'failed':>7}{'p50 ms':>9}{'tokens':>8}{'passages':>9}{'examples':>9}"
     )
     for c in configs:
         p50, tokens = (f"{v:.0f}" if v is not None else "-" for v in (c["p50_ms"], c["tokens_per_answer"]))
@@ -263,6 +316,10 @@ def main() -> None:
             f"{c['config'][:28]:<28}"
             + "".join(f"{c['scores'][m]:>9.3f}" for m in METRICS)
             + f"{c['failed']:>7}{p50:>9}{tokens:>8}"
+            + "".join(
+                f"{c[k]:>9.2f}" if c[k] is not None else f"{'-':>9}"
+                for k in ("passages_seen", "artifacts_per_answer")
+            )
         )
 
 

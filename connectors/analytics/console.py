@@ -24,13 +24,15 @@ _FILTERS = f"""{_WINDOW}
        OR startsWith(template_version, {{prompt:String}}))
   AND (empty({{label:String}}) OR label = {{label:String}})
   AND (empty({{mode:String}}) OR retrieval_mode = {{mode:String}})
-  AND (empty({{conversation:String}}) OR conversation_id = {{conversation:String}})
-  AND (empty({{status:String}})
-       OR (trace_id IN (SELECT trace_id FROM telemetry WHERE {_WINDOW} AND status = 'error'))
-          = ({{status:String}} = 'error'))"""  # noqa: S608  (constant SQL; values are bound)
+  AND (empty({{conversation:String}}) OR conversation_id = {{conversation:String}})"""
+# Only with a status filter: the set of failed traces in the window is built even where
+# the filter is empty, a scan of the window's status column.
+_STATUS = f"""
+  AND (trace_id IN (SELECT trace_id FROM telemetry WHERE {_WINDOW} AND status = 'error'))
+      = ({{status:String}} = 'error')"""  # noqa: S608  (constant SQL; values are bound)
 _MATCHING = f"""
 SELECT trace_id FROM telemetry
-WHERE stage = 'prompting' AND {_FILTERS}
+WHERE stage = 'prompting' AND {_FILTERS} STATUS
 ORDER BY started_at DESC LIMIT {{limit:UInt32}}
 """  # noqa: S608  (constant SQL; values are bound)
 # Text: the words of the question or of the answer, read from the full-text indexes of
@@ -43,7 +45,7 @@ _WORDS = "hasAllTokens(lower({column}), lower({{text:String}}))"
 _PHRASE = "positionCaseInsensitiveUTF8({column}, {{text:String}}) > 0"
 _MATCHING_TEXT = f"""
 SELECT trace_id FROM telemetry
-WHERE stage IN ('prompting', 'generation') AND {_FILTERS} AND (TEXT)
+WHERE stage IN ('prompting', 'generation') AND {_FILTERS} STATUS AND (TEXT)
 ORDER BY started_at DESC LIMIT 2 * {{limit:UInt32}}
 """  # noqa: S608  (constant SQL; values are bound)
 _SEARCH = f"""
@@ -67,22 +69,19 @@ ORDER BY first_started DESC LIMIT {{limit:UInt32}}
 _TOKEN = re.compile(r"[A-Za-z0-9\u0080-\U0010ffff]+")
 
 
-def search_sql(text: str) -> str:
-    """The trace search for this text: words from the indexes (each word whole; a text of
-    several words must also appear as typed, case aside); a text with no word in it (only
-    punctuation) is looked for as a substring, reading every row's text."""
+def search_sql(text: str, status: str = "") -> str:
+    """The trace search for this text: its words, whole and in any order, case aside, all
+    in the question or all in the answer, found through the indexes. A text with no word
+    in it (only punctuation) is looked for as a substring, reading every row's text."""
+    status_filter = _STATUS if status else ""
     if not text:
-        return _SEARCH.replace("MATCHING", _MATCHING)
+        return _SEARCH.replace("MATCHING", _MATCHING.replace("STATUS", status_filter))
     columns = ("question", "answer")
-    words = _TOKEN.findall(text)
-    if not words:
-        condition = " OR ".join(_PHRASE.format(column=c) for c in columns)
-    elif len(words) == 1 and words[0] == text.strip():
-        condition = " OR ".join(_WORDS.format(column=c) for c in columns)
-    else:
-        both = (f"({_WORDS.format(column=c)} AND {_PHRASE.format(column=c)})" for c in columns)
-        condition = " OR ".join(both)
-    return _SEARCH.replace("MATCHING", _MATCHING_TEXT.replace("TEXT", condition))
+    # Matching the text as typed too would read the text of every row with its words.
+    found = _WORDS if _TOKEN.search(text) else _PHRASE
+    condition = " OR ".join(found.format(column=c) for c in columns)
+    matching = _MATCHING_TEXT.replace("STATUS", status_filter).replace("TEXT", condition)
+    return _SEARCH.replace("MATCHING", matching)
 
 
 class ConsoleQueries:
@@ -110,7 +109,7 @@ class ConsoleQueries:
         case aside (`search_sql`); `conversation`: the turns of that conversation."""
         window = report_window(timedelta(0), tenant, probes)
         return await self.store.query(
-            search_sql(text),
+            search_sql(text, status),
             {
                 **window,
                 "start": when(start),

@@ -1,11 +1,14 @@
 """The web console in a real browser (Playwright driving Debian's Chromium, no browser
 download) against the running stack with real traffic: every page loads without a
-console error, a known question's trace shows its four stages and its cited passage, a
-word of its answer finds it, a conversation shows its turns, a dead letter replayed from
-the page with the token is answered (as `llmops dlq replay` does, test_dlq.py), a label
-moved from the page serves the next question pinned to it, a wrong token is refused, and
-markup in a question, a feedback comment, a conversation id or an alert's subject stays
-text; an incident shows open on the overview and with its evidence on the alerts page."""
+console error, a known question's trace shows its four stages, its cited passage, the
+prompt as the model got it and the passages' texts, a word of its answer finds it, a
+conversation shows its turns and its rolling summary, a dead letter replayed from the
+page with the token is answered (as `llmops dlq replay` does, test_dlq.py), a label moved
+from the page serves the next question pinned to it, an experiment stopped from the page
+is stopped in the registry (as `llmops experiments stop`), a wrong token is refused, and
+markup in a question, a passage, a feedback comment, a conversation id, a summary or an
+alert's subject stays text; an incident shows open on the overview and with its evidence
+on the alerts page."""
 
 from __future__ import annotations
 
@@ -28,8 +31,10 @@ from agents.routing import Registry, move_label
 from connectors import registry_log
 from connectors.analytics import Analytics
 from connectors.client import Client
+from connectors.conversations import latest_record
 from schemas import QueryReceived, encode, utc_now
 from schemas.alerts import SloBreached
+from schemas.conversations import ConversationState, conversation_key
 from schemas.prompts import Arm, Experiment, PromptVersion
 from tests.integration.analytics_fixtures import opened, stage_event, store_settings
 from tests.integration.test_dlq import letter_for, publish
@@ -38,7 +43,7 @@ from topology.console.views import ACTIONS_OFF, Console, Refused
 from topology.samples import python_reference
 from topology.settings import Settings
 from topology.stack import LocalStack
-from topology.topics import registry_topic
+from topology.topics import conversations_topic, registry_topic
 
 TOKEN = "console-test-token"  # noqa: S105  (a test's own token)
 STAGES = ("prompting", "embedding", "retrieval", "generation")
@@ -93,9 +98,20 @@ async def test_search_finds_traces_by_words_of_the_question_or_the_answer(chdb_d
         end, start = utc_now() + timedelta(seconds=1), utc_now() - timedelta(hours=1)
         found = await analytics.search_traces(start, end, text="ANONYMOUS")
         assert [r["trace_id"] for r in found.dicts()] == ["t0"]
-        assert [
-            r["trace_id"] for r in (await analytics.search_traces(start, end, text="lambda")).dicts()
-        ] == ["t0"]
+
+        async def search(text: str, data: Analytics = analytics) -> list[str]:
+            found = await data.search_traces(utc_now() - timedelta(hours=1), utc_now(), text=text)
+            return [r["trace_id"] for r in found.dicts()]
+
+        # Whole words in any order, case aside, all in one text; no word: a substring.
+        assert await search("lambda") == ["t0"] and await search("Lambda?") == ["t0"]
+        assert await search("a LAMBDA is") == ["t0"] and await search("lambda functions") == []
+        assert await search("lamb") == [] and await search("?") == ["t0"]
+        # The indexes of migration 012 answer the word search.
+        plan = await store.query(
+            "EXPLAIN indexes = 1 SELECT count() FROM telemetry WHERE hasAllTokens(lower(answer), 'anonymous')"
+        )
+        assert "answer_words" in "\n".join(str(r[0]) for r in plan.rows)
         assert {r["trace_id"] for r in (await analytics.search_traces(start, end)).dicts()} == {"t0", "t1"}
         assert not (await analytics.search_traces(start, end, status="error")).rows
         e2e = (await analytics.end_to_end(timedelta(hours=1))).dicts()[0]
@@ -244,6 +260,14 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
     async with Client(settings) as client:
         await client.ingest([lambda_doc], tenant=tenant)
         known = await client.ask("What is a lambda expression?", tenant=tenant, retrieval_mode="dense")
+        # A passage with markup in its text, for the next question to retrieve.
+        marked = {
+            "doc_id": "xss-passage",
+            "title": "lambda markup",
+            "text": f"A lambda passage. {XSS}",
+            "source": "test",
+        }
+        await client.ingest([marked], tenant=tenant)
         tricky = await client.ask(f"lambda {XSS}", tenant=tenant, retrieval_mode="dense")
         await client.feedback(tricky.trace_id, False, comment=XSS, tenant=tenant)
         for turn in ("What is a lambda expression?", "Can it hold statements?"):
@@ -268,7 +292,12 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
         arms=[Arm(label=label, weight=1), Arm(label=f"{label}-b", weight=1)],
         status="stopped",
     )
-    await registry_log.append(settings.kafka, topic, [trial])
+    # And a running one, over labels no request asks for, to stop from the page.
+    running = Experiment(
+        name=f"run-{uuid.uuid4().hex[:6]}",
+        arms=[Arm(label=f"{label}-x", weight=1), Arm(label=f"{label}-y", weight=1)],
+    )
+    await registry_log.append(settings.kafka, topic, [trial, running])
     # A question that failed after its retries ran out, dead-lettered as a stage does.
     failed = QueryReceived(trace_id=f"replay-{uuid.uuid4().hex}", producer="t", question="What is a lambda?")
     letter = letter_for(failed, settings.kafka.topics.queries)
@@ -334,6 +363,15 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
     assert await cited.count() >= 1
     assert known.citations[0] in await cited.first.inner_text()
     assert (await page.page.locator("#answer").inner_text()).strip() == known.answer.strip()
+    # The prompt as the model got it, and each passage's text as it was sent.
+    sent = await page.page.locator("#rendered-prompt").text_content() or ""
+    assert sent.startswith("[system]") and "What is a lambda expression?" in sent
+    texts = page.page.locator("#passages td.passage-text")
+    assert await texts.count() >= 1
+    await texts.first.locator("summary").click()
+    passage = (await texts.first.locator("pre").inner_text()).strip()
+    assert passage and passage[:60] in sent, (passage, sent)
+    await page.shot("trace-prompt-and-passages")
 
     # Found by a word of its answer; a word of no answer finds nothing.
     word = next(w for w in known.answer.split() if len(w) > 6 and w.isalpha())
@@ -375,6 +413,26 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
             served = (await client.ask("What is a lambda?", tenant=tenant, prompt=label)).served.version
     assert served == first.version
 
+    # Stop the running experiment from the page: refused with a wrong token, checked,
+    # then stopped, as `llmops experiments stop NAME --reason ...` records it.
+    await page.open(f"{base}/prompts")
+    stopper = page.page.locator(f".experiment[data-experiment='{running.name}']")
+    await stopper.locator(".stop-reason").fill("enough data")
+    await stopper.locator(".stop-token").fill("wrong")
+    await stopper.locator(".stop-check").click()
+    assert "wrong token" in await stopper.locator(".stop-plan").inner_text()
+    await stopper.locator(".stop-token").fill(TOKEN)
+    await stopper.locator(".stop-check").click()
+    await stopper.locator(".stop-plan", has_text="Stopping").wait_for()
+    await stopper.locator(".stop-confirm").click()
+    await stopper.locator(".stop-result").wait_for()
+    assert f"experiment {running.name} stopped" in await stopper.locator(".stop-result").inner_text()
+    await page.shot("prompts-experiment-stopped")
+    registry = Registry(await asyncio.to_thread(registry_log.read_all, settings.kafka, topic))
+    ended = registry.experiment(running.name)
+    assert ended is not None and (ended.status, ended.reason) == ("stopped", "enough data")
+    assert registry.experiment(trial.name) == trial  # the other one untouched
+
     # Markup in a question and in a feedback comment stays text, on the list and the trace.
     await page.open(f"{base}/traces?tenant={tenant}")
     await page.open(f"{base}/trace?id={tricky.trace_id}")
@@ -382,6 +440,12 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
     await feedback.get_by_text("window.__xss=2", exact=False).wait_for(timeout=30_000)
     await page.shot("trace-xss")
     assert XSS in await page.page.locator("#question").inner_text()
+    assert XSS in (await page.page.locator("#rendered-prompt").text_content() or "")
+    markup = page.page.locator("#passages td.passage-text", has_text="window.__xss=2")
+    assert await markup.count() >= 1, "the passage with markup was not retrieved"
+    await markup.first.locator("summary").click()
+    assert XSS in await markup.first.locator("pre").inner_text()
+    await page.shot("trace-xss-passage")
     assert await page.page.evaluate("window.__xss") is None and not page.dialogs
     assert (
         await page.page.locator("main img").count() == 0
@@ -399,8 +463,33 @@ async def test_the_console_in_chromium(console: LocalStack, browser: Any, tmp_pa
         await page.open(page.page.url)
     assert await page.page.locator("#turns tbody tr").count() == 2
     assert await page.page.locator("#conversation-id").inner_text() == CONVERSATION
+    assert "No summary yet" in await page.page.locator("#conversation-summary").inner_text()
     await page.shot("conversation")
     assert await page.page.evaluate("window.__xss") is None and not page.dialogs
+
+    # The rolling summary, as the summarize node keeps it in the memory (this stack's
+    # extractive backend writes none): a copy of this conversation's memory with one,
+    # under an id of its own, in the table's changelog that `llmops conversation show` reads.
+    changelog = conversations_topic(settings.worker.app_id)
+    record = await asyncio.to_thread(
+        latest_record, settings.kafka, changelog, conversation_key(tenant, CONVERSATION)
+    )
+    assert record is not None
+    state = ConversationState.model_validate_json(record)
+    summarized = f"s-{uuid.uuid4().hex[:8]}"
+    summary = f"The user asked what a lambda expression is. {XSS}"
+    copy = state.model_copy(
+        update={"conversation_id": summarized, "summary": summary, "unsummarized": state.turns[:1]}
+    )
+    await publish(
+        console, changelog, conversation_key(tenant, summarized).encode(), copy.model_dump_json().encode()
+    )
+    await page.open(f"{base}/conversation?id={summarized}&tenant={tenant}")
+    assert await page.page.locator("#conversation-summary").inner_text() == summary
+    assert "1 turn(s) left the memory" in await page.page.locator("#summary").inner_text()
+    await page.shot("conversation-summary")
+    assert await page.page.evaluate("window.__xss") is None and not page.dialogs
+    assert await page.page.locator("main img").count() == 0
 
     # Replay from the page: refused with a wrong token, dry run first, then answered.
     await page.open(f"{base}/deadletters?since=1h")

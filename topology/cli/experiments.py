@@ -38,6 +38,11 @@ def parse_arm(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     return arms
 
 
+def stopped(experiment: Experiment, reason: str) -> Experiment:
+    """The record that ends a running experiment by hand (`stop` here, and the console's)."""
+    return experiment.model_copy(update={"status": "stopped", "ended_at": utc_now(), "reason": reason})
+
+
 @click.group()
 def experiments() -> None:
     """Traffic splits between prompt labels, decided by the workers, sticky per user.
@@ -122,7 +127,7 @@ def stop(s: Settings, name: str, reason: str) -> None:
     experiment = find_experiment(s, name)
     if experiment.status != "running":
         raise click.ClickException(f"experiment {name} is {experiment.status} already")
-    write(s, experiment.model_copy(update={"status": "stopped", "ended_at": utc_now(), "reason": reason}))
+    write(s, stopped(experiment, reason))
     click.echo(f"experiment {name} stopped")
 
 

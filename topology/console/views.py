@@ -1,6 +1,6 @@
 """The console's web views: the HTML shell and its static assets, a JSON API per page,
-and the actions (replay) that need the token. Registered on the analytics app's web
-server beside the query service (`add_console`)."""
+and the actions (replay, label move, experiment stop) that need the token. Registered on
+the analytics app's web server beside the query service (`add_console`)."""
 
 from __future__ import annotations
 
@@ -267,6 +267,28 @@ class Console:
         log.warning("console: label %s -> %s (was %s)", label, prompt.version, moved["was"])
         return {"dry_run": False, **moved}
 
+    async def stop_experiment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What `llmops experiments stop NAME --reason ...` does; `dry_run` (the default)
+        says what would stop and writes nothing."""
+        from topology.cli.experiments import stopped  # the CLI's own record of a stop
+
+        self.check_token(body.get("token"))
+        name, reason = str(body.get("name", "")), str(body.get("reason", ""))
+        if not name:
+            raise Refused(400, "name the experiment to stop")
+        experiment = (await self._registry()).experiment(name)
+        if experiment is None:
+            raise Refused(404, f"no experiment {name!r}")
+        if experiment.status != "running":
+            raise Refused(409, f"experiment {name} is {experiment.status} already")
+        plan = {"experiment": name, "control": experiment.control}
+        if body.get("dry_run", True):
+            return {"dry_run": True, **plan}
+        record = stopped(experiment, reason)
+        await registry_log.append(self.settings.kafka, registry_topic(self.settings.worker.app_id), [record])
+        log.warning("console: experiment %s stopped (%s)", name, reason or "no reason given")
+        return {"dry_run": False, **plan}
+
     # --- helpers ---------------------------------------------------------------------
 
     async def _read_letters(self, stage: str | None, since: timedelta) -> list[DeadLetter]:
@@ -427,3 +449,4 @@ def add_console(app: faust.App, settings: Settings, data: Analytics, is_open: Ca
 
     app.page("/api/deadletters/replay", name="console_api_replay")(action_view(console.replay))
     app.page("/api/prompts/label", name="console_api_label")(action_view(console.move_label))
+    app.page("/api/experiments/stop", name="console_api_stop")(action_view(console.stop_experiment))

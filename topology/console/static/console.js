@@ -275,6 +275,11 @@ async function conversation() {
   const traces = new Map(d.traces.map((t) => [t.trace_id, t]));
   main.append(el("p", { class: "muted" }, "tenant " + s.tenant + " · turns answered " + s.turn_count + " (remembered: the last " + s.turns.length + ") · last active " + s.updated_at.slice(0, 19) + " UTC" +
     (s.in_flight ? " · being answered: " + s.in_flight + ", waiting: " + s.pending.length : "")));
+  main.append(el("div", { class: "panel", id: "summary" }, el("h2", {}, "Rolling summary"),
+    s.summary ? el("pre", { id: "conversation-summary" }, s.summary)
+      : el("p", { class: "muted", id: "conversation-summary" }, "No summary yet: every turn still fits in the memory."),
+    el("p", { class: "muted" }, "Summarizes the turns older than those below" +
+      (s.unsummarized.length ? "; " + s.unsummarized.length + " turn(s) left the memory and wait for the next summary" : "") + ".")));
   const first = s.turn_count - s.turns.length + 1;
   main.append(el("div", { class: "panel", id: "turns" }, table(["turn", "at", "question", "searched as", "answer", "cited", "trace", "total ms"],
     s.turns.map((t, i) => {
@@ -310,11 +315,20 @@ async function trace() {
   }
   const retrieval = rows.filter((r) => r.passage_ids && r.passage_ids.length);
   const cited = new Set(generation.flatMap((r) => r.citations || []));
+  // The text of each passage the model got (kept by the generation stage's telemetry).
+  const texts = new Map(generation.flatMap((r) => Object.entries(r.passage_texts || {})));
+  const kept = generation.some((r) => r.rendered_prompt);
   for (const r of retrieval) {
     main.append(el("div", { class: "panel", id: "passages" }, el("h2", {}, "Passages (" + (r.retrieval_mode || "dense") + ")"),
-      table(["rank", "passage", "fused score", "dense", "BM25", "cited"],
+      table(["rank", "passage", "fused score", "dense", "BM25", "cited", "text sent to the model"],
         r.passage_ids.map((p, i) => [num(i + 1), p, num(r.passage_scores[i], 4), num((r.dense_scores || [])[i], 4), num((r.bm25_scores || [])[i], 4),
-          el("td", { class: cited.has(p) ? "cited" : "muted" }, cited.has(p) ? "cited" : "")]))));
+          el("td", { class: cited.has(p) ? "cited" : "muted" }, cited.has(p) ? "cited" : ""), passageText(texts.get(p), kept)]))));
+  }
+  for (const g of generation.filter((r) => r.rendered_prompt)) {
+    main.append(el("div", { class: "panel" }, el("h2", {}, "Rendered prompt"), el("pre", { class: "prompt", id: "rendered-prompt" }, g.rendered_prompt)));
+  }
+  if (generation.length && !kept) {
+    main.append(el("p", { class: "muted", id: "no-payloads" }, "The rendered prompt and passage texts of this trace were not kept (LLMOPS_TELEMETRY__KEEP_PAYLOADS)."));
   }
   for (const g of generation) {
     main.append(el("div", { class: "panel" }, el("h2", {}, "Answer"), el("pre", { id: "answer" }, g.answer || "(no answer)"),
@@ -330,6 +344,11 @@ async function trace() {
   main.append(el("div", { class: "panel" }, el("h2", {}, "Every row (JSON)"),
     [...rows.map((r) => ["telemetry", r.stage, r]), ...d.feedback.map((f) => ["feedback", f.name, f]), ...d.letters.map((l) => ["dead letter", l.stage, l])]
       .map(([kind, name, row]) => el("details", {}, el("summary", {}, kind + " · " + name), el("pre", {}, JSON.stringify(row, null, 2))))));
+}
+
+function passageText(text, kept) {
+  if (text === undefined) return el("td", { class: "muted" }, kept ? "(not sent: over the prompt budget)" : "-");
+  return el("td", { class: "passage-text" }, el("details", {}, el("summary", {}, text.length > 90 ? text.slice(0, 90) + "…" : text), el("pre", {}, text)));
 }
 
 function waterfall(rows) {
@@ -436,13 +455,14 @@ async function prompts() {
       d.versions.map((p) => [el("code", {}, p.version), p.name, p.model || "(worker)", num(p.temperature, 1), num(p.top_k), p.retrieval_mode, p.hyde, p.labels.join(", "), p.description]),
       "The registry is empty (llmops prompts push FILE).")));
   for (const e of d.experiments) {
-    main.append(el("div", { class: "panel experiment" }, el("h2", {}, "Experiment " + e.name + " (" + e.status + ")"),
+    main.append(el("div", { class: "panel experiment", "data-experiment": e.name }, el("h2", {}, "Experiment " + e.name + " (" + e.status + ")"),
       el("p", { class: "muted" }, "since " + e.started_at.slice(0, 19) + (e.ended_at ? " until " + e.ended_at.slice(0, 19) : "") +
         " · margin " + e.margin + " · at least " + e.min_samples + " ratings per arm · α " + e.alpha + (e.auto_rollback ? " · rolls back automatically" : "") + (e.reason ? " · " + e.reason : "")),
       table(["arm", "split", "queries", "failed", "ratings", "mean rating", "95% interval", "p95 ms", "USD per query", "verdict"],
         (e.results.length ? e.results : e.arms.map((a) => ({ arm: a.label, weight: a.weight, ci95: [] }))).map((r) => [r.arm, num(r.weight), num(r.queries), num(r.failed), num(r.ratings),
           num(r.mean_rating, 3), r.ci95 && r.ci95[0] !== null && r.ci95[0] !== undefined ? "[" + fmt(r.ci95[0]) + ", " + fmt(r.ci95[1]) + "]" : "-",
-          num(r.p95_ms, 0), num(r.cost_per_query_usd, 6), el("span", { title: r.detail || "" }, r.verdict || "-")]))));
+          num(r.p95_ms, 0), num(r.cost_per_query_usd, 6), el("span", { title: r.detail || "" }, r.verdict || "-")])),
+      e.status === "running" ? experimentStopper(e) : null));
   }
   const options = d.versions.map((p) => p.version);
   const a = el("select", { name: "a", id: "diff-a" }, options.map((v, i) => el("option", { value: v, selected: i === 0 }, v)));
@@ -461,6 +481,38 @@ async function prompts() {
   });
   main.append(el("div", { class: "panel" }, el("h2", {}, "Diff two versions"), field("from", a), " ", field("to", b), " ", go, out));
   main.append(labelMover(d, options));
+}
+
+function experimentStopper(e) {
+  // As `llmops experiments stop NAME --reason ...`: a check first, then the stop.
+  const reason = el("input", { class: "stop-reason", placeholder: "reason (kept with the experiment)", size: 30, disabled: !config.actions });
+  const token = el("input", { type: "password", class: "stop-token", placeholder: "console token", autocomplete: "off", disabled: !config.actions });
+  const check = el("button", { type: "button", class: "stop-check", disabled: !config.actions }, "Stop this experiment…");
+  const out = el("div", { class: "stop-outcome" });
+  const send = (dryRun) => api("/api/experiments/stop", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ token: token.value, name: e.name, reason: reason.value, dry_run: dryRun }),
+  });
+  check.addEventListener("click", async () => {
+    try {
+      const plan = await send(true);
+      const confirm = el("button", { type: "button", class: "danger stop-confirm" }, "Stop " + plan.experiment + " now");
+      out.replaceChildren(el("p", { class: "stop-plan" }, "Stopping " + plan.experiment + ": every request for label " + plan.control + " is served by " + plan.control + " again, with no split."), confirm);
+      confirm.addEventListener("click", async () => {
+        confirm.disabled = true;
+        try {
+          const done = await send(false);
+          out.append(el("p", { class: "ok stop-result" }, "experiment " + done.experiment + " stopped"));
+        } catch (err) {
+          out.append(el("p", { class: "error stop-result" }, String(err.message)));
+        }
+      });
+    } catch (err) {
+      out.replaceChildren(el("p", { class: "error stop-plan" }, String(err.message)));
+    }
+  });
+  return el("div", { class: "stopper" }, config.actions ? null : el("p", { class: "notice" }, config.actions_message),
+    field("reason", reason), " ", field("token", token), " ", check, out);
 }
 
 function labelMover(d, options) {

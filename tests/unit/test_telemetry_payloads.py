@@ -72,3 +72,15 @@ def test_other_stages_carry_no_payloads():
     source, _ = generated(PASSAGES)
     r = stage_completed("retrieval", None, source, T0, T0, "t", "default", TelemetrySettings())
     assert r.rendered_prompt == "" and r.passage_texts == {}
+
+
+@pytest.mark.parametrize("mode", ["drop", "keep"])
+def test_otlp_spans_never_carry_the_payloads(mode):
+    from connectors.otlp import OtlpSettings, SpanBuilder
+
+    source, out = generated(PASSAGES)
+    r = stage_completed("generation", source, out, T0, T0, "t", "default", TelemetrySettings())
+    assert r.rendered_prompt and r.passage_texts
+    spans = SpanBuilder(OtlpSettings(text=mode)).spans([r])
+    values = [str(v) for span in spans for v in (span.attributes or {}).values()]
+    assert not [v for v in values if "passage 0" in v or "Answer from the context" in v], values

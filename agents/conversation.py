@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from string import Template
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agents.telemetry import TelemetrySettings, priced, redact
-from connectors.ports import RenderedPrompt
+from connectors.ports import Budgeted, RenderedPrompt
 from schemas import (
     ContextRetrieved,
     Event,
@@ -50,6 +50,8 @@ CONDENSE = "condense"
 SUMMARIZE = "summarize"
 # Shown before the earlier turns when the template does not place $history itself.
 HISTORY_HEADER = "Earlier in this conversation:\n"
+# How a backend with no tokenizer of its own counts, as connectors.llm falls back to.
+CHARS_PER_TOKEN = 4
 
 
 class ConversationSettings(BaseModel):
@@ -58,8 +60,18 @@ class ConversationSettings(BaseModel):
     memory_turns: int = Field(
         default=4, ge=1, le=50, description="Turns a conversation remembers and the answer prompt shows."
     )
+    memory_tokens: int = Field(
+        default=256,
+        ge=0,
+        description="Tokens the remembered turns may take in a prompt, counted as the prompt budget counts "
+        "(the LLM server's tokenizer, else characters / 4). Older turns beyond it leave for the rolling "
+        "summary (summarize node); the last turn always stays. 0: no token limit.",
+    )
     retention_s: float = Field(
-        default=7 * 24 * 3600.0, gt=0, description="A conversation idle this long is forgotten."
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="A conversation idle this long is forgotten: its next turn starts afresh, and the sweep "
+        "deletes it from the table (a tombstone in the changelog).",
     )
     sweep_every_s: float = Field(
         default=600.0, gt=0, description="How often each worker deletes its idle conversations."
@@ -145,12 +157,16 @@ def _remember(
     state: ConversationState, done: TurnCompleted, settings: ConversationSettings
 ) -> ConversationState:
     """The answered turn joins the memory; turns beyond `memory_turns` leave it for the
-    unsummarized list, which the next turn's summarize node folds into the summary (turns
-    the summary took in leave the list; with no LM, the oldest are dropped at the limit)."""
-    summary, unsummarized = state.summary, state.unsummarized
+    unsummarized list, which the next turn's summarize node folds into the summary. The
+    summary took in the first `done.summarized` of the unsummarized list followed by the
+    remembered turns (those over the token budget), which is what the turn was sent with:
+    they leave. With no LM, the oldest unsummarized turns are dropped at the limit."""
+    summary, unsummarized, turns = state.summary, state.unsummarized, state.turns
     if done.summary is not None:
-        summary, unsummarized = done.summary, unsummarized[done.summarized :]
-    turns = [*state.turns, done.turn] if done.turn else state.turns
+        from_list = min(done.summarized, len(unsummarized))
+        summary, unsummarized = done.summary, unsummarized[from_list:]
+        turns = turns[done.summarized - from_list :]
+    turns = [*turns, done.turn] if done.turn else turns
     left, turns = turns[: -settings.memory_turns], turns[-settings.memory_turns :]
     unsummarized = [*unsummarized, *left][-settings.memory_turns :]
     return state.model_copy(
@@ -320,24 +336,60 @@ class Condensed:
     ms: float = 0.0
 
 
+def turn_text(turn: Turn) -> str:
+    return f"User: {turn.question}\nAssistant: {turn.answer}"
+
+
 def history_text(turns: Sequence[Turn], summary: str = "") -> str:
     lines = [f"Summary of earlier turns: {summary}"] if summary else []
-    return "\n".join([*lines, *(f"User: {t.question}\nAssistant: {t.answer}" for t in turns)])
+    return "\n".join([*lines, *(turn_text(t) for t in turns)])
+
+
+async def turn_tokens(turns: Sequence[Turn], llm: Any) -> list[int]:
+    """Each turn's tokens as the prompt shows it, counted as the prompt budget counts: by
+    a budgeted backend (the LLM server's tokenizer, or its approximation), else
+    characters / CHARS_PER_TOKEN."""
+    texts = [turn_text(t) for t in turns]
+    if isinstance(llm, Budgeted):
+        return list((await llm.count_tokens(texts)).counts)
+    return [-(-len(text) // CHARS_PER_TOKEN) for text in texts]
+
+
+def over_budget(counts: Sequence[int], budget: int) -> int:
+    """How many of the oldest turns (token `counts`, oldest first) leave so that the rest
+    fit in `budget` tokens. The last turn always stays: a follow-up leans on it most, and
+    extractive condense needs its question. 0: no limit."""
+    if budget <= 0:
+        return 0
+    kept, total = 0, 0
+    for count in reversed(counts):
+        if kept and total + count > budget:
+            break
+        kept, total = kept + 1, total + count
+    return len(counts) - kept
 
 
 async def condense(
-    prompt: PromptVersion, query: QueryReceived, question: str, deps: Any, summary: str | None = None
+    prompt: PromptVersion,
+    query: QueryReceived,
+    question: str,
+    deps: Any,
+    summary: str | None = None,
+    history: Sequence[Turn] | None = None,
 ) -> Condensed:
-    """The follow-up as a standalone question. No memory (a first turn), or condense off:
-    the question as it is. With the extractive backend (no LM): the previous question
-    prepended, which carries its topic words into retrieval but resolves nothing else."""
-    if not query.memory or not prompt.condense:
+    """The follow-up as a standalone question, from the earlier turns (`history`: those
+    within the token budget; default all the memory). No memory (a first turn), or
+    condense off: the question as it is. With the extractive backend (no LM): the previous
+    question prepended, which carries its topic words into retrieval but resolves nothing
+    else."""
+    turns = list(query.memory if history is None else history)
+    if not turns or not prompt.condense:
         return Condensed(question)
     if deps.llm.name == "extractive":
-        return Condensed(f"{query.memory[-1].question} {question}")
+        return Condensed(f"{turns[-1].question} {question}")
     try:
         instruction = Template(prompt.condense_instruction).substitute(
-            history=history_text(query.memory, query.summary if summary is None else summary),
+            history=history_text(turns, query.summary if summary is None else summary),
             question=question,
         )
     except (KeyError, ValueError) as exc:
@@ -364,21 +416,32 @@ async def condense(
 @dataclass(frozen=True)
 class Summarized:
     text: str  # the rolling summary the answer prompt shows
-    taken: int = 0  # unsummarized turns it took in; 0: the summary as it was
+    # Turns it took in, the unsummarized ones first, then remembered ones over the token
+    # budget (TurnCompleted.summarized); 0: the summary as it was.
+    taken: int = 0
+    kept: list[Turn] = field(default_factory=list)  # the remembered turns the prompts show
     model: str = ""
     usage: dict[str, int] | None = None
     ms: float = 0.0
 
 
 async def summarize(prompt: PromptVersion, query: QueryReceived, deps: Any) -> Summarized:
-    """Fold the turns that left the memory into the rolling summary. Nothing to fold,
-    summarize off, or the extractive backend (no LM): the summary as it was (with
-    extractive there is none: the oldest turns are dropped)."""
-    if not query.unsummarized or not prompt.summarize or deps.llm.name == "extractive":
-        return Summarized(query.summary)
+    """Keep the remembered turns within `conversation.memory_tokens` (the newest that
+    fit; the last always) and fold the rest, with the turns that left the memory by
+    count, into the rolling summary. Nothing to fold, summarize off, or the extractive
+    backend (no LM): the summary as it was, and the turns over the budget are not shown
+    (with extractive there is no summary: the oldest turns are dropped)."""
+    settings: ConversationSettings = deps.conversation
+    memory = list(query.memory)
+    leaving = 0
+    if memory and settings.memory_tokens:
+        leaving = over_budget(await turn_tokens(memory, deps.llm), settings.memory_tokens)
+    kept, folding = memory[leaving:], [*query.unsummarized, *memory[:leaving]]
+    if not folding or not prompt.summarize or deps.llm.name == "extractive":
+        return Summarized(query.summary, kept=kept)
     try:
         instruction = Template(prompt.summarize_instruction).substitute(
-            summary=query.summary or "(none yet)", turns=history_text(query.unsummarized)
+            summary=query.summary or "(none yet)", turns=history_text(folding)
         )
     except (KeyError, ValueError) as exc:
         raise PermanentError(f"prompt {prompt.version}: summarize instruction: {exc!r}") from exc
@@ -397,7 +460,7 @@ async def summarize(prompt: PromptVersion, query: QueryReceived, deps: Any) -> S
     )
     ms = round((time.perf_counter() - started) * 1000, 3)
     text = " ".join(written.text.split()) or query.summary
-    return Summarized(text, len(query.unsummarized), written.model, dict(written.usage_details), ms)
+    return Summarized(text, len(folding), kept, written.model, dict(written.usage_details), ms)
 
 
 def with_history(spec: PromptSpec, template: str, rendered: str) -> str:

@@ -39,7 +39,9 @@ async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
     admitted = intake.admit(query, pipeline, prompt.top_k)
     variables = conversation.template_variables(prompt, query)  # before any LM call is paid for
     summarized = await conversation.summarize(prompt, query, deps)
-    condensed = await conversation.condense(prompt, query, admitted.question, deps, summarized.text)
+    condensed = await conversation.condense(
+        prompt, query, admitted.question, deps, summarized.text, summarized.kept
+    )
     served = Served(
         prompt=prompt.name,
         version=prompt.version,
@@ -62,7 +64,7 @@ async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
         top_k=admitted.top_k,
         max_tokens=prompt.max_tokens,
         conversation_id=query.conversation_id,
-        history=query.memory,
+        history=summarized.kept,
         condense_model=condensed.model,
         condense_usage=condensed.usage or {},
         condense_ms=condensed.ms,

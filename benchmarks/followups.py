@@ -163,9 +163,13 @@ async def read_back(settings: Settings, traces: list[str], wait_s: float = 60) -
         await analytics.close()
 
 
-def score(mode: str, results: list[dict[str, Any]], rows: dict[str, list[dict]], dialogues: list[Dialogue]):
+def score(
+    mode: str, results: list[dict[str, Any]], rows: dict[str, list[dict]], dialogues: list[Dialogue]
+) -> dict[str, Any]:
     by_second = {d.second: d for d in dialogues}
-    hits, ends, nodes = [], [], {n: [] for n in NODES}
+    hits: list[float] = []
+    ends: list[float] = []
+    nodes: dict[str, list[float]] = {n: [] for n in NODES}
     for r in results:
         if "error" in r:
             hits.append(0.0)  # a failed follow-up is a miss

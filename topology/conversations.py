@@ -6,7 +6,7 @@ conversation stage gets any event (faust's recovery), so no turn is forgotten.""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -59,6 +59,12 @@ class KeyedByText(MutableMapping[str, bytes]):
     def __len__(self) -> int:
         return len(self._table)
 
+    def partition_of(self, key: str) -> int:
+        return key_partition(key.encode(), self._partitions)
+
+    def changelog_name(self) -> str:
+        return str(self._table.changelog_topic.get_topic_name())
+
 
 def conversations_table(app: faust.App, settings: Settings) -> Any:
     """The table (KeyedByText places its writes, so faust's own placement is not used)."""
@@ -82,14 +88,28 @@ def conversations_table(app: faust.App, settings: Settings) -> Any:
     )
 
 
-def sweep_idle(app: faust.App, memory: MutableMapping[str, bytes], settings: ConversationSettings) -> None:
-    """Every worker deletes the idle conversations its table holds, every
-    `sweep_every_s`. Not only on the leader: each worker holds its own partitions. A
-    standby copy swept too writes the same tombstone the owner would."""
+def owned(memory: KeyedByText, actives: Iterable[Any]) -> Callable[[str], bool]:
+    """Whether a key is in a partition this worker owns (actively, from the topic
+    partitions faust assigned it): its table also holds standby copies of other workers'
+    partitions, which are theirs to change."""
+    changelog = memory.changelog_name()
+    partitions = {tp.partition for tp in actives if tp.topic == changelog}
+    return lambda key: memory.partition_of(key) in partitions
+
+
+def sweep_idle(app: faust.App, memory: KeyedByText, settings: ConversationSettings) -> None:
+    """Every worker deletes the idle conversations of the partitions it owns, every
+    `sweep_every_s`: a timer on each worker, not on the leader, since each holds its own
+    partitions; not in standby copies, whose stale state could otherwise tombstone a
+    conversation its owner has just continued. A conversation's next turn after the
+    retention starts afresh anyway (agents.conversation.step), so the sweep only frees
+    the memory and the changelog of the ones nobody comes back to."""
 
     async def forget_idle_conversations() -> None:
+        mine = owned(memory, app.assignor.assigned_actives())
         for key in expired(memory, settings, utc_now()):
-            del memory[key]
+            if mine(key):
+                del memory[key]
 
     app.timer(interval=settings.sweep_every_s, name="forget-idle-conversations")(forget_idle_conversations)
 

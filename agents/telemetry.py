@@ -109,6 +109,7 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
     match output:
         case PromptAssembled(prompt=p):
             found["question"] = p.variables.get("question", "")
+            found["memory_turns"] = len(p.history)  # a turn that used the conversation's memory
             if p.hyde_model:  # the LLM call that wrote the HyDE passage
                 found.update(
                     model=p.hyde_model,

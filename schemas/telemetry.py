@@ -28,6 +28,9 @@ class StageCompleted(Event):
     model: str = ""
     served: Served | None = Field(default=None, description="What served the request; None before prompting.")
     conversation_id: str = Field(default="", description="The conversation of the request, or empty.")
+    memory_turns: int = Field(
+        default=0, ge=0, description="prompting: the conversation's earlier turns its prompts showed."
+    )
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)

@@ -44,6 +44,7 @@ class ReportData:
     alerts: Rows
     lag: Rows | None = None  # per stage, from the last consumer lag sample in the window
     speed: Rows | None = None  # per model: time to first token and tokens/s of streamed answers
+    conversations: Rows | None = None  # per number of turns: conversations, turns that used memory
 
 
 def describe_window(window: timedelta) -> str:
@@ -79,6 +80,7 @@ async def collect(
         analytics.alerts(since),
     )
     speed = await analytics.generation_speed(since, tenant, probes)
+    conversations = await analytics.turns_per_conversation(since, tenant, probes)
     lag = await analytics.lag(since)
     return ReportData(
         describe_window(since),
@@ -94,6 +96,7 @@ async def collect(
         alerts,
         lag,
         speed=speed,
+        conversations=conversations,
     )
 
 
@@ -148,6 +151,45 @@ def _speed_rows(data: ReportData) -> list[list[Any]]:
 
 
 FEEDBACK_HEADERS = ("prompt version", "name", "type", "label", "ratings", "mean score")
+CONVERSATION_HEADERS = ("turns", "conversations", "turns in them", "turns with memory")
+# Turns per conversation beyond 5 are grouped: the shape matters there, not each count.
+_TURN_BUCKETS = ((6, "6-10"), (11, "11-20"), (21, "21+"))
+
+
+def _turns_label(turns: int) -> str:
+    label = str(turns)
+    for low, name in _TURN_BUCKETS:
+        if turns >= low:
+            label = name
+    return label
+
+
+def _conversation_rows(data: ReportData) -> list[list[Any]]:
+    """Per number of turns (grouped past 5): conversations, their turns, and how many of
+    those used memory."""
+    buckets: dict[str, list[int]] = {}
+    for r in data.conversations.dicts() if data.conversations is not None else []:
+        turns, conversations = int(r["turns"]), int(r["conversations"])
+        bucket = buckets.setdefault(_turns_label(turns), [0, 0, 0])
+        bucket[0] += conversations
+        bucket[1] += turns * conversations
+        bucket[2] += int(r["turns_with_memory"])
+    return [[label, *counts] for label, counts in buckets.items()]
+
+
+def conversation_summary(data: ReportData) -> str | None:
+    """One line: conversations, turns per conversation, and the share of turns that used
+    memory; None when the window holds no conversation."""
+    rows = _conversation_rows(data)
+    if not rows:
+        return None
+    conversations, turns, memory = (sum(r[i] for r in rows) for i in (1, 2, 3))
+    return (
+        f"{conversations} conversation(s), {turns} turns ({turns / conversations:.1f} per conversation); "
+        f"{memory} of {turns} turns ({100 * memory / turns:.0f}%) used memory"
+    )
+
+
 LAG_HEADERS = ("stage", "partitions", "total lag", "max lag", "peak total", "sampled at")
 
 
@@ -172,6 +214,13 @@ def text(data: ReportData) -> str:
     if _speed_rows(data):
         out.append("Generation speed per model (streamed answers)")
         out += [text_table(SPEED_HEADERS, _speed_rows(data)), ""]
+    summary = conversation_summary(data)
+    if summary is not None:
+        out += [
+            "Conversations: turns per conversation, and turns whose prompts showed earlier turns",
+            summary,
+        ]
+        out += [text_table(CONVERSATION_HEADERS, _conversation_rows(data)), ""]
     out.append("Feedback per prompt version")
     out.append(text_table(FEEDBACK_HEADERS, _feedback_rows(data)) if data.feedback.rows else "(none yet)")
     out += ["", "Alerts (llmops alerts lists them)"]
@@ -230,11 +279,20 @@ def html(data: ReportData) -> str:
         charts.bar_chart("tokens", "Tokens per tenant", sorted(tokens.items()), "tokens"),
         charts.line_chart("feedback", "Mean feedback score per prompt version over time", feedback, "score"),
     ]
+    conversation_rows = _conversation_rows(data)
+    if conversation_rows:
+        bars = [(f"{r[0]} turns", float(r[1])) for r in conversation_rows]
+        figures.append(charts.bar_chart("turns", "Conversations by number of turns", bars, "conversations"))
     tables = [
         _html_table("Latency, requests and errors per stage", LATENCY_HEADERS, _latency_rows(data)),
         _html_table("Consumer lag per stage (messages)", LAG_HEADERS, _lag_rows(data)),
         _html_table("Tokens and cost per tenant and model", COST_HEADERS, data.cost.rows),
         _html_table("Generation speed per model (streamed answers)", SPEED_HEADERS, _speed_rows(data)),
+        _html_table(
+            f"Conversations: {conversation_summary(data) or 'none in this window'}",
+            CONVERSATION_HEADERS,
+            conversation_rows,
+        ),
         _html_table("Feedback per prompt version", FEEDBACK_HEADERS, _feedback_rows(data)),
         _html_table("Alerts", ALERT_HEADERS, _alert_rows(data.alerts)),
     ]

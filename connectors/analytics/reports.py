@@ -171,6 +171,28 @@ class ReportQueries:
             {**report_window(since, tenant, probes), "bucket": max(bucket_s, 1)},
         )
 
+    async def turns_per_conversation(self, since: timedelta, tenant: str = "", probes: bool = False) -> Rows:
+        """Turns per conversation in the window: for each number of turns, how many
+        conversations had that many, and how many of their turns used memory (their
+        prompts showed earlier turns). A turn is a prompting row of a conversation; a
+        conversation that began before the window counts its turns in it."""
+        return await self.store.query(
+            """
+            SELECT turns, count() AS conversations, sum(with_memory) AS turns_with_memory
+            FROM (
+                SELECT tenant, conversation_id, count() AS turns,
+                       countIf(memory_turns > 0) AS with_memory
+                FROM telemetry FINAL
+                WHERE stage = 'prompting' AND status = 'ok' AND conversation_id != ''
+                  AND started_at >= {since:DateTime64(3, 'UTC')}
+                  AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}
+                GROUP BY tenant, conversation_id
+            )
+            GROUP BY turns ORDER BY turns
+            """,
+            report_window(since, tenant, probes),
+        )
+
     async def slowest(
         self, since: timedelta, limit: int = 10, tenant: str = "", probes: bool = False
     ) -> Rows:

@@ -155,3 +155,17 @@ def test_the_sweep_deletes_idle_conversations_of_owned_partitions_only():
     assert interval == 5
     assert sorted(memory) == sorted(k for k in keys if key_partition(k.encode(), 4) not in mine)
     assert len(memory) < len(keys)  # some were deleted: the keys span several partitions
+
+
+def test_the_prompting_row_says_how_many_earlier_turns_the_prompts_showed():
+    from agents.telemetry import TelemetrySettings, stage_completed
+
+    def row(memory: list[Turn]) -> int:
+        query = turn("And it?", "t9", memory=memory)
+        assembled = asyncio.run(prompting.handle(query, deps()))
+        recorded = stage_completed("prompting", query, assembled, NOW, NOW, "t9", "acme", TelemetrySettings())
+        assert recorded.conversation_id == "c-1"
+        return recorded.memory_turns
+
+    assert row([]) == 0
+    assert row(turns("one", "two")) == 2

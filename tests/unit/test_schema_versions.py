@@ -62,6 +62,7 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "context_tokens_cut": 0,
     "tokens_counted_by": "",
     "conversation_id": "",
+    "memory_turns": 0,
     "rendered_prompt": "",
     "passage_texts": {},
     "artifact_set": "",

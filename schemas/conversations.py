@@ -55,7 +55,12 @@ class TurnCompleted(Event):
     summary: str | None = Field(
         default=None, description="The rolling summary the turn's summarize node wrote; None: unchanged."
     )
-    summarized: int = Field(default=0, ge=0, description="How many of the unsummarized turns it took in.")
+    summarized: int = Field(
+        default=0,
+        ge=0,
+        description="How many turns the summary took in: the unsummarized ones first, then the oldest "
+        "remembered ones (those over the memory's token budget).",
+    )
 
 
 class ConversationState(Frozen):

@@ -169,3 +169,26 @@ def test_the_prompting_row_says_how_many_earlier_turns_the_prompts_showed():
 
     assert row([]) == 0
     assert row(turns("one", "two")) == 2
+
+
+def test_conversation_show_prints_the_summary_and_each_turns_question_answer_and_trace():
+    from schemas.conversations import ConversationState
+    from topology.cli.conversation import conversation_text
+
+    state = ConversationState(
+        tenant="acme",
+        conversation_id="c-1",
+        turns=[
+            Turn(trace_id="t3", question="q3", standalone="q2 q3", answer="a3", citations=["p-9"]),
+            Turn(trace_id="t4", question="q4", answer="a4"),
+        ],
+        summary="They asked about lambdas.",
+        turn_count=4,
+    )
+    row = {"stage": "condense", "latency_ms": 812.5, "input_tokens": 90, "output_tokens": 12}
+    shown = conversation_text(state, {"t3": [row], "t4": []})
+    assert "turns answered 4 (remembered: the last 2)" in shown
+    assert "summary of the turns before these: They asked about lambdas." in shown
+    assert "turn 3  trace t3" in shown and "searched as: q2 q3" in shown and "cited: p-9" in shown
+    assert "trace: condense 812.5 ms (90+12 tok)" in shown
+    assert "turn 4  trace t4" in shown and "trace: not in the analytics store (yet)" in shown

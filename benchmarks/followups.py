@@ -4,7 +4,7 @@ expression?")?
 
     python -m benchmarks.followups [--data benchmarks/dialogues/followups.jsonl]
         [--modes off,extractive,local] [--limit N] [--concurrency 1] [--timeout 180]
-        [--answer-tokens 48] [--answer-prompt-tokens 256] [--out FILE]
+        [--answer-tokens 32] [--answer-prompt-tokens 256] [--third 8] [--out FILE]
 
 The dialogues (benchmarks/dialogues/followups.jsonl) have one JSON object per line:
   first        the first turn, which names the topic
@@ -25,7 +25,10 @@ Modes, each a conversation per dialogue (the first turn, then the second), top 4
 `off` and `extractive` share one embedded stack, `local` starts its own with the openai
 backend. Answers are not scored here, so the local model's answers are capped
 (`--answer-tokens`, and `--answer-prompt-tokens` for the whole answer prompt) to keep
-the run short; the first turn's capped answer is what condense sees of it.
+the run short; the first turn's capped answer is what condense sees of it. Two turns never
+summarize, so in `local` the first `--third` dialogues get a third turn (THIRD) with
+`memory_turns` 1: its summarize node folds the first turn into the summary (not scored;
+its rows time the summarize node).
 
 Hit@4: an expected passage among the 4 that retrieval found for the follow-up (read back
 from the retrieval stage's telemetry row: a response carries only the passages that fit
@@ -64,6 +67,7 @@ TOP_K = 4
 MODES = ("off", "extractive", "local")
 # The LM nodes of the query path, as their telemetry rows name them (generation: answer).
 NODES = ("summarize", "condense", "hyde", "generation")
+THIRD = "Is there anything else to know about it?"
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ def versions(builtin: PromptVersion, answer_tokens: int | None) -> dict[str, Pro
 
 
 async def converse(
-    client: Client, dialogue: Dialogue, mode: str, version: str, timeout: float
+    client: Client, dialogue: Dialogue, mode: str, version: str, timeout: float, third: bool = False
 ) -> dict[str, Any]:
     conversation = f"followups-{mode}-{uuid.uuid4().hex[:10]}"
     row: dict[str, Any] = {"mode": mode, "second": dialogue.second, "conversation": conversation}
@@ -133,13 +137,19 @@ async def converse(
         second = await client.ask(
             dialogue.second, tenant=TENANT, conversation=conversation, prompt=version, timeout=timeout
         )
+        second_ms = (time.perf_counter() - began) * 1000
+        if third:
+            more = await client.ask(
+                THIRD, tenant=TENANT, conversation=conversation, prompt=version, timeout=timeout
+            )
+            row["third_trace"] = more.trace_id
     except (RequestError, TimeoutError) as exc:
         return {**row, "error": f"{type(exc).__name__}: {exc}"[:300]}
     return {
         **row,
         "first_trace": first.trace_id,
         "second_trace": second.trace_id,
-        "second_ms": (time.perf_counter() - began) * 1000,
+        "second_ms": second_ms,
         "answer": second.answer,
     }
 
@@ -180,8 +190,8 @@ def score(
         r["hit"] = hit_at(found, by_second[r["second"]].passages)
         hits.append(r["hit"])
         ends.append(r["second_ms"])
-        for trace in (r["first_trace"], r["second_trace"]):
-            for x in rows.get(trace, []):
+        for trace in (r["first_trace"], r["second_trace"], r.get("third_trace")):
+            for x in rows.get(trace or "", []):
                 if x["stage"] in nodes and x["status"] == "ok":
                     nodes[x["stage"]].append(float(x["latency_ms"]))
     return {
@@ -202,6 +212,7 @@ async def run_modes(
     answer_tokens: int | None,
     concurrency: int,
     timeout: float,
+    thirds: int = 0,
 ) -> tuple[float, list[dict[str, Any]]]:
     chosen = versions(settings.pipeline.prompt, answer_tokens)
     gate = asyncio.Semaphore(concurrency)
@@ -215,12 +226,13 @@ async def run_modes(
             version = chosen["off" if mode == "off" else "on"].version
             await until_served(client, version, timeout)
 
-            async def one(d: Dialogue, mode: str = mode, version: str = version) -> dict[str, Any]:
+            async def one(n: int, d: Dialogue, mode: str = mode, version: str = version) -> dict[str, Any]:
                 async with gate:
-                    return await converse(client, d, mode, version, timeout)
+                    return await converse(client, d, mode, version, timeout, third=n < thirds)
 
-            results.append((mode, list(await asyncio.gather(*(one(d) for d in dialogues)))))
-    traces = [t for _, rs in results for r in rs for t in (r.get("first_trace"), r.get("second_trace")) if t]
+            results.append((mode, list(await asyncio.gather(*(one(n, d) for n, d in enumerate(dialogues))))))
+    keys = ("first_trace", "second_trace", "third_trace")
+    traces = [r[k] for _, rs in results for r in rs for k in keys if r.get(k)]
     rows = await read_back(settings, traces)
     return ingest_s, [score(mode, rs, rows, dialogues) for mode, rs in results]
 
@@ -240,9 +252,17 @@ def run_stack(
         began = time.perf_counter()
         with LocalStack(base.model_copy(update=update), env=backend.env) as stack:
             up_s = time.perf_counter() - began
-            tokens = args.answer_tokens if backend.name == "local" else None
+            local = backend.name == "local"
             ingest_s, scored = asyncio.run(
-                run_modes(stack.settings, dialogues, modes, tokens, args.concurrency, args.timeout)
+                run_modes(
+                    stack.settings,
+                    dialogues,
+                    modes,
+                    args.answer_tokens if local else None,
+                    args.concurrency,
+                    args.timeout,
+                    args.third if local else 0,
+                )
             )
     return [
         {"backend": backend.name, "stack_up_s": round(up_s, 1), "ingest_s": round(ingest_s, 1), **s}
@@ -260,7 +280,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only the first N dialogues")
     parser.add_argument("--concurrency", type=int, default=1, help="dialogues in flight (1: clean latencies)")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait per answer")
-    parser.add_argument("--answer-tokens", type=int, default=48, help="local: the answers' max_tokens")
+    parser.add_argument("--answer-tokens", type=int, default=32, help="local: the answers' max_tokens")
+    parser.add_argument(
+        "--third", type=int, default=8, help="local: a third turn for the first N dialogues (times summarize)"
+    )
     parser.add_argument(
         "--answer-prompt-tokens",
         type=int,
@@ -283,6 +306,7 @@ def main() -> None:
         env = {
             "LLMOPS_LLM__BACKEND": "openai",
             "LLMOPS_LLM__MAX_PROMPT_TOKENS": str(args.answer_prompt_tokens),
+            "LLMOPS_CONVERSATION__MEMORY_TURNS": "1",  # so that a third turn summarizes the first
         }
         configs += run_stack(Backend("local", env), ["local"], dialogues, args)
     report = {"data": str(args.data), "dialogues": len(dialogues), "top_k": TOP_K, "configs": configs}

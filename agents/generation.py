@@ -157,4 +157,5 @@ async def handle(event: ContextRetrieved, deps: Dependencies) -> ResponseGenerat
         context=budget,
         ttft_ms=generation.ttft_ms,
         tokens_per_s=generation.tokens_per_s,
+        rendered_prompt=f"[system]\n{prompt.system}\n\n[user]\n{prompt.user}",
     )

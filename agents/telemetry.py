@@ -146,16 +146,15 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
     return found
 
 
-def payloads(source: Event | None, output: Event | None, limit: int) -> dict[str, object]:
-    """The generation's prompt as the model got it (rendered again from the same event and
-    passages) and the text of each passage sent, each cut to `limit` characters."""
-    if not isinstance(source, ContextRetrieved) or not isinstance(output, ResponseGenerated):
+def payloads(output: Event | None, limit: int) -> dict[str, object]:
+    """The generation's prompt as the model got it and the text of each passage sent, each
+    cut to `limit` characters."""
+    if not isinstance(output, ResponseGenerated):
         return {}
-    from agents.generation import render  # here: generation imports conversation, which imports this
-
-    prompt = render(source, output.passages)
-    text = f"[system]\n{prompt.system}\n\n[user]\n{prompt.user}"
-    return {"rendered_prompt": text[:limit], "passage_texts": {p.id: p.text[:limit] for p in output.passages}}
+    return {
+        "rendered_prompt": output.rendered_prompt[:limit],
+        "passage_texts": {p.id: p.text[:limit] for p in output.passages},
+    }
 
 
 def stage_completed(
@@ -176,7 +175,7 @@ def stage_completed(
         if field in found:
             found[field] = redact(str(found[field]), settings.text)
     if settings.keep_payloads and settings.text == "keep":
-        found.update(payloads(source, output, settings.payload_max_chars))
+        found.update(payloads(output, settings.payload_max_chars))
     model = str(found.get("model", ""))
     tokens_in, tokens_out = int(found.get("input_tokens", 0)), int(found.get("output_tokens", 0))  # type: ignore[call-overload]
     cost, known = priced(settings.prices, model, tokens_in, tokens_out) if model else (0.0, True)

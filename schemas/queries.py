@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 from schemas.conversations import ConversationId, Turn, Variables
 from schemas.envelope import Event, Frozen, Identifier
@@ -236,6 +237,9 @@ class ResponseGenerated(Event):
     tokens_per_s: float | None = Field(
         default=None, ge=0, description="Output tokens per second after the first; None unless streamed."
     )
+    # The prompt as the model got it, for the generation stage's own telemetry (kept there
+    # when allowed); never serialized, so neither topics nor clients carry it.
+    rendered_prompt: SkipJsonSchema[str] = Field(default="", exclude=True)
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """The generation's payloads in telemetry (the console's trace page): the prompt as the
-model got it and each sent passage's text, cut to the limit, kept only when allowed."""
+model got it and each sent passage's text, cut to the limit, kept only when allowed, and
+never on the wire of the response nor in OTLP spans."""
 
 from __future__ import annotations
 
 import pytest
 
-from agents.generation import render
 from agents.telemetry import TelemetrySettings, stage_completed
-from schemas import ContextRetrieved, Passage, PromptSpec, ResponseGenerated, Served, utc_now
+from schemas import ContextRetrieved, Passage, PromptSpec, ResponseGenerated, Served, encode, utc_now
 
 SERVED = Served(prompt="rag", version="7", temperature=0)
 SPEC = PromptSpec(
@@ -23,6 +23,7 @@ PASSAGES = [
     Passage(id=f"p{i}", doc_id="d", title=f"T{i}", text=f"passage {i} " + "x" * 50, chunk=i, score=1.0)
     for i in range(3)
 ]
+PROMPT = "[system]\nAnswer from the context.\n\n[user]\nContext:\n[1] T0\npassage 0 ...\n\nQuestion: why <b>?"
 T0 = utc_now()
 
 
@@ -37,6 +38,7 @@ def generated(sent: list[Passage]) -> tuple[ContextRetrieved, ResponseGenerated]
         passages=sent,
         model="m",
         served=SERVED,
+        rendered_prompt=PROMPT,
     )
     return source, out
 
@@ -45,19 +47,21 @@ def test_the_prompt_as_sent_and_the_sent_passages_are_kept():
     sent = [PASSAGES[0], PASSAGES[2].model_copy(update={"text": "cut to fit"})]
     source, out = generated(sent)
     r = stage_completed("generation", source, out, T0, T0, "t", "default", TelemetrySettings())
-    prompt = render(source, sent)
-    assert r.rendered_prompt == f"[system]\n{prompt.system}\n\n[user]\n{prompt.user}"
-    assert "passage 0" in r.rendered_prompt and "cut to fit" in r.rendered_prompt
-    assert "passage 1" not in r.rendered_prompt  # left out by the budget, so not in the prompt
+    assert r.rendered_prompt == PROMPT
     assert r.passage_texts == {"p0": PASSAGES[0].text, "p2": "cut to fit"}
+
+
+def test_the_response_on_the_wire_does_not_carry_the_prompt():
+    _, out = generated(PASSAGES)
+    assert b"Answer from the context" not in encode(out)
+    assert "rendered_prompt" not in ResponseGenerated.model_json_schema()["properties"]
 
 
 def test_payloads_are_cut_to_the_limit():
     source, out = generated(PASSAGES)
-    r = stage_completed(
-        "generation", source, out, T0, T0, "t", "default", TelemetrySettings(payload_max_chars=20)
-    )
-    assert len(r.rendered_prompt) == 20 and r.rendered_prompt.startswith("[system]\nAnswer")
+    settings = TelemetrySettings(payload_max_chars=20)
+    r = stage_completed("generation", source, out, T0, T0, "t", "default", settings)
+    assert r.rendered_prompt == PROMPT[:20]
     assert r.passage_texts == {p.id: p.text[:20] for p in PASSAGES}
 
 

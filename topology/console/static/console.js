@@ -216,7 +216,7 @@ async function traces() {
     field("label", el("input", { name: "label", value: get("label"), size: 10 })),
     field("retrieval", el("select", { name: "mode" }, ["", "dense", "bm25", "hybrid"].map((s) => el("option", { value: s, selected: s === get("mode") }, s || "any")))),
     field("conversation", el("input", { name: "conversation", value: get("conversation"), size: 10 })),
-    field("text in question or answer", el("input", { name: "text", value: get("text"), size: 24, id: "search-text" })),
+    field("words in question or answer", el("input", { name: "text", value: get("text"), size: 24, id: "search-text", title: "whole words, any order, case aside: all in the question or all in the answer" })),
     el("button", { type: "submit", id: "search-button" }, "Search"),
   );
   const result = el("div", { id: "trace-results" });

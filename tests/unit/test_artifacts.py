@@ -119,3 +119,13 @@ def test_filters_keep_an_adversarial_prompt_name_a_value(prompt):
     assert json.loads(expr.split("prompt == ", 1)[1].split(" and artifact_set")[0]) == prompt
     with pytest.raises(PermanentError):
         artifact_filter('acme" or tenant != "', prompt)
+
+
+def test_the_docs_few_shot_prompt_file_is_a_valid_version():
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "prompts-and-experiments.md").read_text()
+    [block] = re.findall(r"```json\n(.*?)```", page, flags=re.S)
+    prompt = PromptVersion.model_validate_json(block)
+    assert prompt.artifacts_k == 3 and "$examples" in prompt.template

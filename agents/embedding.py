@@ -33,6 +33,9 @@ async def handle_batch(events: Sequence[PromptAssembled], deps: Dependencies) ->
         deps.embedder.embed, texts + [events[i].prompt.hyde_passage for i in hyde]
     )
     passages: dict[int, np.ndarray] = dict(zip(hyde, vectors[len(events) :], strict=True))
+    # A tower that follows an alias tells which encoder made these vectors (another batch
+    # may have switched it since); retrieval searches the collection that encoder fits.
+    model = getattr(vectors, "encoder", "") or deps.embedder.name
     tokens = deps.embedder.count_tokens(texts)
     return [
         e.follow(
@@ -40,7 +43,7 @@ async def handle_batch(events: Sequence[PromptAssembled], deps: Dependencies) ->
             STAGE,
             prompt=e.prompt,
             vector=search_vector(v, passages.get(i), e.prompt.served.hyde).tolist(),
-            embedding_model=deps.embedder.name,
+            embedding_model=model,
             input_tokens=n,
             latency_ms=e.latency_ms,
         )

@@ -1,6 +1,10 @@
 """Retrieval: the queries of a micro-batch go to Milvus in one search call per tenant and
 retrieval mode (per leg; Milvus Lite's cost is mostly per call), each filtered on its
-tenant. Dense searches with the query vector, bm25 and hybrid also with its words."""
+tenant. Dense searches with the query vector, bm25 and hybrid also with its words.
+
+Each search names the query encoder that embedded its questions: the store searches the
+collection that encoder belongs with (behind an alias switched a moment ago, the one it
+replaced), so every answer's passages come from one collection and one vector space."""
 
 from __future__ import annotations
 
@@ -16,11 +20,11 @@ STAGE = "retrieval"
 
 
 async def handle_batch(events: Sequence[QueryEmbedded], deps: Dependencies) -> list[ContextRetrieved]:
-    groups: dict[tuple[str, RetrievalMode], list[int]] = defaultdict(list)
+    groups: dict[tuple[str, RetrievalMode, str], list[int]] = defaultdict(list)
     for i, event in enumerate(events):
-        groups[event.tenant, event.prompt.served.retrieval_mode].append(i)
+        groups[event.tenant, event.prompt.served.retrieval_mode, event.embedding_model].append(i)
     found: list[Found] = [Found(hits=[]) for _ in events]
-    for (tenant, mode), indices in groups.items():
+    for (tenant, mode, encoder), indices in groups.items():
         k = max(events[i].prompt.top_k for i in indices)
         results = await asyncio.to_thread(
             deps.store.search,
@@ -29,6 +33,7 @@ async def handle_batch(events: Sequence[QueryEmbedded], deps: Dependencies) -> l
             k,
             texts=[events[i].prompt.retrieval_text for i in indices],
             mode=mode,
+            encoder=encoder,
         )
         for i, result in zip(indices, results, strict=True):
             found[i] = result

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -32,6 +33,11 @@ _NOT_LOADED = 101
 _TEXT_LIMIT = 65_535  # Milvus VARCHAR max_length
 # The collection property that records the document encoder which filled it.
 ENCODER_PROPERTY = "llmops.document_encoder"
+# The collection an alias pointed at before it was switched to this one (kept for the
+# questions embedded before the switch, and for `llmops reindex --rollback`).
+PREVIOUS_PROPERTY = "llmops.previous"
+# Milvus's code for "collection not found": a name renamed into an alias a moment ago.
+_NOT_FOUND = 100
 
 
 class MilvusSettings(BaseModel):
@@ -91,6 +97,22 @@ class Tower(Protocol):
     def record(self) -> EncoderRecord: ...
 
 
+@dataclass(frozen=True)
+class Current:
+    """What the configured name points at now: the collection itself, or through an alias
+    (`llmops reindex` switches it) the collection behind it, with the document encoder that
+    collection records and the collection the alias pointed at before it (or "")."""
+
+    name: str
+    collection: str
+    record: EncoderRecord | None
+    previous: str = ""
+
+    @property
+    def aliased(self) -> bool:
+        return self.collection != self.name
+
+
 class MilvusStore:
     """Open with `open()`; the constructor does no I/O.
 
@@ -105,9 +127,10 @@ class MilvusStore:
     ) -> None:
         self._settings = settings
         self._client: Any = None
-        self._has_bm25: bool | None = None  # learnt from the collection's schema on first use
+        self._bm25: dict[str, bool] = {}  # by collection, learnt from its schema on first use
         self._reader, self._writer = reader, writer
         self._filled_by: EncoderRecord | None | bool = False  # False: not read yet
+        self._records: dict[str, EncoderRecord | None] = {}  # by collection (behind an alias)
 
     @property
     def collection(self) -> str:
@@ -194,64 +217,111 @@ class MilvusStore:
         # A property, not the schema description: Milvus Lite drops descriptions.
         properties = {ENCODER_PROPERTY: filled_by.to_json()} if filled_by else {}
         client.create_collection(name, schema=schema, index_params=index, properties=properties)
-        self._has_bm25, self._filled_by = True, filled_by
+        self._bm25[name], self._filled_by = True, filled_by
         return True
 
+    def current(self) -> Current:
+        """What the configured name points at now (one describe call). The stages read it
+        once per micro-batch, so an alias switch moves every reader at once. While a plain
+        collection is turned into an alias (renamed, then aliased: two calls a moment
+        apart) its name is missing; that is waited out."""
+        name = self._settings.collection
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                described = self._call("describe_collection", collection_name=name)
+                break
+            except PermanentError as exc:
+                if not_found(exc) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                raise
+        properties = described.get("properties") or {}
+        raw = properties.get(ENCODER_PROPERTY)
+        record = EncoderRecord.from_json(raw) if raw else None
+        collection = str(described.get("collection_name") or name)
+        self._records[collection] = record
+        return Current(name, collection, record, str(properties.get(PREVIOUS_PROPERTY, "")))
+
     def filled_by(self) -> EncoderRecord | None:
-        """The document encoder the collection records (None: made before records were
-        kept). Read once, on first use."""
+        """The document encoder the collection (behind the alias) records (None: made
+        before records were kept). Read once, on first use."""
         if self._filled_by is False:
-            described = self._call("describe_collection", collection_name=self._settings.collection)
-            raw = (described.get("properties") or {}).get(ENCODER_PROPERTY)
-            self._filled_by = EncoderRecord.from_json(raw) if raw else None
+            self._filled_by = self.current().record
         assert self._filled_by is not True
         return self._filled_by
 
-    def _reread(self) -> EncoderRecord | None:
-        """The record again: before refusing, in case the collection was made anew (or an
-        alias moved) since it was read."""
-        self._filled_by = False
-        return self.filled_by()
+    def record_of(self, collection: str) -> EncoderRecord | None:
+        """The record of a collection by its own name (read once per name)."""
+        if collection not in self._records:
+            described = self._call("describe_collection", collection_name=collection)
+            raw = (described.get("properties") or {}).get(ENCODER_PROPERTY)
+            self._records[collection] = EncoderRecord.from_json(raw) if raw else None
+        return self._records[collection]
 
-    def _check_reader(self) -> None:
-        if self._reader is None:
-            return
-        recorded = self.filled_by()
-        if recorded is not None and not belongs(self._reader.name, recorded):
-            recorded = self._reread()
-        if recorded is None or belongs(self._reader.name, recorded):
-            return
+    def _readable(self, encoder: str | None) -> str:
+        """The collection to search with vectors of query encoder `encoder` (None: the
+        reader's): the one the name points at, or, for questions embedded just before an
+        alias switch, the one it pointed at before. Refuses one that does not belong."""
+        query = encoder if encoder is not None else (self._reader.name if self._reader else None)
+        current = self.current()
+        self._filled_by = recorded = current.record
+        if query is None or recorded is None or belongs(query, recorded):
+            return current.collection
+        if current.previous:
+            before = self.record_of(current.previous)
+            if before is not None and belongs(query, before):
+                return current.previous
         raise PermanentError(
             f"Milvus collection {self._settings.collection!r} was filled by the document encoder "
             f"{recorded.name} (fingerprint {recorded.fingerprint}); the query encoder "
-            f"{self._reader.name} does not belong with it and would find nonsense neighbours. Set "
+            f"{query} does not belong with it and would find nonsense neighbours. Set "
             f"LLMOPS_EMBEDDING__QUERY_ENCODER={recorded.name}, or re-index the documents with "
-            f"{self._reader.name} into a new collection (LLMOPS_EMBEDDING__DOCUMENT_ENCODER="
-            f"{self._reader.name}, LLMOPS_MILVUS__COLLECTION=NEW, `llmops bootstrap`, `llmops ingest`)"
+            f"{query} (`llmops reindex --model {query}`)"
         )
 
-    def _check_writer(self) -> None:
-        if self._writer is None:
-            return
-        recorded, ours = self.filled_by(), self._writer.record()
-        if recorded is not None and recorded.fingerprint != ours.fingerprint:
-            recorded = self._reread()
-        if recorded is not None and recorded.fingerprint != ours.fingerprint:
-            raise PermanentError(
-                f"Milvus collection {self._settings.collection!r} was filled by the document encoder "
-                f"{recorded.name} (fingerprint {recorded.fingerprint}); writing vectors of "
-                f"{ours.name} (fingerprint {ours.fingerprint}) would mix two vector spaces. Set "
-                f"LLMOPS_EMBEDDING__DOCUMENT_ENCODER={recorded.name} as it was, or index into a new "
-                "collection (LLMOPS_MILVUS__COLLECTION=NEW)"
+    def _writable(self) -> str:
+        """The collection to write the writer's vectors into: the one the name points at,
+        if they belong there."""
+        current = self.current()
+        self._filled_by = recorded = current.record
+        if self._writer is None or recorded is None:
+            return current.collection
+        ours = self._writer.record()
+        if recorded.fingerprint == ours.fingerprint:
+            return current.collection
+        before = self.record_of(current.previous) if current.previous else None
+        if before is not None and before.fingerprint == ours.fingerprint:
+            # The alias moved after these vectors were made: a retry embeds them again
+            # with the encoder of the collection it points at now.
+            raise TransientError(
+                f"Milvus alias {current.name!r} moved to {current.collection!r} ({recorded.name}) "
+                f"while these passages were embedded with {ours.name}"
             )
+        raise PermanentError(
+            f"Milvus collection {self._settings.collection!r} was filled by the document encoder "
+            f"{recorded.name} (fingerprint {recorded.fingerprint}); writing vectors of "
+            f"{ours.name} (fingerprint {ours.fingerprint}) would mix two vector spaces. Set "
+            f"LLMOPS_EMBEDDING__DOCUMENT_ENCODER={recorded.name} as it was, or index into a new "
+            "collection (LLMOPS_MILVUS__COLLECTION=NEW)"
+        )
 
-    def has_bm25(self) -> bool:
-        """Whether the collection has the BM25 field (collections made before hybrid
-        retrieval have not: `llmops reindex` copies them into one that has)."""
-        if self._has_bm25 is None:
-            fields = self._call("describe_collection", collection_name=self._settings.collection)["fields"]
-            self._has_bm25 = any(f["name"] == "sparse" for f in fields)
-        return self._has_bm25
+    # The checks by their older names (connectors/milvus_artifacts.py calls them).
+    def _check_reader(self) -> None:
+        self._readable(None)
+
+    def _check_writer(self) -> None:
+        self._writable()
+
+    def has_bm25(self, collection: str | None = None) -> bool:
+        """Whether the collection (default: the configured one) has the BM25 field
+        (collections made before hybrid retrieval have not: `llmops reindex` copies them
+        into one that has)."""
+        name = collection or self._settings.collection
+        if name not in self._bm25:
+            fields = self._call("describe_collection", collection_name=name)["fields"]
+            self._bm25[name] = any(f["name"] == "sparse" for f in fields)
+        return self._bm25[name]
 
     def upsert(self, chunks: Sequence[Chunk]) -> None:
         rows = [
@@ -266,15 +336,17 @@ class MilvusStore:
             }
             for c in chunks
         ]
-        if rows:
-            self._check_writer()
-        if rows and self.has_bm25():
+        if not rows:
+            return
+        # Into the collection the check was made against, not the name: an alias switch
+        # between the check and the write cannot put these vectors beside another encoder's.
+        target = self._writable()
+        if self.has_bm25(target):
             for row, c in zip(rows, chunks, strict=True):
                 row["content"] = content(c.title, c.text)[:_TEXT_LIMIT]
-        if rows:
-            self._call("upsert", collection_name=self._settings.collection, data=rows)
-            if self._settings.seal_after_upsert:
-                self._call("flush", collection_name=self._settings.collection)
+        self._call("upsert", collection_name=target, data=rows)
+        if self._settings.seal_after_upsert:
+            self._call("flush", collection_name=target)
 
     def search(
         self,
@@ -284,34 +356,54 @@ class MilvusStore:
         *,
         texts: Sequence[str] = (),
         mode: RetrievalMode = "dense",
+        encoder: str | None = None,
     ) -> list[Found]:
         """One search call per leg for many queries of one tenant; one Found per query.
-        `texts` (the queries' words) are needed by the bm25 and hybrid modes."""
-        if mode != "dense":
-            if len(texts) != len(vectors):
-                raise ValueError("bm25 and hybrid retrieval need one text per query vector")
-            if not self.has_bm25():
-                raise PermanentError(
-                    f"Milvus collection {self._settings.collection!r} has no BM25 field (it was created "
-                    f"before {mode} retrieval existed): copy it with `llmops reindex --to NEW` and set "
-                    "LLMOPS_MILVUS__COLLECTION=NEW, or use the dense retrieval mode"
-                )
+        `texts` (the queries' words) are needed by the bm25 and hybrid modes. `encoder`:
+        the query encoder that made `vectors` (default: the reader's); it picks the
+        collection, and every leg searches that one collection."""
+        if mode != "dense" and len(texts) != len(vectors):
+            raise ValueError("bm25 and hybrid retrieval need one text per query vector")
         if len(vectors) == 0:
             return []
-        self._check_reader()
+        try:
+            return self._search(self._readable(encoder), vectors, tenant, top_k, texts, mode)
+        except PermanentError as exc:
+            if not not_found(exc):
+                raise
+            # Renamed under us (a plain collection turned into an alias): ask again.
+            return self._search(self._readable(encoder), vectors, tenant, top_k, texts, mode)
+
+    def _search(
+        self,
+        collection: str,
+        vectors: Sequence[Sequence[float]],
+        tenant: str,
+        top_k: int,
+        texts: Sequence[str],
+        mode: RetrievalMode,
+    ) -> list[Found]:
+        if mode != "dense" and not self.has_bm25(collection):
+            raise PermanentError(
+                f"Milvus collection {collection!r} has no BM25 field (it was created "
+                f"before {mode} retrieval existed): copy it with `llmops reindex --to NEW` and set "
+                "LLMOPS_MILVUS__COLLECTION=NEW, or use the dense retrieval mode"
+            )
         if mode == "dense":
             found_dense = [
-                _hits(f, "vector") for f in self._leg("vector", [list(v) for v in vectors], tenant, top_k)
+                _hits(f, "vector")
+                for f in self._leg(collection, "vector", [list(v) for v in vectors], tenant, top_k)
             ]
             return [Found(hits=hits, dense_scores=[h.score for h in hits]) for hits in found_dense]
         if mode == "bm25":
-            found_bm25 = [_hits(f, "sparse") for f in self._leg("sparse", list(texts), tenant, top_k)]
+            legs = self._leg(collection, "sparse", list(texts), tenant, top_k)
+            found_bm25 = [_hits(f, "sparse") for f in legs]
             return [Found(hits=hits, bm25_scores=[h.score for h in hits]) for hits in found_bm25]
         # Each leg returns its passages' fields: measured on Milvus Lite, a 100-deep leg
         # costs the same with them as with ids alone, and it saves fetching the winners.
         depth = max(top_k, self._settings.fusion_candidates)
-        dense = self._leg("vector", [list(v) for v in vectors], tenant, depth)
-        bm25 = self._leg("sparse", list(texts), tenant, depth)
+        dense = self._leg(collection, "vector", [list(v) for v in vectors], tenant, depth)
+        bm25 = self._leg(collection, "sparse", list(texts), tenant, depth)
         results = []
         for d, b in zip(dense, bm25, strict=True):
             entities = {str(row["id"]): row["entity"] for leg in (d, b) for row in leg}
@@ -327,7 +419,7 @@ class MilvusStore:
             )
         return results
 
-    def _leg(self, field_name: str, data: list[Any], tenant: str, limit: int) -> Any:
+    def _leg(self, collection: str, field_name: str, data: list[Any], tenant: str, limit: int) -> Any:
         search_params: dict[str, Any] = {"metric_type": "IP" if field_name == "vector" else "BM25"}
         if field_name == "vector" and self._settings.index_type == "HNSW":
             search_params["params"] = {"ef": max(self._settings.search_ef, limit)}
@@ -335,7 +427,7 @@ class MilvusStore:
             search_params["params"] = {"nprobe": self._settings.search_nprobe}
         return self._call(
             "search",
-            collection_name=self._settings.collection,
+            collection_name=collection,
             data=data,
             anns_field=field_name,
             filter=tenant_filter(tenant),
@@ -431,6 +523,11 @@ class MilvusStore:
             raise error(f"Milvus {method} failed: {exc}") from exc
         except ConnectionError as exc:
             raise TransientError(f"Milvus {method} failed: {exc}") from exc
+
+
+def not_found(exc: BaseException) -> bool:
+    """Whether Milvus said the collection does not exist."""
+    return getattr(exc.__cause__, "code", None) == _NOT_FOUND
 
 
 def _hit(pid: Any, entity: dict[str, Any], score: float) -> Hit:

@@ -86,6 +86,7 @@ class PassageStore(Protocol):
         *,
         texts: Sequence[str] = (),
         mode: RetrievalMode = "dense",
+        encoder: str | None = None,
     ) -> list[Found]: ...
 
 

@@ -14,10 +14,9 @@ import faust
 from agents.deps import Dependencies
 from agents.routing import Registry
 from agents.runtime import Incoming, StageRunner
-from connectors.embedder import towers
 from connectors.kafka import KafkaSettings, Publisher
 from connectors.llm import build_backend
-from connectors.milvus import MilvusStore
+from connectors.milvus_aliases import following
 from connectors.milvus_artifacts import MilvusArtifacts
 from connectors.ports import Deltas
 from schemas.errors import LLMOpsError
@@ -32,13 +31,14 @@ log = logging.getLogger(__name__)
 
 
 def build_dependencies(settings: Settings) -> Dependencies:
-    query, documents = towers(settings.embedding)
+    # The towers follow the collection the store's name points at (an alias switch moves
+    # them); the store checks each against the encoder its collection records.
+    query, documents, store = following(settings.embedding, settings.milvus)
     return Dependencies(
         pipeline=settings.pipeline,
         embedder=query,
         document_embedder=documents,
-        # The store checks each tower against the encoder its collection records.
-        store=MilvusStore(settings.milvus, reader=query, writer=documents),
+        store=store,
         llm=build_backend(settings.llm),
         artifacts=MilvusArtifacts(settings.milvus, encoder=query),
     )

@@ -16,6 +16,7 @@ from agents import (
     conversation,
     embedding,
     generation,
+    index_changes,
     indexing,
     prompting,
     retrieval,
@@ -44,6 +45,7 @@ from schemas.artifacts import (
 )
 from schemas.conversations import TurnCompleted
 from schemas.documents import DocumentWithdrawn, decode_request
+from schemas.indexes import IndexChange
 from schemas.prompts import LabelMoved
 from topology.topics import CONVERSATIONS_TABLE, registry_topic
 
@@ -173,6 +175,7 @@ ENTRY_POINTS = (
     ("client", "prompt_artifacts", ArtifactsSubmitted),
     ("client", "prompt_artifacts", ArtifactsWithdrawn),
     ("client", "feedback", FeedbackReceived),
+    ("reindex", "index_changes", IndexChange),  # `llmops reindex`
 )
 
 
@@ -235,6 +238,16 @@ SINKS: tuple[Sink, ...] = (
         after_new=analytics_deps.deliver_alerts,
         key="alert_id",
         decoder=alerts.decode_alert,
+    ),
+    # Steps of re-indexes (`llmops reindex`): who switched which collection, when, scores.
+    Sink(
+        index_changes.STAGE,
+        "index_changes",
+        IndexChange,
+        "index_changes",
+        index_changes.rows,
+        key="change_id",
+        decoder=index_changes.decode_change,
     ),
 )
 

@@ -66,6 +66,7 @@ def topic_specs(
         spec(names.telemetry, 7),
         spec(names.feedback, 30),
         spec(names.alerts, 30),
+        spec(names.index_changes, 30),
         # Dead letters wait for a person: keep them longest.
         spec(names.deadletter, 30),
         *(

@@ -42,7 +42,7 @@ class FakeStore:
     def delete_documents(self, tenant, doc_ids, keep=()) -> None:
         self.deleted.append((tenant, list(doc_ids), list(keep)))
 
-    def search(self, vectors, tenant, top_k, *, texts=(), mode="dense"):
+    def search(self, vectors, tenant, top_k, *, texts=(), mode="dense", encoder=None):
         self.searches.append((len(vectors), tenant, top_k, mode))
         assert mode == "dense" or list(texts)
         return [

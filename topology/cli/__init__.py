@@ -20,6 +20,7 @@ from topology.cli import (
     graph,
     model,
     prompts,
+    reindex,
     reports,
     stack,
 )
@@ -52,7 +53,7 @@ for command in (
     stack.worker,
     stack.analytics,
     stack.bootstrap_command,
-    stack.reindex,
+    reindex.reindex,
     stack.demo,
     ask.ask,
     ask.ingest,

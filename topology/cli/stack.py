@@ -1,4 +1,4 @@
-"""Running the system: `up`, `worker`, `analytics`, `bootstrap`, `reindex`, `demo`.
+"""Running the system: `up`, `worker`, `analytics`, `bootstrap`, `demo` (`reindex`: reindex.py).
 
 faust, pymilvus and the analytics store are imported inside the command that starts
 them: they cost most of a second, and `llmops --help` should not wait for them."""
@@ -17,7 +17,6 @@ from topology.cli.ask import format_response
 from topology.cli.common import pass_settings, run_command
 
 if TYPE_CHECKING:
-    from connectors.milvus import MilvusStore
     from topology.settings import Settings
 
 
@@ -118,67 +117,6 @@ def bootstrap_command(settings: Settings) -> None:
         )
     else:
         click.echo(f"analytics DDL applied: {', '.join(report.ddl_applied) or 'none (up to date)'}")
-
-
-@click.command()
-@click.option("--to", "target", required=True, help="Name of the new collection (must not exist).")
-@click.option("--from", "source", help="Collection to copy (default: milvus.collection).")
-@click.option(
-    "--model",
-    help="Re-embed every passage with this document encoder (`llmops model list`) instead of "
-    "copying the vectors; TARGET may then be a collection an interrupted run of the same "
-    "encoder left, and the run resumes it.",
-)
-@pass_settings
-def reindex(settings: Settings, target: str, source: str | None, model: str | None) -> None:
-    """Copy the passage collection into a new one with the current schema and indexes.
-
-    Collections created before hybrid retrieval have no BM25 field, so the bm25 and
-    hybrid modes refuse them. This copies every passage (vectors are copied, not
-    recomputed; Milvus fills the BM25 field from the text) into TARGET. Then point the
-    workers at it: LLMOPS_MILVUS__COLLECTION=TARGET. The old collection is left as it is.
-
-    With --model NAME the passages are embedded again by NAME's document encoder, from
-    their stored text, while the old collection keeps serving; the new one records NAME."""
-    from connectors.milvus import MilvusStore
-    from connectors.milvus_reindex import copy_collection
-
-    old = settings.milvus.model_copy(update={"collection": source or settings.milvus.collection})
-    new = settings.milvus.model_copy(update={"collection": target})
-    reader, writer = MilvusStore(old), MilvusStore(new)
-    try:
-        reader.open()
-        writer.open()
-        if model is not None:
-            reembed(settings, reader, writer, model)
-        else:
-            copied = copy_collection(reader, writer)
-            click.echo(f"copied {copied} passages from {old.collection} to {target}")
-    finally:
-        reader.close()
-        writer.close()
-    if model is not None:
-        click.echo(
-            f"now set LLMOPS_EMBEDDING__QUERY_ENCODER={model} LLMOPS_EMBEDDING__DOCUMENT_ENCODER={model} "
-            f"LLMOPS_MILVUS__COLLECTION={target} for the workers"
-        )
-    else:
-        click.echo(f"now set LLMOPS_MILVUS__COLLECTION={target} for the workers")
-
-
-def reembed(settings: Settings, reader: MilvusStore, writer: MilvusStore, model: str) -> None:
-    from tqdm import tqdm
-
-    from connectors.embedder import OnnxEmbedder
-    from connectors.milvus_reindex import reembed_collection
-
-    tower = OnnxEmbedder(settings.embedding.model_copy(update={"document_encoder": model}), side="document")
-    tower.open()
-    started = time.monotonic()
-    with tqdm(total=reader.count(), unit="passage", desc=f"re-embedded ({model})") as bar:
-        embedded, present = reembed_collection(reader, writer, tower, progress=bar.update)
-    rate = embedded / max(time.monotonic() - started, 1e-9)
-    click.echo(f"{embedded} passages embedded ({rate:.1f}/s), {present} were there already")
 
 
 @click.command()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.analytics import Analytics
-from connectors.analytics.console import _MATCHING_TEXT, _PHRASE, _SEARCH, search_sql
+from connectors.analytics.console import search_sql
 from connectors.clickhouse import ChdbStore, ClickHouseSettings
 from connectors.migrations import apply
 from schemas import utc_now
@@ -158,10 +158,43 @@ async def measure(call: Callable[[int], Awaitable[Any]], runs: int) -> dict[str,
     }
 
 
-def substring_sql() -> str:
-    """The search as the console ran it before migration 012: a substring of each text."""
-    either = " OR ".join(_PHRASE.format(column=c) for c in ("question", "answer"))
-    return _SEARCH.replace("MATCHING", _MATCHING_TEXT.replace("STATUS", "").replace("TEXT", either))
+# The search as the console ran it before migration 012: on telemetry (ordered by
+# trace_id), the text as a substring of each question and answer in the window.
+_OLD_WINDOW = "started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}"
+_OLD_MATCHING = f"""
+SELECT trace_id FROM telemetry
+WHERE stage = 'prompting' AND {_OLD_WINDOW}
+  AND (empty({{tenant:String}}) OR tenant = {{tenant:String}}) AND tenant != {{hide:String}}
+  AND (empty({{prompt:String}}) OR template_id = {{prompt:String}}
+       OR startsWith(template_version, {{prompt:String}}))
+  AND (empty({{label:String}}) OR label = {{label:String}})
+  AND (empty({{mode:String}}) OR retrieval_mode = {{mode:String}})
+  AND (empty({{conversation:String}}) OR conversation_id = {{conversation:String}})
+  AND (empty({{text:String}}) OR trace_id IN (
+        SELECT trace_id FROM telemetry
+        WHERE {_OLD_WINDOW} AND (positionCaseInsensitiveUTF8(question, {{text:String}}) > 0
+                             OR positionCaseInsensitiveUTF8(answer, {{text:String}}) > 0)))
+  AND (empty({{status:String}})
+       OR (trace_id IN (SELECT trace_id FROM telemetry WHERE {_OLD_WINDOW} AND status = 'error'))
+          = ({{status:String}} = 'error'))
+ORDER BY started_at DESC LIMIT {{limit:UInt32}}
+"""  # noqa: S608  (constant SQL; values are bound)
+BEFORE_012 = f"""
+SELECT trace_id, tenant, min(started_at) AS first_started,
+       round(dateDiff('microsecond', min(started_at), max(ended_at)) / 1000, 2) AS total_ms,
+       if(countIf(status = 'error') > 0, 'error', 'ok') AS outcome,
+       anyIf(template_id, template_id != '') AS prompt_id,
+       anyIf(template_version, template_version != '') AS prompt_version,
+       anyIf(label, label != '') AS served_label, anyIf(experiment, experiment != '') AS experiment_name,
+       anyIf(arm, arm != '') AS experiment_arm, anyIf(retrieval_mode, retrieval_mode != '') AS mode,
+       anyIf(question, question != '') AS asked, anyIf(answer, answer != '') AS answered,
+       anyIf(conversation_id, conversation_id != '') AS conversation,
+       round(sum(cost_usd), 6) AS cost, groupUniqArray(stage) AS stages
+FROM telemetry
+WHERE trace_id IN ({_OLD_MATCHING}) AND {_OLD_WINDOW}
+GROUP BY trace_id, tenant
+ORDER BY first_started DESC
+"""  # noqa: S608  (constant SQL; values are bound)
 
 
 async def fill(store: ChdbStore, first: int, rows: int, span_ms: int, codes: int) -> float:
@@ -254,10 +287,8 @@ async def at_size(
         "search common word (all), no index": search(
             "account", month, no_index, " SETTINGS use_skip_indexes = 0"
         ),
-        "search rare word (all), substring (before 012)": search(rare, month, lambda _: substring_sql()),
-        "search common word (all), substring (before 012)": search(
-            "account", month, lambda _: substring_sql()
-        ),
+        "search rare word (all), substring (before 012)": search(rare, month, lambda _: BEFORE_012),
+        "search common word (all), substring (before 012)": search("account", month, lambda _: BEFORE_012),
         "trace detail": lambda n: data.trace_rows(trace_ids[n % len(trace_ids)]),
         "overview page (1h)": lambda n: _overview(data, timedelta(hours=1)),
         "overview page (24h)": lambda n: _overview(data, day),

@@ -11,12 +11,15 @@ from connectors.clickhouse import AnalyticsStore, Rows
 from schemas import utc_now
 
 # One row per question trace (a trace with a prompting stage) started in [start, end),
-# with what served it; filters are bound, an empty one matches everything. The
-# prompting row carries what served the trace (prompt, label, retrieval mode), so the
-# newest matching traces are found among prompting rows alone, a top-N sort with no
-# GROUP BY over the window; only those traces' rows are then read and grouped (by
-# trace_id, the table's key). The status filter asks whether any of the trace's stages
-# failed.
+# with what served it; filters are bound, an empty one matches everything. The newest
+# matching rows come from trace_search (migration 012): the prompting and generation rows
+# with their filter columns and texts, ordered by time, so the newest are read first and
+# a word is looked up in the full-text indexes of its question and answer. A trace has at
+# most one row of each stage there, so the newest 2 x limit rows hold the newest `limit`
+# traces: a top-N with no GROUP BY over every match (a common word matches most rows).
+# Only those traces' telemetry is then read, by trace_id (that table's key), for the
+# columns the search table lacks: timing, status, cost and stages. The status filter asks
+# whether any of the trace's stages failed.
 _WINDOW = "started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}"
 _FILTERS = f"""{_WINDOW}
   AND (empty({{tenant:String}}) OR tenant = {{tenant:String}}) AND tenant != {{hide:String}}
@@ -30,38 +33,42 @@ _FILTERS = f"""{_WINDOW}
 _STATUS = f"""
   AND (trace_id IN (SELECT trace_id FROM telemetry WHERE {_WINDOW} AND status = 'error'))
       = ({{status:String}} = 'error')"""  # noqa: S608  (constant SQL; values are bound)
-_MATCHING = f"""
-SELECT trace_id FROM telemetry
-WHERE stage = 'prompting' AND {_FILTERS} STATUS
-ORDER BY started_at DESC LIMIT {{limit:UInt32}}
-"""  # noqa: S608  (constant SQL; values are bound)
-# Text: the words of the question or of the answer, read from the full-text indexes of
-# migration 012 (question_words, answer_words; same expressions). Both the prompting row
-# (the question) and the generation row (question and answer; it carries the same
-# filters) can match, so a trace gives at most two rows: the newest 2 x limit rows hold
-# the newest `limit` traces, a top-N with no GROUP BY over every match (a common word
-# matches most rows).
+# Text: the words of the question or of the answer (the indexes' expressions).
 _WORDS = "hasAllTokens(lower({column}), lower({{text:String}}))"
 _PHRASE = "positionCaseInsensitiveUTF8({column}, {{text:String}}) > 0"
-_MATCHING_TEXT = f"""
-SELECT trace_id FROM telemetry
+_MATCHING = f"""
+SELECT trace_id, tenant, template_id, template_version, label, experiment, arm, retrieval_mode,
+       conversation_id, question, answer
+FROM trace_search
 WHERE stage IN ('prompting', 'generation') AND {_FILTERS} STATUS AND (TEXT)
 ORDER BY started_at DESC LIMIT 2 * {{limit:UInt32}}
 """  # noqa: S608  (constant SQL; values are bound)
 _SEARCH = f"""
-SELECT trace_id, tenant, min(started_at) AS first_started,
-       round(dateDiff('microsecond', min(started_at), max(ended_at)) / 1000, 2) AS total_ms,
-       if(countIf(status = 'error') > 0, 'error', 'ok') AS outcome,
-       anyIf(template_id, template_id != '') AS prompt_id,
-       anyIf(template_version, template_version != '') AS prompt_version,
-       anyIf(label, label != '') AS served_label, anyIf(experiment, experiment != '') AS experiment_name,
-       anyIf(arm, arm != '') AS experiment_arm, anyIf(retrieval_mode, retrieval_mode != '') AS mode,
-       anyIf(question, question != '') AS asked, anyIf(answer, answer != '') AS answered,
-       anyIf(conversation_id, conversation_id != '') AS conversation,
-       round(sum(cost_usd), 6) AS cost, groupUniqArray(stage) AS stages
-FROM telemetry
-WHERE trace_id IN (MATCHING) AND {_WINDOW}
-GROUP BY trace_id, tenant
+WITH matching AS (MATCHING)
+SELECT t.trace_id AS trace_id, t.tenant AS tenant, first_started, total_ms, outcome,
+       m.prompt_id AS prompt_id, m.prompt_version AS prompt_version, m.served_label AS served_label,
+       m.experiment_name AS experiment_name, m.experiment_arm AS experiment_arm, m.mode AS mode,
+       m.asked AS asked, m.answered AS answered, m.conversation AS conversation, cost, stages
+FROM (
+    SELECT trace_id, tenant, min(started_at) AS first_started,
+           round(dateDiff('microsecond', min(started_at), max(ended_at)) / 1000, 2) AS total_ms,
+           if(countIf(status = 'error') > 0, 'error', 'ok') AS outcome,
+           round(sum(cost_usd), 6) AS cost, groupUniqArray(stage) AS stages
+    FROM telemetry
+    WHERE trace_id IN (SELECT trace_id FROM matching) AND {_WINDOW}
+    GROUP BY trace_id, tenant
+) AS t
+INNER JOIN (
+    SELECT trace_id, tenant,
+           anyIf(template_id, template_id != '') AS prompt_id,
+           anyIf(template_version, template_version != '') AS prompt_version,
+           anyIf(label, label != '') AS served_label, anyIf(experiment, experiment != '') AS experiment_name,
+           anyIf(arm, arm != '') AS experiment_arm, anyIf(retrieval_mode, retrieval_mode != '') AS mode,
+           anyIf(question, question != '') AS asked, anyIf(answer, answer != '') AS answered,
+           anyIf(conversation_id, conversation_id != '') AS conversation
+    FROM matching
+    GROUP BY trace_id, tenant
+) AS m ON t.trace_id = m.trace_id AND t.tenant = m.tenant
 ORDER BY first_started DESC LIMIT {{limit:UInt32}}
 """  # noqa: S608  (constant SQL; values are bound)
 # What splitByNonAlpha keeps as one token: runs of ASCII letters and digits (bytes of
@@ -73,14 +80,12 @@ def search_sql(text: str, status: str = "") -> str:
     """The trace search for this text: its words, whole and in any order, case aside, all
     in the question or all in the answer, found through the indexes. A text with no word
     in it (only punctuation) is looked for as a substring, reading every row's text."""
-    status_filter = _STATUS if status else ""
-    if not text:
-        return _SEARCH.replace("MATCHING", _MATCHING.replace("STATUS", status_filter))
-    columns = ("question", "answer")
-    # Matching the text as typed too would read the text of every row with its words.
-    found = _WORDS if _TOKEN.search(text) else _PHRASE
-    condition = " OR ".join(found.format(column=c) for c in columns)
-    matching = _MATCHING_TEXT.replace("STATUS", status_filter).replace("TEXT", condition)
+    condition = "true"
+    if text:
+        # Matching the text as typed too would read the text of every row with its words.
+        found = _WORDS if _TOKEN.search(text) else _PHRASE
+        condition = " OR ".join(found.format(column=c) for c in ("question", "answer"))
+    matching = _MATCHING.replace("STATUS", _STATUS if status else "").replace("TEXT", condition)
     return _SEARCH.replace("MATCHING", matching)
 
 

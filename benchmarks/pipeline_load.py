@@ -15,7 +15,10 @@ falls below 80% of the offered one (saturation).
 
 Baseline in the same run: the embedding stage's standalone ceiling, the questions per
 second `OnnxEmbedder.embed` reaches on the same questions in micro-batches of the stage's
-size, with nothing else running. Prints JSON and a table."""
+size, with nothing else running. Prints JSON and a table.
+
+`--profile DIR`: py-spy (if installed) samples the worker while it is on a CPU during each
+step, into DIR/worker-RATE.txt (raw, collapsed stacks, 200 samples/s)."""
 
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,7 +89,37 @@ def cpu_seconds() -> dict[str, float]:
     return used
 
 
-async def offer(client: Client, rate: float, seconds: float) -> dict[str, Any]:
+def pids_of(part: str) -> list[int]:
+    """The processes of a part of the stack (as cpu_seconds names them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if next((n for n, word in PROCESSES if word in command), None) == part:
+            found.append(int(entry.name))
+    return found
+
+
+def start_profile(out: Path | None, rate: float, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy on the worker for `seconds` (on-CPU samples only), or None."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    workers = pids_of("worker")
+    if out is None or not Path(spy).exists() or not workers:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(  # noqa: S603
+        [spy, "record", "-d", str(max(1, int(seconds))), "-r", "200", "--nonblocking", "-f", "raw"]
+        + ["-o", str(out / f"worker-{rate:g}.txt"), "-p", str(workers[0])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def offer(client: Client, rate: float, seconds: float, profile: Path | None = None) -> dict[str, Any]:
     """Send `rate` questions a second for `seconds`, open-loop; collect every outcome."""
     count = max(1, round(rate * seconds))
     latencies: list[float] = []
@@ -104,12 +139,15 @@ async def offer(client: Client, rate: float, seconds: float) -> dict[str, Any]:
         for stage, ms in response.latency_ms.items():
             stages.setdefault(stage, []).append(ms)
 
+    spy = start_profile(profile, rate, seconds)
     cpu_before, started = cpu_seconds(), time.perf_counter()
     tasks = []
     for i in range(count):
         await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
+    if spy is not None:
+        await asyncio.to_thread(spy.wait)
     elapsed = (max(finished) if finished else time.perf_counter()) - started
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds().items()}
     return {
@@ -129,14 +167,16 @@ async def offer(client: Client, rate: float, seconds: float) -> dict[str, Any]:
     }
 
 
-async def ramp(settings: Settings, rates: list[float], seconds: float) -> list[dict[str, Any]]:
+async def ramp(
+    settings: Settings, rates: list[float], seconds: float, profile: Path | None = None
+) -> list[dict[str, Any]]:
     results = []
     async with Client(settings) as client:
         await client.ingest(python_reference(), timeout=900)
         for question in QUESTIONS[:3]:  # warm-up: the first searches load the index
             await client.ask(question, timeout=120)
         for rate in rates:
-            results.append(await offer(client, rate, seconds))
+            results.append(await offer(client, rate, seconds, profile))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # progress
             if results[-1]["answered_per_s"] < 0.8 * rate:
                 break
@@ -173,11 +213,13 @@ def main() -> None:
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
     parser.add_argument("--rates", default="2,4,8,16,32,64", help="questions per second, rising")
     parser.add_argument("--seconds", type=float, default=20, help="length of each step")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy output directory")
     args = parser.parse_args()
     base = machinery_settings()
     ceiling = embedding_ceiling(base)
     with tempfile.TemporaryDirectory() as tmp, stack(args.broker, base, Path(tmp)) as running:
-        results = asyncio.run(ramp(running.settings, [float(r) for r in args.rates.split(",")], args.seconds))
+        rates = [float(r) for r in args.rates.split(",")]
+        results = asyncio.run(ramp(running.settings, rates, args.seconds, args.profile))
     best = max(r["answered_per_s"] for r in results)
     report = {
         "broker": args.broker,

@@ -14,7 +14,10 @@ contender move them all to an output topic, once per run, and reports messages p
   once per batch, acked after);
 - faust, stage runtime: the same plus what every stage does to each event (decode and
   validate, hand to a pass-through handler, encode, publish, and a StageCompleted report
-  to the telemetry topic: two messages out per message in).
+  to the telemetry topic: two messages out per message in);
+- librdkafka, raw / stage runtime: the same two, read by the worker's librdkafka stage
+  consumer (topology/stage_consumer.py, LLMOPS_WORKER__STAGE_CONSUMER=librdkafka: the
+  default) instead of a faust agent; offsets stored once a batch's outputs are acked.
 
 The faust contenders run as a worker process of their own, like the pipeline's. The
 broker is a Tansu started here (default), an Apache Kafka started here (`kafka`, needs
@@ -36,14 +39,20 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, Producer
 
 from connectors.kafka import KafkaSettings, TopicSpec, ensure_topics, librdkafka_config, wait_for_broker
 from schemas import QueryReceived, encode
 
-CONTENDERS = ("bare loop", "faust, raw", "faust, stage runtime")
+CONTENDERS = (
+    "bare loop",
+    "faust, raw",
+    "faust, stage runtime",
+    "librdkafka, raw",
+    "librdkafka, stage runtime",
+)
 
 
 def fill(kafka: KafkaSettings, topic: str, count: int) -> None:
@@ -89,8 +98,18 @@ def faust_worker(args: argparse.Namespace) -> None:
     import faust
 
     from agents.runtime import Incoming, StageRunner
-    from topology.app import acked_batches, new_app, raw_topic, run_worker, sender, stage_publisher
+    from topology.app import (
+        acked_batches,
+        librdkafka_stages,
+        new_app,
+        raw_topic,
+        run_worker,
+        sender,
+        stage_publisher,
+    )
     from topology.settings import Settings
+    from topology.stage_consumer import StageConsumerService
+    from topology.transport import PipelineApp
 
     settings = Settings()
     settings = settings.model_copy(
@@ -102,10 +121,11 @@ def faust_worker(args: argparse.Namespace) -> None:
                         update={"queries": args.source, "prompts": args.sink, "telemetry": args.sink + "-t"}
                     ),
                 }
-            )
+            ),
+            "worker": settings.worker.model_copy(update={"app_id": f"bench-{uuid.uuid4().hex[:8]}"}),
         }
     )
-    app = new_app(settings, f"bench-{uuid.uuid4().hex[:8]}", web_enabled=False, topic_disable_leader=True)
+    app = new_app(settings, settings.worker.app_id, web_enabled=False, topic_disable_leader=True)
     source = raw_topic(app, settings, "queries")
     publisher = stage_publisher(app, settings)
     emit = sender(publisher, args.sink)
@@ -129,7 +149,7 @@ def faust_worker(args: argparse.Namespace) -> None:
     async def raw(batch: list[Incoming]) -> None:
         await asyncio.gather(*[await emit(m.key or b"", m.value or b"") for m in batch])
 
-    process = runner.process if args.variant == "faust, stage runtime" else raw
+    process = runner.process if args.variant.endswith("stage runtime") else raw
 
     async def counted(batch: list[Incoming]) -> None:
         state["started"] = state["started"] or time.perf_counter()
@@ -139,12 +159,23 @@ def faust_worker(args: argparse.Namespace) -> None:
             Path(args.result).write_text(str(time.perf_counter() - state["started"]))  # noqa: ASYNC240  # once, at the end
             os.kill(os.getpid(), signal.SIGTERM)
 
-    @app.agent(source, name="echo")
-    async def agent(stream: faust.StreamT) -> None:
-        runtime = settings.worker.runtime
-        await acked_batches(stream, runtime.batch_max, runtime.batch_within_s, counted)
+    if args.variant.startswith("librdkafka"):
+        consumer = librdkafka_stages(settings, ready=nothing)
+        consumer.add("echo", args.source, counted)
+        cast(PipelineApp, app).on_app_start.append(consumer.start)
+        app.service(StageConsumerService(consumer))  # type: ignore[arg-type]  # an instance works too
+    else:
+
+        @app.agent(source, name="echo")
+        async def agent(stream: faust.StreamT) -> None:
+            runtime = settings.worker.runtime
+            await acked_batches(stream, runtime.batch_max, runtime.batch_within_s, counted)
 
     run_worker(app, "WARNING")
+
+
+async def nothing() -> None:
+    return None
 
 
 def run_faust(kafka: KafkaSettings, variant: str, source: str, sink: str, count: int) -> float:

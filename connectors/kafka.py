@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -139,8 +140,10 @@ class Publisher:
     future that completes once the broker has it (acks=all, idempotent, so a retry neither
     doubles nor reorders). librdkafka does the batching and the wire format in C, so a
     stage's send costs a fraction of aiokafka's (README, One hop). Delivery reports are
-    polled on the event loop while any are outstanding (a thread cost more: one wake-up
-    of the loop per message)."""
+    polled on a thread of their own, blocked in C while none come, which hands the reports
+    of each poll to the event loop in one call: one wake-up of the loop per poll that
+    returned reports, not one per message, and none while nothing is outstanding (polling
+    on the loop woke it every millisecond while a message was outstanding)."""
 
     def __init__(self, settings: KafkaSettings, client_id: str, linger_ms: float = 1) -> None:
         self._settings = settings
@@ -148,9 +151,11 @@ class Publisher:
         self._linger_ms = linger_ms
         self._producer: Any = None
         self._outstanding = 0
-        self._sent = asyncio.Event()
         self._drained = asyncio.Event()
-        self._poller: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reports: list[tuple[asyncio.Future[None], Any]] = []  # filled on the poller thread
+        self._closing = threading.Event()
+        self._poller: threading.Thread | None = None
 
     async def start(self) -> None:
         if self._producer is not None:
@@ -170,15 +175,24 @@ class Publisher:
                 },
             )
         )
-        self._poller = asyncio.create_task(self._poll(), name=f"{self._client_id}-deliveries")
+        self._loop = asyncio.get_running_loop()
+        self._closing.clear()
+        self._poller = threading.Thread(
+            target=self._poll, args=(self._producer,), name=f"{self._client_id}-deliveries", daemon=True
+        )
+        self._poller.start()
 
-    async def _poll(self) -> None:
-        while True:
-            if not self._outstanding:
-                self._sent.clear()
-                await self._sent.wait()
-            reports = self._producer.poll(0)
-            await asyncio.sleep(0 if reports else 0.001)
+    def _poll(self, producer: Any) -> None:
+        """On the poller thread: serve delivery reports, hand each poll's to the loop."""
+        while not self._closing.is_set():
+            producer.poll(0.5)  # the callbacks (_reports_append) run here, inside poll
+            if self._reports:
+                reports, self._reports = self._reports, []
+                assert self._loop is not None
+                try:
+                    self._loop.call_soon_threadsafe(self._settle, reports)
+                except RuntimeError:  # the loop is closed: nobody waits for them any more
+                    return
 
     @property
     def outstanding(self) -> int:
@@ -189,7 +203,7 @@ class Publisher:
         """Queue one message; the future completes when the broker has acknowledged it."""
         await self.start()
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        report = partial(self._report, delivered)
+        report = partial(self._reports_append, delivered)
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, on_delivery=report)
@@ -197,20 +211,25 @@ class Publisher:
             except BufferError:  # librdkafka's queue is full: let deliveries drain it
                 await asyncio.sleep(0.01)
         self._outstanding += 1
-        self._sent.set()
         self._drained.clear()
         return delivered
 
-    def _report(self, delivered: asyncio.Future[None], error: Any, _message: Any) -> None:
-        self._outstanding -= 1
+    def _reports_append(self, delivered: asyncio.Future[None], error: Any, _message: Any) -> None:
+        """librdkafka's delivery callback, on the poller thread."""
+        self._reports.append((delivered, error))
+
+    def _settle(self, reports: list[tuple[asyncio.Future[None], Any]]) -> None:
+        """On the loop: complete the futures of one poll's delivery reports."""
+        self._outstanding -= len(reports)
         if not self._outstanding:
             self._drained.set()
-        if delivered.done():
-            return
-        if error is None:
-            delivered.set_result(None)
-        else:
-            delivered.set_exception(TransientError(f"not delivered: {error}"))
+        for delivered, error in reports:
+            if delivered.done():
+                continue
+            if error is None:
+                delivered.set_result(None)
+            else:
+                delivered.set_exception(TransientError(f"not delivered: {error}"))
 
     async def publish(self, topic: str, messages: Sequence[tuple[bytes, bytes]]) -> None:
         """Send (key, value) pairs and wait for the broker's acknowledgement of each."""
@@ -228,6 +247,8 @@ class Publisher:
                 await asyncio.wait_for(self._drained.wait(), 30)
         except TimeoutError:  # their events were not acked, so they are read again
             log.warning("%s: %d messages not delivered at stop", self._client_id, self._outstanding)
+        self._closing.set()
         if self._poller is not None:
-            self._poller.cancel()
+            await asyncio.to_thread(self._poller.join)
+            self._poller = None
         self._producer = None

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -23,6 +23,7 @@ from schemas.errors import LLMOpsError
 from topology.conversations import KeyedByText, announcer, conversations_table, sweep_idle
 from topology.graph import STAGES
 from topology.settings import Settings
+from topology.stage_consumer import StageConsumer, StageConsumerService, consumer_config
 from topology.topics import REGISTRY_TABLE, registry_topic
 from topology.transport import PipelineApp
 from topology.worker_metrics import WorkerMetrics, serve_metrics
@@ -158,6 +159,11 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
     if worker.metrics_port:
         metrics = WorkerMetrics([s.name for s in STAGES], lambda: publisher.outstanding)
         serve_metrics(app, metrics, worker.metrics_host, worker.metrics_port)
+    stage_consumer = None
+    if worker.stage_consumer == "librdkafka":
+        stage_consumer = librdkafka_stages(settings, ready=deps.ready)
+        cast(PipelineApp, app).on_app_start.append(stage_consumer.start)
+        app.service(StageConsumerService(stage_consumer))  # type: ignore[arg-type]  # an instance works too
     for stage in STAGES:
         runner = StageRunner(
             name=stage.name,
@@ -174,6 +180,9 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
             announce=announcer(stage, publisher, names, settings.telemetry),
             observer=metrics,
         )
+        if stage_consumer is not None and stage.keeps is None:  # a table stays with faust
+            stage_consumer.add(stage.name, getattr(names, stage.consumes), runner.process)
+            continue
         register(
             app,
             stage.name,
@@ -189,6 +198,26 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
         await deps.close()
 
     return app
+
+
+def librdkafka_stages(settings: Settings, ready: Callable[[], Awaitable[None]]) -> StageConsumer:
+    """The worker's one librdkafka consumer for the stages, in the group `<app_id>-stages`."""
+    worker = settings.worker
+    config = consumer_config(
+        settings.kafka,
+        worker.stages_group(),
+        fetch_max_wait_ms=worker.fetch_max_wait_ms,
+        session_timeout_s=worker.session_timeout_s,
+        heartbeat_interval_s=worker.heartbeat_interval_s,
+        rebalance_timeout_s=worker.rebalance_timeout_s,
+    )
+    return StageConsumer(
+        config,
+        batch_max=worker.runtime.batch_max,
+        in_flight=worker.stage_in_flight,
+        ready=ready,
+        backoff=worker.runtime.backoff,
+    )
 
 
 def registry_table(app: faust.App, settings: Settings) -> Any:

@@ -5,6 +5,7 @@ Each section is owned by the module that uses it; this file only composes them."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,19 @@ class WorkerSettings(BaseModel):
     )
     log_level: str = "WARNING"
     runtime: RuntimeSettings = RuntimeSettings()
+    stage_consumer: Literal["librdkafka", "faust"] = Field(
+        default="librdkafka",
+        description="What reads the topics of the stages that keep no table: one librdkafka "
+        "consumer per worker in the group `<app_id>-stages` (offsets stored once a batch's "
+        "outputs are acknowledged), or faust's agents in the group `<app_id>`. Switching "
+        "an existing deployment starts the other group at the earliest offsets.",
+    )
+    stage_in_flight: int = Field(
+        default=512,
+        ge=1,
+        description="Messages the librdkafka stage consumer hands to the stages and they "
+        "have not finished; beyond it the consumer pauses its partitions (backpressure).",
+    )
     metrics_port: int = Field(
         default=0,
         ge=0,
@@ -65,6 +79,11 @@ class WorkerSettings(BaseModel):
     metrics_host: str = Field(
         default="127.0.0.1", description="Bind address of the worker's /metrics (0.0.0.0 in a container)."
     )
+
+    def stages_group(self) -> str:
+        """The consumer group that reads the stages' topics (the conversation stage's
+        turns stay in faust's group, `app_id`)."""
+        return f"{self.app_id}-stages" if self.stage_consumer == "librdkafka" else self.app_id
 
 
 class StackSettings(BaseModel):

@@ -65,7 +65,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import faust
@@ -237,14 +237,22 @@ class _Transport(driver.Transport):
 
 class PipelineApp(faust.App):
     """A faust App whose worker consumer waits at most `fetch_max_wait_ms` per fetch while
-    events come, and `idle_fetch_max_wait_ms` once none came for IDLE_AFTER_S."""
+    events come, and `idle_fetch_max_wait_ms` once none came for IDLE_AFTER_S.
+    `on_app_start`: coroutines run as the app starts, before its consumer joins the group
+    and recovers the tables (faust's services start only after that)."""
 
     def __init__(
         self, *args: Any, fetch_max_wait_ms: int, idle_fetch_max_wait_ms: int, **kwargs: Any
     ) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.idle_fetch_max_wait_ms = idle_fetch_max_wait_ms
+        self.on_app_start: list[Callable[[], Awaitable[None]]] = []
         super().__init__(*args, **kwargs)
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        for hook in self.on_app_start:
+            await hook()
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

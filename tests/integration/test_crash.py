@@ -223,7 +223,8 @@ def positions(stack: LocalStack, traces: set[str]) -> str:
     """The lost traces' partition:offset on the queries and prompts topics, against the
     worker group's committed offsets there."""
     topics = stack.settings.kafka.topics
-    group = Consumer(librdkafka_config(stack.settings.kafka, **{"group.id": stack.settings.worker.app_id}))
+    group_id = stack.settings.worker.stages_group()
+    group = Consumer(librdkafka_config(stack.settings.kafka, **{"group.id": group_id}))
     found: dict[str, list[str]] = {}
     committed: dict[str, list[int]] = {}
     try:

@@ -102,7 +102,7 @@ def members_with_queries(stack: LocalStack) -> int:
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(librdkafka_config(stack.settings.kafka))
-    group = stack.settings.worker.app_id
+    group = stack.settings.worker.stages_group()
     description = admin.describe_consumer_groups([group])[group].result(timeout=10)
     queries = stack.settings.kafka.topics.queries
     return sum(any(tp.topic == queries for tp in m.assignment.topic_partitions) for m in description.members)

@@ -1,0 +1,154 @@
+"""The librdkafka stage consumer's bookkeeping: which offset a finished batch stores, and
+that a batch of a revoked partition never stores one (its new owner reads it again)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from agents.runtime import Backoff, Incoming
+from topology.stage_consumer import Chunk, OffsetBook, StageConsumer
+
+
+def msgs(topic: str, partition: int, *offsets: int) -> list[Incoming]:
+    return [Incoming(topic=topic, partition=partition, offset=o, key=b"k", value=b"v") for o in offsets]
+
+
+def chunk(book: OffsetBook, messages: list[Incoming]) -> Chunk:
+    return Chunk(messages, book.stamp(messages))
+
+
+def test_a_finished_batch_stores_one_past_its_highest_offset_per_partition() -> None:
+    book = OffsetBook()
+    book.assign([("a", 0), ("a", 1)])
+    done = [chunk(book, msgs("a", 0, 5, 6)), chunk(book, msgs("a", 1, 9) + msgs("a", 0, 7))]
+    assert book.to_store(done) == [("a", 0, 8), ("a", 1, 10)]
+
+
+def test_a_revoked_partition_stores_nothing_the_others_do() -> None:
+    book = OffsetBook()
+    book.assign([("a", 0), ("a", 1)])
+    fetched = chunk(book, msgs("a", 0, 1) + msgs("a", 1, 1))
+    book.revoke([("a", 0)])
+    assert not book.current(fetched)
+    assert book.to_store([fetched]) == [("a", 1, 2)]
+
+
+def test_a_partition_assigned_again_does_not_store_what_was_fetched_before() -> None:
+    """Revoked and given back to the same consumer: it reads from the committed offset
+    again, so a batch of the old generation must not store past what the new one handles."""
+    book = OffsetBook()
+    book.assign([("a", 0)])
+    old = chunk(book, msgs("a", 0, 40))
+    book.revoke([("a", 0)])
+    book.assign([("a", 0)])
+    new = chunk(book, msgs("a", 0, 10))
+    assert not book.current(old)
+    assert book.current(new)
+    assert book.to_store([old]) == []
+    assert book.to_store([new]) == [("a", 0, 11)]
+
+
+def test_nothing_is_stored_for_a_partition_never_assigned() -> None:
+    book = OffsetBook()
+    stray = chunk(book, msgs("a", 3, 1))
+    assert book.to_store([stray]) == []
+
+
+class Recorder:
+    """What the stage consumer calls on a librdkafka Consumer from the event loop."""
+
+    def __init__(self) -> None:
+        self.stored: list[tuple[str, int, int]] = []
+
+    def store_offsets(self, offsets: list[Any]) -> None:
+        self.stored += [(o.topic, o.partition, o.offset) for o in offsets]
+
+
+async def ready() -> None:
+    return None
+
+
+def consumer_with(book_tps: list[tuple[str, int]]) -> tuple[StageConsumer, Recorder]:
+    consumer = StageConsumer({}, batch_max=10, in_flight=100, ready=ready, backoff=Backoff(first_s=0))
+    recorder = Recorder()
+    consumer._consumer = recorder
+    consumer._book.assign(book_tps)
+    return consumer, recorder
+
+
+def test_a_batch_revoked_while_in_flight_stores_no_offset() -> None:
+    consumer, recorder = consumer_with([("a", 0)])
+    handled: list[int] = []
+
+    async def process(batch: list[Incoming]) -> None:
+        handled.extend(m.offset for m in batch)
+        consumer._on_lost(None, [_TP("a", 0)])  # the rebalance lands while the outputs are sent
+
+    asyncio.run(consumer._handle("s", process, [chunk(consumer._book, msgs("a", 0, 1, 2))]))
+    consumer._store_handled()
+    assert handled == [1, 2]
+    assert recorder.stored == []
+
+
+def test_a_queued_batch_of_a_revoked_partition_is_dropped_unhandled() -> None:
+    consumer, recorder = consumer_with([("a", 0), ("a", 1)])
+    stale, kept = chunk(consumer._book, msgs("a", 0, 1)), chunk(consumer._book, msgs("a", 1, 4))
+    consumer._book.revoke([("a", 0)])
+    handled: list[Incoming] = []
+
+    async def process(batch: list[Incoming]) -> None:
+        handled.extend(batch)
+
+    asyncio.run(consumer._handle("s", process, [stale, kept]))
+    consumer._store_handled()
+    assert [(m.partition, m.offset) for m in handled] == [(1, 4)]
+    assert recorder.stored == [("a", 1, 5)]
+
+
+def test_a_failed_batch_is_processed_again_and_stored_only_once_it_succeeds() -> None:
+    consumer, recorder = consumer_with([("a", 0)])
+    calls: list[list[int]] = []
+
+    async def process(batch: list[Incoming]) -> None:
+        calls.append([m.offset for m in batch])
+        consumer._store_handled()
+        assert recorder.stored == []  # nothing stored while it fails
+        if len(calls) < 3:
+            raise RuntimeError("not delivered")
+
+    asyncio.run(consumer._handle("s", process, [chunk(consumer._book, msgs("a", 0, 7, 8))]))
+    consumer._store_handled()
+    assert calls == [[7, 8]] * 3
+    assert recorder.stored == [("a", 0, 9)]
+
+
+def test_queued_chunks_merge_into_batches_of_at_most_batch_max_and_release_their_room() -> None:
+    consumer, recorder = consumer_with([("a", 0)])
+    consumer._batch_max = 3
+    batches: list[list[int]] = []
+
+    async def process(batch: list[Incoming]) -> None:
+        batches.append([m.offset for m in batch])
+
+    async def run() -> None:
+        queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        for offsets in ((0, 1), (2,), (3, 4), (5,)):
+            queue.put_nowait(chunk(consumer._book, msgs("a", 0, *offsets)))
+        consumer._in_flight = 6
+        consumer.open()
+        task = asyncio.create_task(consumer._drive("s", process, queue))
+        while consumer._in_flight:
+            await asyncio.sleep(0.01)
+            consumer._store_handled()
+        task.cancel()
+
+    asyncio.run(run())
+    consumer._store_handled()
+    assert batches == [[0, 1, 2], [3, 4, 5]]
+    assert recorder.stored[-1] == ("a", 0, 6)
+
+
+class _TP:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition

@@ -1,0 +1,388 @@
+"""The pipeline stages' topics read through librdkafka (confluent-kafka) instead of faust.
+
+faust stays the application framework (worker lifecycle, the conversation table, leader
+timers, web views); this is only the data path of the stages that keep no table. One
+librdkafka Consumer per worker process reads every such stage's topic in its own consumer
+group, `<app id>-stages` (faust's group, `<app id>`, still holds the conversation stage
+and the tables: two groups, since faust's assignor and librdkafka's cannot share one).
+
+- A dedicated thread blocks in librdkafka (C, no Python wake-ups while idle) for the first
+  message, takes what else is already fetched up to `batch_max`, and hands the messages,
+  grouped by topic, to the event loop.
+- One asyncio task per stage processes its messages in order (so each partition's order
+  is kept), merging what queued meanwhile into one micro-batch of at most `batch_max`.
+- Offsets are stored (`enable.auto.offset.store=false`) only once a batch's every output
+  is acknowledged by the broker (StageRunner.process returns then), by the consumer
+  thread between two consumes (librdkafka makes a call from another thread wait for a
+  running consume); librdkafka commits the stored offsets every
+  `auto.commit.interval.ms`, on a revoke and at close. A crash
+  delivers again what was handled but not yet committed: at least once, as before.
+- A rebalance bumps the generation of every revoked partition (on the consumer thread,
+  inside consume, so between two rounds of storing): a batch of a revoked partition, in
+  flight or still queued, never stores an offset afterwards (its new owner reads it
+  again) and a queued one is dropped.
+- At most `in_flight` messages are handed over and not yet done; beyond that the
+  assignment is paused (the thread keeps polling, so the group keeps it as a member).
+
+`OffsetBook` is the bookkeeping (which offsets a finished batch may store), with no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mode import Service
+
+from agents.runtime import Backoff, Incoming
+from connectors.kafka import KafkaSettings, librdkafka_config
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]  # (topic, partition)
+Process = Callable[[list[Incoming]], Awaitable[object]]
+
+
+@dataclass
+class Chunk:
+    """Messages of one stage handed over together, with the generation of each of their
+    partitions when they were fetched."""
+
+    messages: list[Incoming]
+    generations: dict[TP, int] = field(default_factory=dict)
+
+
+class OffsetBook:
+    """Which partitions this consumer holds, in which generation. A partition's generation
+    grows at each assignment and each revoke, so a batch fetched under an older one is
+    known to be stale: its offsets are not stored and, if not yet processed, it is dropped.
+    Not thread-safe: the caller serialises the consumer thread's assign/revoke with the
+    event loop's `to_store`."""
+
+    def __init__(self) -> None:
+        self._generation: dict[TP, int] = {}
+        self._held: set[TP] = set()
+
+    def assign(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self._generation[tp] = self._generation.get(tp, 0) + 1
+            self._held.add(tp)
+
+    def revoke(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self._generation[tp] = self._generation.get(tp, 0) + 1
+            self._held.discard(tp)
+
+    def stamp(self, messages: Sequence[Incoming]) -> dict[TP, int]:
+        """The current generation of each partition of `messages`."""
+        return {(m.topic, m.partition): self._generation.get((m.topic, m.partition), 0) for m in messages}
+
+    def current(self, chunk: Chunk) -> bool:
+        """Whether every partition of `chunk` is still held in the generation it was fetched in."""
+        return all(tp in self._held and self._generation.get(tp) == g for tp, g in chunk.generations.items())
+
+    def to_store(self, chunks: Sequence[Chunk]) -> list[tuple[str, int, int]]:
+        """(topic, partition, offset to store) once `chunks` are handled: one past the
+        highest offset of each partition still held in its chunk's generation."""
+        best: dict[TP, int] = {}
+        for chunk in chunks:
+            for m in chunk.messages:
+                tp = (m.topic, m.partition)
+                if tp in self._held and self._generation.get(tp) == chunk.generations.get(tp):
+                    best[tp] = max(best.get(tp, -1), m.offset + 1)
+        return [(topic, partition, offset) for (topic, partition), offset in sorted(best.items())]
+
+
+def consumer_config(
+    kafka: KafkaSettings,
+    group_id: str,
+    *,
+    fetch_max_wait_ms: int,
+    session_timeout_s: float,
+    heartbeat_interval_s: float,
+    rebalance_timeout_s: float,
+    commit_interval_ms: int = 1000,
+) -> dict[str, Any]:
+    """The stage consumer's librdkafka configuration."""
+    session_ms = int(session_timeout_s * 1000)
+    return librdkafka_config(
+        kafka,
+        **{
+            "group.id": group_id,
+            "client.id": f"{group_id}-consumer",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": commit_interval_ms,
+            "enable.auto.offset.store": False,
+            # Tansu answers a fetch only when this wait is over, data or not; Apache Kafka
+            # answers as soon as data arrives. The same wait as faust's worker consumer.
+            "fetch.wait.max.ms": fetch_max_wait_ms,
+            "session.timeout.ms": session_ms,
+            "heartbeat.interval.ms": int(heartbeat_interval_s * 1000),
+            # librdkafka sends this as the group's rebalance timeout: Tansu holds a joining
+            # group about that long (faust's worker uses rebalance_timeout_s likewise). It
+            # must not be below the session timeout; the thread polls at least every 0.2 s.
+            "max.poll.interval.ms": max(int(rebalance_timeout_s * 1000), session_ms),
+        },
+    )
+
+
+class StageConsumer:
+    """Reads the topics of the stages added with `add` and hands them to their `process`
+    (StageRunner.process: returns once every output is acknowledged). `start` and `stop`
+    run on the event loop; the consumer itself lives on its own thread."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        batch_max: int,
+        in_flight: int,
+        ready: Callable[[], Awaitable[None]],
+        backoff: Backoff | None = None,
+        poll_timeout_s: float = 0.5,
+    ) -> None:
+        self._config = config
+        self._batch_max = batch_max
+        self._in_flight_max = in_flight
+        self._ready = ready
+        self._backoff = backoff or Backoff()
+        self._poll_timeout_s = poll_timeout_s
+        self._stages: dict[str, tuple[str, Process]] = {}  # topic -> (stage, process)
+        self._queues: dict[str, asyncio.Queue[Chunk]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._book = OffsetBook()
+        self._lock = threading.Lock()  # the book and the handled chunks
+        self._handled: list[Chunk] = []  # handled, offsets not yet stored
+        self._room = threading.Condition()
+        self._in_flight = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opened = asyncio.Event()
+
+    def add(self, stage: str, topic: str, process: Process) -> None:
+        if topic in self._stages:
+            raise ValueError(f"{topic} is already read by {self._stages[topic][0]}")
+        self._stages[topic] = (stage, process)
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._stages)
+
+    async def start(self) -> None:
+        """Join the group and fetch; the stages wait for `open`."""
+        if self._thread is not None or not self._stages:
+            return
+        from confluent_kafka import Consumer
+
+        self._loop = asyncio.get_running_loop()
+        self._consumer = Consumer(self._config)
+        for topic, (stage, process) in self._stages.items():
+            queue: asyncio.Queue[Chunk] = asyncio.Queue()
+            self._queues[topic] = queue
+            task = asyncio.create_task(self._drive(stage, process, queue), name=f"stage-{stage}")
+            task.add_done_callback(_log_end)
+            self._tasks.append(task)
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="stage-consumer", daemon=True)
+        self._thread.start()
+
+    def open(self) -> None:
+        """Let the stages process (once the app's tables are recovered: prompting reads the
+        prompt registry). Joining the group before saves a rebalance's wait at start."""
+        self._opened.set()
+
+    async def stop(self) -> None:
+        """Stop handing over, cancel the stages (what they had in flight is not stored, so
+        it is read again), then close the consumer: it commits the stored offsets."""
+        self._stopping.set()
+        with self._room:
+            self._room.notify_all()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    # The consumer thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        consumer.subscribe(
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        paused = False
+        try:
+            while not self._stopping.is_set():
+                self._store_handled()
+                if self._full():
+                    # Keep polling (the group's liveness, rebalances) but fetch nothing.
+                    consumer.pause(consumer.assignment())
+                    paused = True
+                    with self._room:
+                        self._room.wait(0.2)
+                    messages = consumer.consume(self._batch_max, timeout=0)
+                elif paused:
+                    consumer.resume(consumer.assignment())
+                    paused = False
+                    continue
+                else:
+                    # Wait for one in C (an idle worker costs nothing here), then take
+                    # what is already fetched without waiting (consume waits its full
+                    # timeout unless num_messages arrive).
+                    messages = consumer.consume(1, timeout=self._poll_timeout_s)
+                    if messages:
+                        messages += consumer.consume(self._batch_max - 1, timeout=0)
+                if messages:
+                    self._hand_over(messages)
+        except Exception:
+            log.exception("stage consumer stopped")
+            raise
+        finally:
+            try:
+                self._store_handled()
+                consumer.close()  # commits the stored offsets and leaves the group
+            except Exception:
+                log.exception("closing the stage consumer failed")
+
+    def _full(self) -> bool:
+        with self._room:
+            return self._in_flight >= self._in_flight_max
+
+    def _hand_over(self, messages: list[Any]) -> None:
+        by_topic: dict[str, list[Incoming]] = {}
+        for m in messages:
+            error = m.error()
+            if error is not None:
+                log.warning("stage consumer: %s", error)
+                continue
+            by_topic.setdefault(m.topic(), []).append(
+                Incoming(
+                    topic=m.topic(), partition=m.partition(), offset=m.offset(), key=m.key(), value=m.value()
+                )
+            )
+        if not by_topic:
+            return
+        handed = sum(len(batch) for batch in by_topic.values())
+        with self._room:
+            self._in_flight += handed
+        assert self._loop is not None
+        for topic, batch in by_topic.items():
+            # The book changes only on this thread (rebalance callbacks run inside consume).
+            chunk = Chunk(batch, self._book.stamp(batch))
+            self._loop.call_soon_threadsafe(self._queues[topic].put_nowait, chunk)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        with self._lock:
+            self._book.assign((p.topic, p.partition) for p in partitions)
+        log.info("stage consumer assigned %s", _names(partitions))
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        from confluent_kafka import KafkaException
+
+        self._store_handled()  # what is done is committed below, not read again
+        with self._lock:  # no batch stores an offset of these partitions after this
+            self._book.revoke((p.topic, p.partition) for p in partitions)
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:  # nothing stored since the last commit, say
+            log.debug("commit on revoke: %s", exc)
+        log.info("stage consumer revoked %s", _names(partitions))
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        with self._lock:  # someone else owns them already: nothing to commit
+            self._book.revoke((p.topic, p.partition) for p in partitions)
+        log.warning("stage consumer lost %s", _names(partitions))
+
+    # The event loop ------------------------------------------------------------------
+
+    async def _drive(self, stage: str, process: Process, queue: asyncio.Queue[Chunk]) -> None:
+        await self._opened.wait()
+        await self._ready()
+        while True:
+            chunks = [await queue.get()]
+            size = len(chunks[0].messages)
+            while size < self._batch_max and not queue.empty():
+                chunks.append(queue.get_nowait())
+                size += len(chunks[-1].messages)
+            try:
+                await self._handle(stage, process, chunks)
+            finally:
+                with self._room:
+                    self._in_flight -= size
+                    self._room.notify_all()
+
+    async def _handle(self, stage: str, process: Process, chunks: list[Chunk]) -> None:
+        attempt = 1
+        while True:
+            with self._lock:
+                live = [c for c in chunks if self._book.current(c)]
+            if not live:
+                return  # revoked: their new owner reads them again
+            try:
+                await process([m for c in live for m in c.messages])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # not stored, and later batches must not pass it: again
+                delay = self._backoff.delay(attempt)
+                log.warning("%s: batch failed (%s); again in %.1fs", stage, str(exc)[:300], delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+                chunks = live
+                continue
+            self._store(live)
+            return
+
+    def _store(self, chunks: Sequence[Chunk]) -> None:
+        """Leave the offsets of handled `chunks` to the consumer thread: librdkafka makes
+        any other thread's call on the consumer wait until a running consume returns."""
+        with self._lock:
+            self._handled.extend(chunks)
+
+    def _store_handled(self) -> None:
+        """On the consumer thread: store the offsets of the handled chunks whose partitions
+        are still held in the generation they were fetched in."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        with self._lock:
+            handled, self._handled = self._handled, []
+            offsets = [TopicPartition(t, p, o) for t, p, o in self._book.to_store(handled)]
+        if not offsets:
+            return
+        try:
+            self._consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:  # not assigned any more: the new owner reads them again
+            log.info("offsets not stored: %s", exc)
+
+
+def _log_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s ended", task.get_name(), exc_info=task.exception())
+
+
+def _names(partitions: list[Any]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"
+
+
+class StageConsumerService(Service):
+    """Opens a StageConsumer once the faust app has started (tables recovered; added with
+    `app.service(...)`) and stops it with the app. It is started earlier, with the app
+    (PipelineApp.on_app_start), so that both groups are joined at the same time."""
+
+    def __init__(self, consumer: StageConsumer, **kwargs: Any) -> None:
+        self.consumer = consumer
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self.consumer.start()  # if the app did not
+        self.consumer.open()
+
+    async def on_stop(self) -> None:
+        await self.consumer.stop()

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from agents.runtime import Backoff, Incoming
-from topology.stage_consumer import Chunk, OffsetBook, StageConsumer
+from topology.stage_consumer import Chunk, OffsetBook, StageConsumer, StageConsumerService
 
 
 def msgs(topic: str, partition: int, *offsets: int) -> list[Incoming]:
@@ -60,9 +60,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.stored: list[tuple[str, int, int]] = []
+        self.commits: list[list[tuple[str, int, int]]] = []
 
     def store_offsets(self, offsets: list[Any]) -> None:
         self.stored += [(o.topic, o.partition, o.offset) for o in offsets]
+
+    def commit(self, asynchronous: bool) -> None:
+        self.commits.append(list(self.stored))
 
 
 async def ready() -> None:
@@ -89,6 +93,17 @@ def test_a_batch_revoked_while_in_flight_stores_no_offset() -> None:
     consumer._store_handled()
     assert handled == [1, 2]
     assert recorder.stored == []
+
+
+def test_a_revoke_commits_what_was_handled_before_it_and_nothing_after() -> None:
+    consumer, recorder = consumer_with([("a", 0)])
+    before, after = chunk(consumer._book, msgs("a", 0, 3)), chunk(consumer._book, msgs("a", 0, 4))
+    consumer._store([before])  # handled, not yet stored: the consumer thread was in consume
+    consumer._on_revoke(recorder, [_TP("a", 0)])
+    consumer._store([after])
+    consumer._store_handled()
+    assert recorder.commits == [[("a", 0, 4)]]
+    assert recorder.stored == [("a", 0, 4)]
 
 
 def test_a_queued_batch_of_a_revoked_partition_is_dropped_unhandled() -> None:
@@ -152,3 +167,40 @@ def test_queued_chunks_merge_into_batches_of_at_most_batch_max_and_release_their
 class _TP:
     def __init__(self, topic: str, partition: int) -> None:
         self.topic, self.partition = topic, partition
+
+
+def test_the_worker_reads_every_stage_without_a_table_through_librdkafka_and_the_rest_through_faust() -> None:
+    from topology.app import create_app
+    from topology.graph import STAGES
+    from topology.settings import Settings
+
+    settings = Settings(llm={"backend": "extractive"})
+    assert settings.worker.stage_consumer == "librdkafka"
+    app = create_app(settings)  # constructors do no I/O: nothing starts
+    [service] = [s for s in app._extra_services if isinstance(s, StageConsumerService)]
+    names = settings.kafka.topics
+    assert sorted(service.consumer.topics) == sorted(
+        getattr(names, s.consumes) for s in STAGES if not s.keeps
+    )
+    assert sorted(app.agents) == sorted(s.name for s in STAGES if s.keeps)
+    assert service.consumer._config["group.id"] == f"{settings.worker.app_id}-stages"
+
+    faust_only = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"stage_consumer": "faust"})}
+    )
+    app = create_app(faust_only)
+    assert sorted(app.agents) == sorted(s.name for s in STAGES)
+    assert not [s for s in app._extra_services if isinstance(s, StageConsumerService)]
+
+
+def test_the_consumer_stores_offsets_itself_and_fetches_with_the_worker_s_wait() -> None:
+    from topology.app import librdkafka_stages
+    from topology.settings import Settings
+
+    settings = Settings()
+    config = librdkafka_stages(settings, ready)._config
+    assert config["enable.auto.offset.store"] is False
+    assert config["enable.auto.commit"] is True
+    assert config["fetch.wait.max.ms"] == settings.worker.fetch_max_wait_ms
+    # librdkafka refuses a poll interval below the session timeout.
+    assert config["max.poll.interval.ms"] >= config["session.timeout.ms"]

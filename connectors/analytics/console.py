@@ -133,13 +133,14 @@ class ConsoleQueries:
         self, since: timedelta, tenant: str = "", limit: int = 100, probes: bool = False
     ) -> Rows:
         """Conversations with a turn in the window, the latest active first: turns in the
-        window, failed turns, first and last turn, and the last question."""
+        window, failed turns, first and last turn, and the last question. From trace_search,
+        ordered by time: the window is a range of it."""
         return await self.store.query(
             """
             SELECT conversation_id, tenant, count() AS turns, countIf(status = 'error') AS failed,
                    min(started_at) AS first_turn, max(started_at) AS last_turn,
                    argMax(question, started_at) AS last_question
-            FROM telemetry
+            FROM trace_search
             WHERE stage = 'prompting' AND conversation_id != ''
               AND started_at >= {since:DateTime64(3, 'UTC')}
               AND (empty({tenant:String}) OR tenant = {tenant:String}) AND tenant != {hide:String}

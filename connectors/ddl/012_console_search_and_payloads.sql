@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS trace_search
     event_id String,
     started_at DateTime64(3, 'UTC'),
     stage LowCardinality(String),
+    status LowCardinality(String),
     tenant LowCardinality(String),
     template_id LowCardinality(String),
     template_version LowCardinality(String),
@@ -31,12 +32,12 @@ ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (started_at, event_id);
 CREATE MATERIALIZED VIEW IF NOT EXISTS trace_search_mv TO trace_search AS
-SELECT trace_id, event_id, started_at, stage, tenant, template_id, template_version, label,
+SELECT trace_id, event_id, started_at, stage, status, tenant, template_id, template_version, label,
        experiment, arm, retrieval_mode, conversation_id, question, answer
 FROM telemetry
 WHERE stage IN ('prompting', 'generation');
 INSERT INTO trace_search
-SELECT trace_id, event_id, started_at, stage, tenant, template_id, template_version, label,
+SELECT trace_id, event_id, started_at, stage, status, tenant, template_id, template_version, label,
        experiment, arm, retrieval_mode, conversation_id, question, answer
 FROM telemetry
 WHERE stage IN ('prompting', 'generation');

@@ -248,8 +248,12 @@ async def at_size(
     rare = [f"tk{rng.randrange(codes)}" for _ in range(runs + 1)]
 
     def search(
-        text: str | list[str], since: timedelta, sql: Callable[[str], str] = search_sql, extra: str = ""
-    ):
+        text: str | list[str],
+        since: timedelta,
+        sql: Callable[[str], str] = search_sql,
+        extra: str = "",
+        tenant: str = "",
+    ) -> Callable[[int], Awaitable[Any]]:
         async def call(n: int) -> Any:
             word = text if isinstance(text, str) else text[n]
             return await store.query(
@@ -257,7 +261,7 @@ async def at_size(
                 {
                     "start": _when(end - since),
                     "end": _when(end),
-                    "tenant": "",
+                    "tenant": tenant,
                     "hide": "llmops-probe",
                     "status": "",
                     "prompt": "",
@@ -283,6 +287,7 @@ async def at_size(
         "search common word (24h)": search("account", day),
         "search common word (all)": search("account", month),
         "search three words (all)": search("reset my account", month),
+        "search common word, one tenant (all)": search("account", month, tenant="tenant-7"),
         "search rare word (all), no index": search(rare, month, no_index, " SETTINGS use_skip_indexes = 0"),
         "search common word (all), no index": search(
             "account", month, no_index, " SETTINGS use_skip_indexes = 0"

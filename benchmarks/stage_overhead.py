@@ -21,7 +21,10 @@ contender move them all to an output topic, once per run, and reports messages p
 
 The faust contenders run as a worker process of their own, like the pipeline's. The
 broker is a Tansu started here (default), an Apache Kafka started here (`kafka`, needs
-Java and Maven), or one that is running. Prints JSON and a table."""
+Java and Maven), or one that is running. Then the CPU each per-message step costs when
+timed alone (decode, encode, a StageCompleted report, Publisher.send with its delivery,
+a thread-to-loop hand-off): what bounds a hop once batching is amortised. Prints JSON and
+a table."""
 
 from __future__ import annotations
 
@@ -178,6 +181,72 @@ async def nothing() -> None:
     return None
 
 
+def per_message_costs(kafka: KafkaSettings, sink: str, count: int = 5000) -> dict[str, float]:
+    """CPU microseconds (this process, all threads) of each per-message step of a stage,
+    timed alone: what bounds a hop once the batching is amortised."""
+    from agents.telemetry import TelemetrySettings, stage_completed
+    from connectors.kafka import Publisher
+    from schemas import decode, utc_now
+
+    events = [
+        QueryReceived(
+            trace_id=uuid.uuid4().hex, producer="bench", tenant="bench", question=f"What is x? ({i})"
+        )
+        for i in range(count)
+    ]
+    values = [encode(e) for e in events]
+
+    def timed(step: Any) -> float:
+        began = time.process_time()
+        step()
+        return (time.process_time() - began) * 1e6 / count
+
+    costs = {
+        "decode (pydantic, validate JSON)": timed(lambda: [decode(v, QueryReceived) for v in values]),
+        "encode (pydantic, to JSON)": timed(lambda: [encode(e) for e in events]),
+    }
+    telemetry, now = TelemetrySettings(), utc_now()
+    costs["StageCompleted built and encoded"] = timed(
+        lambda: [
+            encode(stage_completed("echo", e, e, now, now, e.trace_id, e.tenant, telemetry)) for e in events
+        ]
+    )
+
+    async def sends() -> float:
+        publisher = Publisher(kafka, client_id="bench-costs")
+        await publisher.start()
+        began = time.process_time()
+        futures = [
+            await publisher.send(sink, e.trace_id.encode(), v) for e, v in zip(events, values, strict=True)
+        ]
+        await asyncio.gather(*futures)
+        spent = time.process_time() - began
+        await publisher.stop()
+        return spent * 1e6 / count
+
+    async def hand_offs() -> float:
+        loop, done = asyncio.get_running_loop(), asyncio.Event()
+        left = [count]
+
+        def arrived() -> None:
+            left[0] -= 1
+            if not left[0]:
+                done.set()
+
+        def thread() -> None:
+            for _ in range(count):
+                loop.call_soon_threadsafe(arrived)
+                time.sleep(0)  # one wake-up of the loop each, as messages that come apart
+
+        began = time.process_time()
+        await asyncio.gather(asyncio.to_thread(thread), done.wait())
+        return (time.process_time() - began) * 1e6 / count
+
+    costs["Publisher.send, delivery awaited (librdkafka)"] = asyncio.run(sends())
+    costs["thread to loop hand-off (call_soon_threadsafe)"] = asyncio.run(hand_offs())
+    return costs
+
+
 def run_faust(kafka: KafkaSettings, variant: str, source: str, sink: str, count: int) -> float:
     with tempfile.NamedTemporaryFile(suffix=".txt") as result:
         command = [sys.executable, "-m", "benchmarks.stage_overhead", "--child", variant]
@@ -256,6 +325,7 @@ def main() -> None:
                     seconds[contender].append(
                         run_faust(kafka, contender, source, sinks[contender], args.messages)
                     )
+        costs = per_message_costs(kafka, sinks["bare loop"])
     rates = {c: [args.messages / s for s in runs] for c, runs in seconds.items()}
     medians = {c: statistics.median(r) for c, r in rates.items()}
     report = {
@@ -266,15 +336,19 @@ def main() -> None:
         "messages_per_s": medians,
         "messages_per_s_runs": rates,
         "vs_bare_loop": {c: medians[c] / medians["bare loop"] for c in CONTENDERS},
+        "per_message_cpu_us": costs,
     }
     print(json.dumps(report, indent=2))
     print(
         f"\n{args.messages} messages, {args.partitions} partitions, broker {args.broker}; "
         f"medians of {args.runs}"
     )
-    print(f"{'contender':<24}{'messages/s':>12}{'vs bare':>9}")
+    print(f"{'contender':<26}{'messages/s':>12}{'vs bare':>9}")
     for c in CONTENDERS:
-        print(f"{c:<24}{medians[c]:>12.0f}{report['vs_bare_loop'][c]:>8.0%}")
+        print(f"{c:<26}{medians[c]:>12.0f}{report['vs_bare_loop'][c]:>8.0%}")
+    print("\nCPU per message of each step, timed alone (this process, all threads)")
+    for step, us in costs.items():
+        print(f"{step:<48}{us:>8.1f} us")
 
 
 if __name__ == "__main__":

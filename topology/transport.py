@@ -1,5 +1,8 @@
 """faust's aiokafka transport with a configurable fetch wait, and offsets that a
-rebalance cannot commit past unhandled events. Each patch overrides or reads a private
+rebalance cannot commit past unhandled events. The pipeline stages without a table read
+through librdkafka (topology/stage_consumer.py) unless LLMOPS_WORKER__STAGE_CONSUMER=faust;
+faust's consumer, and so every patch below, still serves the conversation stage's turns,
+the tables' changelogs and the analytics process's sinks. Each patch overrides or reads a private
 faust or aiokafka name; tests/unit/test_faust_internals.py fails when an upgrade renames
 one, changes its signature or stops calling it (a patch that no longer applies would
 otherwise go unnoticed: the tests below call the overrides directly).

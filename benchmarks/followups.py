@@ -155,8 +155,9 @@ async def converse(
 
 
 async def read_back(settings: Settings, traces: list[str], wait_s: float = 60) -> dict[str, list[dict]]:
-    """Each trace's telemetry rows, once every trace has its retrieval row (the sink
-    writes in batches, so the last rows arrive a moment after the last answer)."""
+    """Each trace's telemetry rows, once every trace has its retrieval and generation
+    rows (the sink writes in batches, so the last rows arrive a moment after the last
+    answer)."""
     analytics = await Analytics.connect(settings.clickhouse, settings.analytics)
     try:
         deadline = time.monotonic() + wait_s
@@ -165,8 +166,10 @@ async def read_back(settings: Settings, traces: list[str], wait_s: float = 60) -
             by_trace: dict[str, list[dict]] = {}
             for r in rows:
                 by_trace.setdefault(r["trace_id"], []).append(r)
-            retrieved = {t for t, rs in by_trace.items() if any(r["stage"] == "retrieval" for r in rs)}
-            if retrieved >= set(traces) or time.monotonic() > deadline:
+            complete = {
+                t for t, rs in by_trace.items() if {"retrieval", "generation"} <= {r["stage"] for r in rs}
+            }
+            if complete >= set(traces) or time.monotonic() > deadline:
                 return by_trace
             await asyncio.sleep(1)
     finally:
@@ -176,18 +179,20 @@ async def read_back(settings: Settings, traces: list[str], wait_s: float = 60) -
 def score(
     mode: str, results: list[dict[str, Any]], rows: dict[str, list[dict]], dialogues: list[Dialogue]
 ) -> dict[str, Any]:
-    by_second = {d.second: d for d in dialogues}
     hits: list[float] = []
     ends: list[float] = []
     nodes: dict[str, list[float]] = {n: [] for n in NODES}
-    for r in results:
+    # In the dialogues' order (two dialogues may share a follow-up's words).
+    for r, dialogue in zip(results, dialogues, strict=True):
         if "error" in r:
             hits.append(0.0)  # a failed follow-up is a miss
             continue
         second = rows.get(r["second_trace"], [])
         found = next((list(x["passage_ids"]) for x in second if x["stage"] == "retrieval"), [])
         r["retrieved"] = found[:TOP_K]
-        r["hit"] = hit_at(found, by_second[r["second"]].passages)
+        r["hit"] = hit_at(found, dialogue.passages)
+        # What retrieval searched with, where an LM condensed the follow-up.
+        r["condensed"] = next((x["question"] for x in second if x["stage"] == "condense"), None)
         hits.append(r["hit"])
         ends.append(r["second_ms"])
         for trace in (r["first_trace"], r["second_trace"], r.get("third_trace")):

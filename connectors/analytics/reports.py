@@ -254,11 +254,12 @@ class ReportQueries:
     async def trace_stages(self, trace_ids: Sequence[str]) -> Rows:
         """The stage rows of the given traces (a client reading its own requests back,
         as the follow-up benchmark does): per row the trace, stage, latency (ms), status,
-        model, tokens and the passages retrieval found, in the order the stages ran."""
+        model, tokens, the passages retrieval found and the question as the row recorded it
+        (a condense row: the rewritten question), in the order the stages ran."""
         return await self.store.query(
             """
             SELECT trace_id, stage, round(latency_ms, 2) AS latency_ms, status, model,
-                   input_tokens, output_tokens, passage_ids, conversation_id
+                   input_tokens, output_tokens, passage_ids, conversation_id, question
             FROM telemetry FINAL WHERE trace_id IN {traces:Array(String)}
             ORDER BY trace_id, started_at, ended_at
             """,

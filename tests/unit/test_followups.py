@@ -64,3 +64,27 @@ def test_a_bad_dialogue_line_is_refused_with_its_line(tmp_path):
     path.write_text(json.dumps({"first": "q"}) + "\n")
     with pytest.raises(PermanentError, match="d.jsonl:1"):
         load_dialogues(path)
+
+
+def test_each_follow_up_is_scored_against_its_own_dialogue_even_when_two_share_its_words():
+    from benchmarks.followups import Dialogue, score
+
+    def dialogue(first: str, passage: str) -> Dialogue:
+        return Dialogue(first, "Where can it be used?", frozenset({passage}), ("d",), ("e",))
+
+    dialogues = [dialogue("What is yield?", "p-yield"), dialogue("What is await?", "p-await")]
+    results = [
+        {"second": d.second, "first_trace": f"f{n}", "second_trace": f"s{n}", "second_ms": 10.0}
+        for n, d in enumerate(dialogues)
+    ]
+    rows = {
+        "s0": [{"stage": "retrieval", "passage_ids": ["p-yield"], "status": "ok", "latency_ms": 1}],
+        "s1": [
+            {"stage": "condense", "question": "Where can await be used?", "status": "ok", "latency_ms": 900},
+            {"stage": "retrieval", "passage_ids": ["x", "p-await"], "status": "ok", "latency_ms": 1},
+        ],
+    }
+    scored = score("local", results, rows, dialogues)
+    assert scored["hit_at_4"] == 1.0 and [r["hit"] for r in scored["per_dialogue"]] == [1.0, 1.0]
+    assert scored["nodes"]["condense"] == {"n": 1, "p50_ms": 900.0, "p95_ms": 900.0}
+    assert scored["per_dialogue"][1]["condensed"] == "Where can await be used?"

@@ -44,6 +44,13 @@ bench: model
 	@test -n "$(DATA)" || { echo "usage: make bench DATA=/path/to/dir/with/scifact [QUICK=1] [ONLY=embedding,...]"; exit 2; }
 	$(BIN)/python -m benchmarks.suite --data $(DATA) $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 
+## Chaos on Apache Kafka (needs java and mvn; a benchmark, not in CI): questions and ratings at
+## a steady rate while workers and the analytics process are SIGKILLed; counts what was lost or
+## doubled and the recovery times. QUESTIONS=300 for a short run (default 10,000), RATE=18/s.
+.PHONY: chaos
+chaos: model
+	$(BIN)/python -m benchmarks.chaos $(if $(QUESTIONS),--questions $(QUESTIONS)) $(if $(RATE),--rate $(RATE))
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

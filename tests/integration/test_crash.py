@@ -8,19 +8,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
-from collections import Counter
-from collections.abc import Callable
 
 import pytest
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from connectors.analytics import Analytics
 from connectors.client import Client
 from connectors.kafka import librdkafka_config
 from schemas import QueryReceived, ResponseGenerated, decode
 from tests.integration.test_pipeline import docs, tenant
-from tests.integration.test_prompt_registry import members_with_queries
+from topology.faults import members_with_queries, on_topic, responses_on_topic, stored
 from topology.stack import LocalStack
 
 QUERIES, FEEDBACK, RATE_PER_S = 60, 60, 15.0
@@ -33,74 +29,6 @@ async def steady(count: int, send) -> list:  # type: ignore[no-untyped-def]
         tasks.append(asyncio.create_task(send(i)))
         await asyncio.sleep(1 / RATE_PER_S)
     return await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def responses_on_topic(stack: LocalStack, traces: set[str]) -> Counter[str]:
-    """How many ResponseGenerated each of `traces` has on the responses topic."""
-    return on_topic(
-        stack,
-        stack.settings.kafka.topics.responses,
-        lambda m: (
-            decode(m.value(), ResponseGenerated).trace_id
-            if m.key().decode() in traces and b'"ResponseGenerated"' in m.value()
-            else None
-        ),
-    )
-
-
-def on_topic(stack: LocalStack, topic: str, pick: Callable[[Message], str | None]) -> Counter[str]:
-    """Read `topic` from the start to its end; count what `pick(message)` names (messages
-    with a key only)."""
-    consumer = Consumer(librdkafka_config(stack.settings.kafka, **{"group.id": f"t-{uuid.uuid4().hex}"}))
-    counts: Counter[str] = Counter()
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
-        }
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        done: set[int] = {p for p, end in ends.items() if end == 0}
-        while len(done) < len(partitions):
-            for message in consumer.consume(500, timeout=1.0):
-                if message.error() is not None:
-                    continue
-                if message.offset() + 1 >= ends[message.partition()]:
-                    done.add(message.partition())
-                if message.key() and (name := pick(message)) is not None:
-                    counts[name] += 1
-    finally:
-        consumer.close()
-    return counts
-
-
-async def stored(stack: LocalStack, owner: str, traces: list[str]) -> dict[str, int]:
-    """Raw rows (no FINAL: duplicates would show) for this test's tenant and traces."""
-    analytics = await Analytics.connect(stack.settings.clickhouse, stack.settings.analytics)
-    try:
-        [feedback] = (
-            await analytics.query(
-                "SELECT count() AS rows, uniqExact(event_id) AS events FROM feedback "
-                "WHERE tenant = {t:String}",
-                {"t": owner},
-            )
-        ).dicts()
-        [telemetry] = (
-            await analytics.query(
-                "SELECT count() AS rows, uniqExact(event_id) AS events, "
-                "uniqExactIf(trace_id, stage = 'generation' AND status = 'ok') AS answered "
-                "FROM telemetry WHERE has({traces:Array(String)}, trace_id)",
-                {"traces": traces},
-            )
-        ).dicts()
-    finally:
-        await analytics.close()
-    return {
-        "feedback_rows": feedback["rows"],
-        "feedback_events": feedback["events"],
-        "telemetry_rows": telemetry["rows"],
-        "telemetry_events": telemetry["events"],
-        "traces_answered": telemetry["answered"],
-    }
 
 
 async def settled(stack: LocalStack, owner: str, traces: list[str], timeout: float = 90) -> dict[str, int]:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from connectors.client import Client, RequestError
-from connectors.kafka import librdkafka_config
 from schemas.prompts import PromptVersion
 from tests.integration.test_cli import llmops
 from tests.integration.test_pipeline import docs, tenant
+from topology.faults import members_with_queries
 from topology.stack import LocalStack
 
 
@@ -95,17 +95,6 @@ async def test_a_label_moved_with_the_cli_answers_the_next_request(stack: LocalS
     badly_named = llmops("prompts", "label", "no spaces!", first.version, env=stack.env())
     assert badly_named.returncode == 1 and "label 'no spaces!'" in badly_named.stderr
     assert "Traceback" not in badly_named.stderr
-
-
-def members_with_queries(stack: LocalStack) -> int:
-    """How many members of the worker group hold partitions of the queries topic."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(librdkafka_config(stack.settings.kafka))
-    group = stack.settings.worker.stages_group()
-    description = admin.describe_consumer_groups([group])[group].result(timeout=10)
-    queries = stack.settings.kafka.topics.queries
-    return sum(any(tp.topic == queries for tp in m.assignment.topic_partitions) for m in description.members)
 
 
 async def test_every_worker_of_the_group_follows_a_label_move(kafka_stack: LocalStack, tmp_path: Path):

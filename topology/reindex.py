@@ -112,7 +112,8 @@ def golden_score(
         for start in range(0, len(cases), 64):
             batch = cases[start : start + 64]
             questions = [c.question for c in batch]
-            found = store.search(tower.embed(questions), tenant, GATE_DEPTH, texts=questions, mode=mode)
+            vectors = tower.embed(questions).tolist()
+            found = store.search(vectors, tenant, GATE_DEPTH, texts=questions, mode=mode)
             for case, f in zip(batch, found, strict=True):
                 scores.append(ndcg_at(documents_in_order([h.doc_id for h in f.hits]), case.relevant))
     finally:

@@ -14,7 +14,10 @@ from schemas.queries import RetrievalMode
 from topology.cli.common import pass_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from connectors.milvus import MilvusStore
+    from schemas.indexes import IndexChange
     from topology.settings import Settings
 
 
@@ -160,7 +163,7 @@ def switch_model(
     margin: float,
     mode: RetrievalMode | None,
     limit: int | None,
-    announce: object,
+    announce: Callable[[IndexChange], None],
 ) -> None:
     from tqdm import tqdm
 
@@ -182,7 +185,7 @@ def switch_model(
     try:
         outcome = reindex(
             settings, model, target=target, gate=gate, announce=announce, progress=progress, say=click.echo
-        )  # type: ignore[arg-type]
+        )
     finally:
         bar.close()
     click.echo(

@@ -22,7 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.encoders import EncoderRecord, belongs
 from connectors.milvus_expressions import content, fuse_rrf, string_literal, tenant_filter
-from connectors.ports import Chunk, Found, Hit
+from connectors.milvus_schema import TEXT_LIMIT as _TEXT_LIMIT
+from connectors.milvus_schema import hit as _hit
+from connectors.milvus_schema import hits as _hits
+from connectors.milvus_schema import passage_schema
+from connectors.milvus_schema import scores as _scores
+from connectors.ports import Chunk, Found
+from connectors.ports import Hit as Hit  # re-exported for callers that import it from here
 from schemas.errors import PermanentError, TransientError
 from schemas.queries import RetrievalMode
 
@@ -30,7 +36,6 @@ log = logging.getLogger(__name__)
 # Milvus's code for "collection not loaded" (searches need it in memory).
 _NOT_LOADED = 101
 
-_TEXT_LIMIT = 65_535  # Milvus VARCHAR max_length
 # The collection property that records the document encoder which filled it.
 ENCODER_PROPERTY = "llmops.document_encoder"
 # The collection an alias pointed at before it was switched to this one (kept for the
@@ -166,52 +171,10 @@ class MilvusStore:
         """Create the collection and its index for `dim`-sized vectors if missing; True when
         created. An explicit bootstrap step: searching and upserting never create it. The
         collection records `filled_by` (default: the writer's encoder)."""
-        from pymilvus import DataType, Function, FunctionType
-
-        client, name, cfg = self._client, self._settings.collection, self._settings
+        client, name = self._client, self._settings.collection
         if client.has_collection(name):
             return False
-        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
-        schema.add_field("tenant", DataType.VARCHAR, max_length=64)
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=128)
-        schema.add_field("chunk", DataType.INT64)
-        schema.add_field("title", DataType.VARCHAR, max_length=1_000)
-        schema.add_field("text", DataType.VARCHAR, max_length=_TEXT_LIMIT)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        schema.add_field(
-            "content",
-            DataType.VARCHAR,
-            max_length=_TEXT_LIMIT,
-            enable_analyzer=True,
-            analyzer_params=cfg.analyzer,
-        )
-        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-        schema.add_function(
-            Function(
-                name="content_bm25",
-                function_type=FunctionType.BM25,
-                input_field_names=["content"],
-                output_field_names=["sparse"],
-            )
-        )
-        index = client.prepare_index_params()
-        params: dict[str, Any] = {}
-        if cfg.index_type == "HNSW":
-            params = {"M": cfg.hnsw_m, "efConstruction": cfg.hnsw_ef_construction}
-        elif cfg.index_type == "IVF_FLAT":
-            params = {"nlist": cfg.ivf_nlist}
-        # Nested for Milvus Lite, as for the sparse index below.
-        index.add_index("vector", index_type=cfg.index_type, metric_type="IP", params={"params": params})
-        index.add_index(
-            "sparse",
-            index_type="SPARSE_INVERTED_INDEX",
-            metric_type="BM25",
-            # Nested: pymilvus 3 sends flat keys as pairs of their own, which Milvus Lite
-            # 3.2.2 ignores; it reads one JSON "params" pair, the form older SDKs send and
-            # Milvus servers accept.
-            params={"params": {"bm25_k1": cfg.bm25_k1, "bm25_b": cfg.bm25_b}},
-        )
+        schema, index = passage_schema(client, dim, self._settings)
         if filled_by is None and self._writer is not None:
             filled_by = self._writer.record()
         # A property, not the schema description: Milvus Lite drops descriptions.
@@ -528,29 +491,6 @@ class MilvusStore:
 def not_found(exc: BaseException) -> bool:
     """Whether Milvus said the collection does not exist."""
     return getattr(exc.__cause__, "code", None) == _NOT_FOUND
-
-
-def _hit(pid: Any, entity: dict[str, Any], score: float) -> Hit:
-    return Hit(
-        id=str(pid),
-        doc_id=entity["doc_id"],
-        chunk=int(entity["chunk"]),
-        title=entity["title"],
-        text=entity["text"],
-        score=score,
-    )
-
-
-def _scores(rows: Sequence[dict[str, Any]], field_name: str) -> list[float]:
-    # Milvus Lite reports BM25 relevance negated (as a distance); BM25 is never negative.
-    if field_name == "sparse":
-        return [abs(float(row["distance"])) for row in rows]
-    return [float(row["distance"]) for row in rows]
-
-
-def _hits(rows: Sequence[dict[str, Any]], field_name: str) -> list[Hit]:
-    scores = _scores(rows, field_name)
-    return [_hit(row["id"], row["entity"], score) for row, score in zip(rows, scores, strict=True)]
 
 
 def wait_for_milvus(

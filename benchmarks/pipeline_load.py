@@ -69,11 +69,9 @@ PROCESSES = (
 )
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU seconds (user + system) each part of the stack has used so far, from /proc;
-    this process is the load generator and client."""
-    tick, me = os.sysconf("SC_CLK_TCK"), os.getpid()
-    used: dict[str, float] = {}
+def _processes() -> dict[int, tuple[int, str, list[str]]]:
+    """pid -> (parent pid, command line, /proc stat fields after the name)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -82,7 +80,32 @@ def cpu_seconds() -> dict[str, float]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # it ended meanwhile
             continue
-        name = "load generator" if int(entry.name) == me else None
+        found[int(entry.name)] = (int(fields[1]), command, fields)
+    return found
+
+
+def _ours(processes: dict[int, tuple[int, str, list[str]]]) -> set[int]:
+    """This process and its descendants: the stack it started, not other stacks on the machine."""
+    me, ours, grew = os.getpid(), {os.getpid()}, True
+    while grew:
+        more = {pid for pid, (parent, _, _) in processes.items() if parent in ours} - ours
+        ours |= more
+        grew = bool(more)
+    return ours | {me}
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) each part of the stack has used so far, from /proc;
+    this process is the load generator and client. Only this process's descendants count
+    (other sessions' stacks on the same machine run the same commands)."""
+    tick, me = os.sysconf("SC_CLK_TCK"), os.getpid()
+    processes = _processes()
+    used: dict[str, float] = {}
+    for pid in _ours(processes):
+        if pid not in processes:
+            continue
+        _, command, fields = processes[pid]
+        name = "load generator" if pid == me else None
         name = name or next((n for n, word in PROCESSES if word in command), None)
         if name is not None:
             used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
@@ -90,18 +113,13 @@ def cpu_seconds() -> dict[str, float]:
 
 
 def pids_of(part: str) -> list[int]:
-    """The processes of a part of the stack (as cpu_seconds names them)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if next((n for n, word in PROCESSES if word in command), None) == part:
-            found.append(int(entry.name))
-    return found
+    """The processes of a part of this stack (as cpu_seconds names them)."""
+    processes = _processes()
+    return [
+        pid
+        for pid in sorted(_ours(processes))
+        if pid in processes and next((n for n, w in PROCESSES if w in processes[pid][1]), None) == part
+    ]
 
 
 def start_profile(out: Path | None, rate: float, seconds: float) -> subprocess.Popen[bytes] | None:

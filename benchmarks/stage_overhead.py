@@ -167,6 +167,12 @@ def faust_worker(args: argparse.Namespace) -> None:
         consumer.add("echo", args.source, counted)
         cast(PipelineApp, app).on_app_start.append(consumer.start)
         app.service(StageConsumerService(consumer))  # type: ignore[arg-type]  # an instance works too
+
+        # faust's consumer needs a topic (the worker's has the conversation stage's): an empty one.
+        @app.agent(app.topic(args.source + "-idle", value_serializer="raw"), name="idle")
+        async def idle(stream: faust.StreamT) -> None:
+            async for _ in stream:
+                pass
     else:
 
         @app.agent(source, name="echo")
@@ -314,7 +320,7 @@ def main() -> None:
     with broker(args.broker) as kafka:
         source = f"bench-in-{uuid.uuid4().hex[:8]}"
         sinks = {c: f"bench-out-{i}-{uuid.uuid4().hex[:8]}" for i, c in enumerate(CONTENDERS)}
-        names = [source, *sinks.values(), *(s + "-t" for s in sinks.values())]
+        names = [source, source + "-idle", *sinks.values(), *(s + "-t" for s in sinks.values())]
         ensure_topics(kafka, [TopicSpec(n, args.partitions) for n in names])
         fill(kafka, source, args.messages)
         for _ in range(args.runs):  # interleaved, so drift in the machine's load hits all alike

@@ -23,6 +23,10 @@ and the tables: two groups, since faust's assignor and librdkafka's cannot share
   again) and a queued one is dropped.
 - At most `in_flight` messages are handed over and not yet done; beyond that the
   assignment is paused (the thread keeps polling, so the group keeps it as a member).
+- Once no message came for IDLE_AFTER_S the consumer fetches in rounds: one fetch with the
+  assignment resumed, then `idle_wait_s` paused (librdkafka's fetch wait is fixed while
+  it runs; the short one made an idle worker, and Tansu, answer a hundred fetches a
+  second). The first message after a quiet second can wait up to `idle_wait_s` more.
 
 `OffsetBook` is the bookkeeping (which offsets a finished batch may store), with no I/O."""
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +46,9 @@ from agents.runtime import Backoff, Incoming
 from connectors.kafka import KafkaSettings, librdkafka_config
 
 log = logging.getLogger(__name__)
+
+# The consumer counts as idle once no message came for this long (as faust's, transport.py).
+IDLE_AFTER_S = 1.0
 
 TP = tuple[str, int]  # (topic, partition)
 Process = Callable[[list[Incoming]], Awaitable[object]]
@@ -144,6 +152,8 @@ class StageConsumer:
         ready: Callable[[], Awaitable[None]],
         backoff: Backoff | None = None,
         poll_timeout_s: float = 0.5,
+        fetch_wait_s: float = 0.01,
+        idle_wait_s: float = 0.1,
     ) -> None:
         self._config = config
         self._batch_max = batch_max
@@ -151,6 +161,10 @@ class StageConsumer:
         self._ready = ready
         self._backoff = backoff or Backoff()
         self._poll_timeout_s = poll_timeout_s
+        # Long enough for a fetch sent at resume to come back from a broker that holds it
+        # for its whole wait (Tansu).
+        self._probe_s = 2 * fetch_wait_s + 0.005
+        self._idle_wait_s = idle_wait_s
         self._stages: dict[str, tuple[str, Process]] = {}  # topic -> (stage, process)
         self._queues: dict[str, asyncio.Queue[Chunk]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -218,7 +232,7 @@ class StageConsumer:
         consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        paused = False
+        paused, records_at = False, time.monotonic()
         try:
             while not self._stopping.is_set():
                 self._store_handled()
@@ -229,18 +243,21 @@ class StageConsumer:
                     with self._room:
                         self._room.wait(0.2)
                     messages = consumer.consume(self._batch_max, timeout=0)
-                elif paused:
-                    consumer.resume(consumer.assignment())
-                    paused = False
-                    continue
                 else:
-                    # Wait for one in C (an idle worker costs nothing here), then take
-                    # what is already fetched without waiting (consume waits its full
-                    # timeout unless num_messages arrive).
-                    messages = consumer.consume(1, timeout=self._poll_timeout_s)
+                    if paused:
+                        consumer.resume(consumer.assignment())
+                        paused = False
+                    if time.monotonic() - records_at < IDLE_AFTER_S:
+                        # Wait for one in C, then take what is already fetched without
+                        # waiting (consume waits its full timeout unless num_messages arrive).
+                        messages = consumer.consume(1, timeout=self._poll_timeout_s)
+                    else:
+                        messages = self._quiet_round(consumer)
+                        paused = not messages
                     if messages:
                         messages += consumer.consume(self._batch_max - 1, timeout=0)
                 if messages:
+                    records_at = time.monotonic()
                     self._hand_over(messages)
         except Exception:
             log.exception("stage consumer stopped")
@@ -251,6 +268,23 @@ class StageConsumer:
                 consumer.close()  # commits the stored offsets and leaves the group
             except Exception:
                 log.exception("closing the stage consumer failed")
+
+    def _quiet_round(self, consumer: Any) -> list[Any]:
+        """After IDLE_AFTER_S without a message: one fetch round with the partitions
+        resumed, then none for `idle_wait_s` with them paused. librdkafka cannot change its
+        fetch wait while running, and with the short one an idle worker fetched a hundred
+        times a second (on Tansu, which holds each fetch for the whole wait, that kept the
+        broker busy too); this fetches a few times per idle wait. Returns what came; the
+        partitions are left paused when nothing did."""
+        messages: list[Any] = consumer.consume(1, timeout=self._probe_s)
+        if messages:
+            return messages
+        consumer.pause(consumer.assignment())
+        # Paused: nothing is fetched, but rebalances and the group's liveness are served.
+        messages = consumer.consume(1, timeout=self._idle_wait_s)
+        if messages:  # from partitions assigned meanwhile: fetch again at once
+            consumer.resume(consumer.assignment())
+        return messages
 
     def _full(self) -> bool:
         with self._room:

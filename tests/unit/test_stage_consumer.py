@@ -4,7 +4,7 @@ that a batch of a revoked partition never stores one (its new owner reads it aga
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from agents.runtime import Backoff, Incoming
 from topology.stage_consumer import Chunk, OffsetBook, StageConsumer, StageConsumerService
@@ -178,12 +178,11 @@ def test_the_worker_reads_every_stage_without_a_table_through_librdkafka_and_the
     assert settings.worker.stage_consumer == "librdkafka"
     app = create_app(settings)  # constructors do no I/O: nothing starts
     [service] = [s for s in app._extra_services if isinstance(s, StageConsumerService)]
+    consumer = cast(StageConsumerService, service).consumer
     names = settings.kafka.topics
-    assert sorted(service.consumer.topics) == sorted(
-        getattr(names, s.consumes) for s in STAGES if not s.keeps
-    )
+    assert sorted(consumer.topics) == sorted(getattr(names, s.consumes) for s in STAGES if not s.keeps)
     assert sorted(app.agents) == sorted(s.name for s in STAGES if s.keeps)
-    assert service.consumer._config["group.id"] == f"{settings.worker.app_id}-stages"
+    assert consumer._config["group.id"] == f"{settings.worker.app_id}-stages"
 
     faust_only = settings.model_copy(
         update={"worker": settings.worker.model_copy(update={"stage_consumer": "faust"})}
@@ -204,3 +203,38 @@ def test_the_consumer_stores_offsets_itself_and_fetches_with_the_worker_s_wait()
     assert config["fetch.wait.max.ms"] == settings.worker.fetch_max_wait_ms
     # librdkafka refuses a poll interval below the session timeout.
     assert config["max.poll.interval.ms"] >= config["session.timeout.ms"]
+
+
+class Quiet:
+    """A consumer that records what the quiet round asks of it; `replies` answer consume."""
+
+    def __init__(self, *replies: list[str]) -> None:
+        self.replies, self.calls = list(replies), []  # type: ignore[var-annotated]
+
+    def assignment(self) -> list[str]:
+        return ["a[0]"]
+
+    def pause(self, partitions: list[str]) -> None:
+        self.calls.append("pause")
+
+    def resume(self, partitions: list[str]) -> None:
+        self.calls.append("resume")
+
+    def consume(self, num_messages: int, timeout: float) -> list[str]:
+        self.calls.append(f"consume {timeout:g}")
+        return self.replies.pop(0)
+
+
+def test_an_idle_consumer_fetches_one_round_then_rests_paused() -> None:
+    consumer = StageConsumer({}, batch_max=10, in_flight=100, ready=ready, fetch_wait_s=0.01, idle_wait_s=0.1)
+    quiet = Quiet([], [])
+    assert consumer._quiet_round(quiet) == []
+    assert quiet.calls == ["consume 0.025", "pause", "consume 0.1"]  # left paused: the caller resumes
+
+    came = Quiet(["m"])
+    assert consumer._quiet_round(came) == ["m"]
+    assert came.calls == ["consume 0.025"]  # something came: no rest
+
+    assigned_meanwhile = Quiet([], ["m"])
+    assert consumer._quiet_round(assigned_meanwhile) == ["m"]
+    assert assigned_meanwhile.calls[-1] == "resume"

@@ -312,6 +312,8 @@ def main() -> None:
             "LLMOPS_LLM__BACKEND": "openai",
             "LLMOPS_LLM__MAX_PROMPT_TOKENS": str(args.answer_prompt_tokens),
             "LLMOPS_CONVERSATION__MEMORY_TURNS": "1",  # so that a third turn summarizes the first
+            # A free port: a stack of another run on the default 8080 would take our requests.
+            "LLMOPS_LOCAL_LLM__PORT": "0",
         }
         configs += run_stack(Backend("local", env), ["local"], dialogues, args)
     report = {"data": str(args.data), "dialogues": len(dialogues), "top_k": TOP_K, "configs": configs}

@@ -21,8 +21,9 @@ feedback rows after FINAL, distinct feedback event ids and ratings linked to the
 a rating that came before its trace's telemetry), and the raw telemetry rows (no FINAL,
 so a duplicate shows) and distinct event ids of the answered traces (one row per event id
 expected). Per kill: seconds until the process was back (restarted and serving), until
-the next answer at the client, and until every question sent before the kill was
-answered. Prints JSON and a table."""
+the first answer to a question sent after the kill, and until every question sent before
+the kill was answered; and the longest wait of a question sent in the 30 s after it.
+Prints JSON and a table."""
 
 from __future__ import annotations
 
@@ -143,17 +144,24 @@ async def faults(stack: LocalStack, sending_s: float, out: Outcomes) -> None:
 
 
 def recovery(out: Outcomes) -> list[dict[str, Any]]:
-    """Per kill: the next answer after it, and when the last question sent before it was answered."""
+    """Per kill: the first answer to a question sent after it, and when the last question
+    sent before it was answered."""
     rows = []
     for kill in out.kills:
         at = kill["killed_at"]
-        after = [t for t, _ in out.answered.values() if t >= at]
+        # An answer already on its way when the kill came says nothing of recovery: the
+        # next answer counted is one to a question sent after the kill.
+        after = [t for i, (t, _) in out.answered.items() if out.sent[i] >= at]
         before = [out.answered[i][0] for i, sent in out.sent.items() if sent <= at and i in out.answered]
+        # Questions sent in the 30 s after the kill that landed on a dead worker's partitions
+        # wait for the group to move them (or for the restart): the longest such wait.
+        waits = [t - out.sent[i] for i, (t, _) in out.answered.items() if at <= out.sent[i] < at + 30]
         rows.append(
             {
                 **{k: v for k, v in kill.items() if k != "killed_at"},
                 "next_answer_s": min(after) - at if after else None,
                 "sent_before_all_answered_s": max(0.0, max(before) - at) if before else 0.0,
+                "longest_wait_after_s": max(waits) if waits else None,
             }
         )
     return rows
@@ -283,12 +291,17 @@ def main() -> None:
         f"({report['traces_redelivered_inside']} traces redelivered inside, dropped by the client); "
         f"p50 {report['p50_ms'] or float('nan'):.0f} ms, p99 {report['p99_ms'] or float('nan'):.0f} ms"
     )
-    print(f"\n{'kill':<12}{'at s':>7}{'back s':>8}{'next answer s':>15}{'earlier all answered s':>24}")
+    print(
+        f"\n{'kill':<12}{'at s':>7}{'back s':>8}{'next answer s':>15}{'earlier all answered s':>24}"
+        f"{'longest wait, next 30 s':>25}"
+    )
     for k in report["kills"]:
         back = f"{k['back_s']:.1f}" if "back_s" in k else "never"
         nxt = f"{k['next_answer_s']:.2f}" if k["next_answer_s"] is not None else "-"
+        wait = f"{k['longest_wait_after_s']:.1f}" if k["longest_wait_after_s"] is not None else "-"
         print(
             f"{k['process']:<12}{k['at_s']:>7.0f}{back:>8}{nxt:>15}{k['sent_before_all_answered_s']:>24.1f}"
+            f"{wait:>25}"
         )
 
 

@@ -178,6 +178,7 @@ class StageConsumer:
         self._consumer: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opened = asyncio.Event()
+        self._assigned_at = 0.0  # monotonic; set on the consumer thread
 
     def add(self, stage: str, topic: str, process: Process) -> None:
         if topic in self._stages:
@@ -247,7 +248,9 @@ class StageConsumer:
                     if paused:
                         consumer.resume(consumer.assignment())
                         paused = False
-                    if time.monotonic() - records_at < IDLE_AFTER_S:
+                    # Quiet only a while after the last message and the last assignment
+                    # (a partition paused while it asks for its committed offset waits).
+                    if time.monotonic() - max(records_at, self._assigned_at) < IDLE_AFTER_S:
                         # Wait for one in C, then take what is already fetched without
                         # waiting (consume waits its full timeout unless num_messages arrive).
                         messages = consumer.consume(1, timeout=self._poll_timeout_s)
@@ -314,6 +317,7 @@ class StageConsumer:
             self._loop.call_soon_threadsafe(self._queues[topic].put_nowait, chunk)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._assigned_at = time.monotonic()
         with self._lock:
             self._book.assign((p.topic, p.partition) for p in partitions)
         log.info("stage consumer assigned %s", _names(partitions))

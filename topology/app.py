@@ -217,8 +217,6 @@ def librdkafka_stages(settings: Settings, ready: Callable[[], Awaitable[None]]) 
         in_flight=worker.stage_in_flight,
         ready=ready,
         backoff=worker.runtime.backoff,
-        fetch_wait_s=worker.fetch_max_wait_ms / 1000,
-        idle_wait_s=worker.idle_fetch_max_wait_ms / 1000,
     )
 
 

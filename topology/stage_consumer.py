@@ -23,10 +23,10 @@ and the tables: two groups, since faust's assignor and librdkafka's cannot share
   again) and a queued one is dropped.
 - At most `in_flight` messages are handed over and not yet done; beyond that the
   assignment is paused (the thread keeps polling, so the group keeps it as a member).
-- Once no message came for IDLE_AFTER_S the consumer fetches in rounds: one fetch with the
-  assignment resumed, then `idle_wait_s` paused (librdkafka's fetch wait is fixed while
-  it runs; the short one made an idle worker, and Tansu, answer a hundred fetches a
-  second). The first message after a quiet second can wait up to `idle_wait_s` more.
+- It fetches with the worker's short fetch wait all the time: librdkafka cannot lengthen
+  it while idle as faust's consumer does (topology/transport.py), so an idle worker
+  sends a fetch every `fetch.wait.max.ms`. Idle rounds (pausing the assignment between
+  fetches) were tried and dropped: under load the consumer starved (docs/scaling.md).
 
 `OffsetBook` is the bookkeeping (which offsets a finished batch may store), with no I/O."""
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,9 +45,6 @@ from agents.runtime import Backoff, Incoming
 from connectors.kafka import KafkaSettings, librdkafka_config
 
 log = logging.getLogger(__name__)
-
-# The consumer counts as idle once no message came for this long (as faust's, transport.py).
-IDLE_AFTER_S = 1.0
 
 TP = tuple[str, int]  # (topic, partition)
 Process = Callable[[list[Incoming]], Awaitable[object]]
@@ -152,8 +148,6 @@ class StageConsumer:
         ready: Callable[[], Awaitable[None]],
         backoff: Backoff | None = None,
         poll_timeout_s: float = 0.5,
-        fetch_wait_s: float = 0.01,
-        idle_wait_s: float = 0.1,
     ) -> None:
         self._config = config
         self._batch_max = batch_max
@@ -161,10 +155,6 @@ class StageConsumer:
         self._ready = ready
         self._backoff = backoff or Backoff()
         self._poll_timeout_s = poll_timeout_s
-        # Long enough for a fetch sent at resume to come back from a broker that holds it
-        # for its whole wait (Tansu).
-        self._probe_s = 2 * fetch_wait_s + 0.005
-        self._idle_wait_s = idle_wait_s
         self._stages: dict[str, tuple[str, Process]] = {}  # topic -> (stage, process)
         self._queues: dict[str, asyncio.Queue[Chunk]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -178,7 +168,6 @@ class StageConsumer:
         self._consumer: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opened = asyncio.Event()
-        self._assigned_at = 0.0  # monotonic; set on the consumer thread
 
     def add(self, stage: str, topic: str, process: Process) -> None:
         if topic in self._stages:
@@ -233,7 +222,7 @@ class StageConsumer:
         consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        paused, records_at = False, time.monotonic()
+        paused = False
         try:
             while not self._stopping.is_set():
                 self._store_handled()
@@ -248,19 +237,12 @@ class StageConsumer:
                     if paused:
                         consumer.resume(consumer.assignment())
                         paused = False
-                    # Quiet only a while after the last message and the last assignment
-                    # (a partition paused while it asks for its committed offset waits).
-                    if time.monotonic() - max(records_at, self._assigned_at) < IDLE_AFTER_S:
-                        # Wait for one in C, then take what is already fetched without
-                        # waiting (consume waits its full timeout unless num_messages arrive).
-                        messages = consumer.consume(1, timeout=self._poll_timeout_s)
-                    else:
-                        messages = self._quiet_round(consumer)
-                        paused = not messages
+                    # Wait for one in C, then take what is already fetched without waiting
+                    # (consume waits its full timeout unless num_messages arrive).
+                    messages = consumer.consume(1, timeout=self._poll_timeout_s)
                     if messages:
                         messages += consumer.consume(self._batch_max - 1, timeout=0)
                 if messages:
-                    records_at = time.monotonic()
                     self._hand_over(messages)
         except Exception:
             log.exception("stage consumer stopped")
@@ -271,23 +253,6 @@ class StageConsumer:
                 consumer.close()  # commits the stored offsets and leaves the group
             except Exception:
                 log.exception("closing the stage consumer failed")
-
-    def _quiet_round(self, consumer: Any) -> list[Any]:
-        """After IDLE_AFTER_S without a message: one fetch round with the partitions
-        resumed, then none for `idle_wait_s` with them paused. librdkafka cannot change its
-        fetch wait while running, and with the short one an idle worker fetched a hundred
-        times a second (on Tansu, which holds each fetch for the whole wait, that kept the
-        broker busy too); this fetches a few times per idle wait. Returns what came; the
-        partitions are left paused when nothing did."""
-        messages: list[Any] = consumer.consume(1, timeout=self._probe_s)
-        if messages:
-            return messages
-        consumer.pause(consumer.assignment())
-        # Paused: nothing is fetched, but rebalances and the group's liveness are served.
-        messages = consumer.consume(1, timeout=self._idle_wait_s)
-        if messages:  # from partitions assigned meanwhile: fetch again at once
-            consumer.resume(consumer.assignment())
-        return messages
 
     def _full(self) -> bool:
         with self._room:
@@ -317,7 +282,6 @@ class StageConsumer:
             self._loop.call_soon_threadsafe(self._queues[topic].put_nowait, chunk)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        self._assigned_at = time.monotonic()
         with self._lock:
             self._book.assign((p.topic, p.partition) for p in partitions)
         log.info("stage consumer assigned %s", _names(partitions))

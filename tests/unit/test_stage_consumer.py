@@ -203,38 +203,3 @@ def test_the_consumer_stores_offsets_itself_and_fetches_with_the_worker_s_wait()
     assert config["fetch.wait.max.ms"] == settings.worker.fetch_max_wait_ms
     # librdkafka refuses a poll interval below the session timeout.
     assert config["max.poll.interval.ms"] >= config["session.timeout.ms"]
-
-
-class Quiet:
-    """A consumer that records what the quiet round asks of it; `replies` answer consume."""
-
-    def __init__(self, *replies: list[str]) -> None:
-        self.replies, self.calls = list(replies), []  # type: ignore[var-annotated]
-
-    def assignment(self) -> list[str]:
-        return ["a[0]"]
-
-    def pause(self, partitions: list[str]) -> None:
-        self.calls.append("pause")
-
-    def resume(self, partitions: list[str]) -> None:
-        self.calls.append("resume")
-
-    def consume(self, num_messages: int, timeout: float) -> list[str]:
-        self.calls.append(f"consume {timeout:g}")
-        return self.replies.pop(0)
-
-
-def test_an_idle_consumer_fetches_one_round_then_rests_paused() -> None:
-    consumer = StageConsumer({}, batch_max=10, in_flight=100, ready=ready, fetch_wait_s=0.01, idle_wait_s=0.1)
-    quiet = Quiet([], [])
-    assert consumer._quiet_round(quiet) == []
-    assert quiet.calls == ["consume 0.025", "pause", "consume 0.1"]  # left paused: the caller resumes
-
-    came = Quiet(["m"])
-    assert consumer._quiet_round(came) == ["m"]
-    assert came.calls == ["consume 0.025"]  # something came: no rest
-
-    assigned_meanwhile = Quiet([], ["m"])
-    assert consumer._quiet_round(assigned_meanwhile) == ["m"]
-    assert assigned_meanwhile.calls[-1] == "resume"

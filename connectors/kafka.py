@@ -38,9 +38,9 @@ class TopicNames(BaseModel):
     telemetry: str = "llmops.telemetry"
     feedback: str = "llmops.feedback"
     alerts: str = "llmops.alerts"
-
     # Steps of passage re-indexes (`llmops reindex`), keyed by change id.
     index_changes: str = "llmops.index_changes"
+
 
 class KafkaSettings(BaseModel):
     model_config = ConfigDict(frozen=True)

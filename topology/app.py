@@ -76,11 +76,16 @@ def new_app(
     the worker's."""
     worker = settings.worker
     idle_wait = worker.idle_fetch_max_wait_ms if idle_fetch_max_wait_ms is None else idle_fetch_max_wait_ms
+    # faust makes its data directory even for in-memory tables (without parents): keep it
+    # out of the user's working directory.
+    datadir = settings.stack.data_dir / "faust" / app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     return PipelineApp(
         app_id,
         fetch_max_wait_ms=worker.fetch_max_wait_ms,
         idle_fetch_max_wait_ms=idle_wait,
         store="memory://",
+        datadir=str(datadir),
         topic_allow_declare=False,
         topic_replication_factor=settings.kafka.replication_factor,
         consumer_auto_offset_reset="earliest",

@@ -5,11 +5,9 @@ announces nothing twice."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
-from schemas import decode
 from schemas.alerts import (
     Alert,
     AlertResolved,
@@ -19,7 +17,7 @@ from schemas.alerts import (
     LagBreached,
     SloBreached,
 )
-from schemas.errors import InvalidEvent
+from schemas.codec import decode_kind
 
 STAGE = "alerts-sink"
 KINDS: dict[str, type[Alert]] = {
@@ -30,14 +28,7 @@ KINDS: dict[str, type[Alert]] = {
 
 def decode_alert(data: bytes | None) -> Alert:
     """An alert event as its own kind (its `event_type` says which)."""
-    try:
-        kind = json.loads(data or b"").get("event_type")
-    except (ValueError, UnicodeDecodeError, RecursionError, AttributeError) as exc:
-        raise InvalidEvent(f"not an alert event: {str(exc)[:200]}") from exc
-    model = KINDS.get(kind) if isinstance(kind, str) else None
-    if model is None:
-        raise InvalidEvent(f"not an alert event: event_type {kind!r} is not one of {sorted(KINDS)}")
-    return decode(data, model)
+    return decode_kind(data, KINDS, "an alert event")
 
 
 def alert_row(alert: Alert) -> dict[str, Any]:

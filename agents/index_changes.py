@@ -4,12 +4,10 @@ beside the rest of the analytics."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
-from schemas import decode
-from schemas.errors import InvalidEvent
+from schemas.codec import decode_kind
 from schemas.indexes import KINDS, IndexChange
 
 STAGE = "index-changes-sink"
@@ -17,14 +15,7 @@ STAGE = "index-changes-sink"
 
 def decode_change(data: bytes | None) -> IndexChange:
     """An index-change event as its own kind (its `event_type` says which)."""
-    try:
-        kind = json.loads(data or b"").get("event_type")
-    except (ValueError, UnicodeDecodeError, RecursionError, AttributeError) as exc:
-        raise InvalidEvent(f"not an index change: {str(exc)[:200]}") from exc
-    model = KINDS.get(kind) if isinstance(kind, str) else None
-    if model is None:
-        raise InvalidEvent(f"not an index change: event_type {kind!r} is not one of {sorted(KINDS)}")
-    return decode(data, model)
+    return decode_kind(data, KINDS, "an index change")
 
 
 def change_row(event: IndexChange) -> dict[str, Any]:

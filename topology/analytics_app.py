@@ -95,12 +95,14 @@ class StoreService(Service):
 
 
 def watched(settings: Settings) -> list[Watched]:
-    """Whose consumer lag is sampled: every stage (the pipeline's group) and every sink
-    (the analytics group), with the topic each reads."""
+    """Whose consumer lag is sampled: every stage (a stage with a table in faust's group,
+    the others in the stage consumer's) and every sink (the analytics group), with the
+    topic each reads."""
     names, app_id = settings.kafka.topics, settings.worker.app_id
-    return [Watched(s.name, app_id, getattr(names, s.consumes)) for s in STAGES] + [
-        Watched(s.name, analytics_app_id(app_id), getattr(names, s.consumes)) for s in SINKS
-    ]
+    stages_group = settings.worker.stages_group()
+    return [
+        Watched(s.name, app_id if s.keeps else stages_group, getattr(names, s.consumes)) for s in STAGES
+    ] + [Watched(s.name, analytics_app_id(app_id), getattr(names, s.consumes)) for s in SINKS]
 
 
 def build_analytics_deps(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from string import Template
 from typing import Any
 
-from agents import conversation
+from agents import conversation_nodes
 from agents.deps import Dependencies
 from agents.prompting import fit_passages, passage_block
 from connectors.ports import Budgeted, Deltas, RenderedPrompt, Source, Streaming
@@ -30,9 +30,9 @@ def render(event: ContextRetrieved, passages: Sequence[Passage] | None = None) -
     sources = [Source(id=p.id, title=p.title, text=p.text) for p in chosen]
     context = "\n\n".join(passage_block(n, s.title, s.text) for n, s in enumerate(sources, start=1))
     try:
-        history = conversation.history_text(spec.history, spec.summary)
+        history = conversation_nodes.history_text(spec.history, spec.summary)
         user = Template(spec.template).substitute(spec.variables, context=context, history=history)
-        user = conversation.with_history(spec, spec.template, user)
+        user = conversation_nodes.with_history(spec, spec.template, user)
     except (KeyError, ValueError) as exc:
         raise PermanentError(f"template {served.prompt}@{served.version}: {exc!r}") from exc
     if served.temperature is None:  # optional in Served for old telemetry; a prompt always has one

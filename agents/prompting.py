@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from string import Template
 
-from agents import conversation, intake
+from agents import conversation, conversation_nodes, intake
 from agents.deps import Dependencies
 from agents.runtime import Result, per_event
 from connectors.ports import ArtifactHit, Generation, RenderedPrompt
@@ -38,8 +38,8 @@ async def handle(query: QueryReceived, deps: Dependencies) -> PromptAssembled:
     prompt = routed.prompt
     admitted = intake.admit(query, pipeline, prompt.top_k)
     variables = conversation.template_variables(prompt, query)  # before any LM call is paid for
-    summarized = await conversation.summarize(prompt, query, deps)
-    condensed = await conversation.condense(
+    summarized = await conversation_nodes.summarize(prompt, query, deps)
+    condensed = await conversation_nodes.condense(
         prompt, query, admitted.question, deps, summarized.text, summarized.kept
     )
     served = Served(

@@ -14,6 +14,7 @@ from agents import (
     analytics_deps,
     artifacts,
     conversation,
+    conversation_nodes,
     embedding,
     generation,
     index_changes,
@@ -107,7 +108,7 @@ STAGES: tuple[Stage, ...] = (
         announces=conversation.announcements,
         # The LM nodes' own rows (prompting runs them, with HyDE, before assembling).
         announced=(*_TURN_OVER, ("telemetry", StageCompleted)),
-        lm_nodes=(conversation.SUMMARIZE, conversation.CONDENSE, "hyde"),
+        lm_nodes=(conversation_nodes.SUMMARIZE, conversation_nodes.CONDENSE, "hyde"),
     ),
     Stage(
         "embedding",

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from agents import conversation, generation, prompting
+from agents import conversation, conversation_nodes, generation, prompting
 from agents.config import PipelineSettings
 from agents.conversation import ConversationSettings, step
 from agents.deps import Dependencies
@@ -276,12 +276,17 @@ def remembered(*questions: str) -> list[Turn]:
 
 def test_extractive_condense_prepends_the_previous_question():
     follow_up = turn("Can it contain statements?", "t2", memory=remembered("What is a lambda expression?"))
-    condensed = asyncio.run(conversation.condense(prompt(), follow_up, follow_up.question, deps()))
+    condensed = asyncio.run(conversation_nodes.condense(prompt(), follow_up, follow_up.question, deps()))
     assert condensed.text == "What is a lambda expression? Can it contain statements?"
     assert condensed.model == ""
     first = turn("What is a lambda expression?", "t1")
-    assert asyncio.run(conversation.condense(prompt(), first, first.question, deps())).text == first.question
-    off = asyncio.run(conversation.condense(prompt(condense=False), follow_up, follow_up.question, deps()))
+    assert (
+        asyncio.run(conversation_nodes.condense(prompt(), first, first.question, deps())).text
+        == first.question
+    )
+    off = asyncio.run(
+        conversation_nodes.condense(prompt(condense=False), follow_up, follow_up.question, deps())
+    )
     assert off.text == follow_up.question
 
 
@@ -450,7 +455,7 @@ def test_the_summarize_node_folds_older_turns_into_the_summary_condense_and_the_
     rows = conversation.announcements(follow_up, assembled, TelemetrySettings())
     assert [(r.stage, r.output_tokens) for _, _, r in rows] == [("condense", 9), ("summarize", 9)]
     # Extractive: no summary is written; the turns are dropped instead.
-    plain = asyncio.run(conversation.summarize(prompt(), follow_up, deps()))
+    plain = asyncio.run(conversation_nodes.summarize(prompt(), follow_up, deps()))
     assert (plain.text, plain.taken) == ("", 0)
 
 

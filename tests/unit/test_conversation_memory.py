@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from agents import conversation, prompting
+from agents import conversation_nodes, prompting
 from agents.config import PipelineSettings
-from agents.conversation import ConversationSettings, over_budget, step, turn_tokens
+from agents.conversation import ConversationSettings, step
+from agents.conversation_nodes import over_budget, turn_tokens
 from connectors.ports import Generation, TokenCount
 from schemas import utc_now
 from schemas.conversations import Turn
@@ -84,7 +85,7 @@ def test_with_no_lm_the_turns_over_budget_are_only_left_out_of_the_prompt():
     d = deps()
     d.conversation = ConversationSettings(memory_tokens=10)
     memory = turns("a long answer " * 20, "short")
-    summarized = asyncio.run(conversation.summarize(prompt(), turn("And?", "t9", memory=memory), d))
+    summarized = asyncio.run(conversation_nodes.summarize(prompt(), turn("And?", "t9", memory=memory), d))
     assert (summarized.text, summarized.taken) == ("", 0)
     assert [t.trace_id for t in summarized.kept] == ["t2"]
 

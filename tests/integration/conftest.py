@@ -4,12 +4,14 @@ ONNX model) and, when Java is present, the same pipeline on Apache Kafka."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from connectors.clickhouse import AnalyticsStore, ClickHouseSettings
 from connectors.embedder import OnnxEmbedder
+from tests.integration.analytics_fixtures import opened, store_settings
 from topology.apache_kafka import ApacheKafka, java_available
 from topology.settings import Settings
 from topology.stack import LocalStack
@@ -56,6 +58,21 @@ def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The one chDB directory this test process may open (chDB opens one path per
     process); tests keep apart by database."""
     return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture(params=["chdb", "server"])
+def clickhouse_settings(request: pytest.FixtureRequest, chdb_dir: Path) -> ClickHouseSettings:
+    """A database of its own on chDB, and on a ClickHouse server when LLMOPS_CLICKHOUSE__URL
+    names one (skipped, saying so, otherwise)."""
+    return store_settings(request.param, chdb_dir)
+
+
+@pytest.fixture
+async def store(clickhouse_settings: ClickHouseSettings) -> AsyncIterator[AnalyticsStore]:
+    """The analytics store on `clickhouse_settings`, migrated; its database is dropped after.
+    A module that tests chDB only defines its own `store`."""
+    async for s in opened(clickhouse_settings):
+        yield s
 
 
 @pytest.fixture(scope="session")

@@ -5,35 +5,22 @@ too when LLMOPS_CLICKHOUSE__URL is set (skipped, saying so, otherwise)."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from agents import feedback, telemetry
 from agents.feedback import FeedbackSettings
 from connectors.analytics import PROBE_TENANT, Analytics
-from connectors.clickhouse import AnalyticsStore, ClickHouseSettings, QueryFailed
+from connectors.clickhouse import AnalyticsStore, QueryFailed
 from connectors.migrations import apply
 from connectors.ports import Rows, Window
 from schemas import FeedbackReceived, Served, utc_now
 from schemas.errors import PermanentError
-from tests.integration.analytics_fixtures import opened, stage_event, store_settings
+from tests.integration.analytics_fixtures import stage_event
 
 DAY = timedelta(days=1)
 START = utc_now() - timedelta(minutes=5)
-
-
-@pytest.fixture(params=["chdb", "server"])
-def settings(request: pytest.FixtureRequest, chdb_dir: Path) -> ClickHouseSettings:
-    return store_settings(request.param, chdb_dir)
-
-
-@pytest.fixture
-async def store(settings: ClickHouseSettings) -> AsyncIterator[AnalyticsStore]:
-    async for s in opened(settings):
-        yield s
 
 
 async def count(store: AnalyticsStore, sql: str) -> int:
@@ -67,13 +54,13 @@ async def write(store: AnalyticsStore, events: list) -> int:
     return len(await Analytics(store).insert_new("telemetry", await telemetry.rows(events, store)))
 
 
-async def test_ddl_is_applied_once_checked_and_extended_by_new_files(store, settings, tmp_path):
-    assert await apply(store, settings.ddl_dir) == []
+async def test_ddl_is_applied_once_checked_and_extended_by_new_files(store, clickhouse_settings, tmp_path):
+    assert await apply(store, clickhouse_settings.ddl_dir) == []
     assert await count(store, "SELECT count() FROM schema_migrations") == len(
-        list(settings.ddl_dir.glob("*.sql"))
+        list(clickhouse_settings.ddl_dir.glob("*.sql"))
     )
     ddl = tmp_path / "ddl"
-    shutil.copytree(settings.ddl_dir, ddl)
+    shutil.copytree(clickhouse_settings.ddl_dir, ddl)
     (ddl / "099_extra.sql").write_text(
         "CREATE TABLE IF NOT EXISTS extra (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
     )

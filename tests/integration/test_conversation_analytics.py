@@ -4,32 +4,16 @@ that used memory, and feedback joined per turn (each turn is its own trace)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
-
-import pytest
 
 from connectors.analytics import Analytics
-from connectors.clickhouse import AnalyticsStore, ClickHouseSettings
 from schemas import Served, utc_now
-from tests.integration.analytics_fixtures import opened, stage_event, store_settings
+from tests.integration.analytics_fixtures import stage_event
 from tests.integration.test_analytics_store import rating, store_feedback, write
 from topology import report
 
 DAY = timedelta(days=1)
 START = utc_now() - timedelta(minutes=5)
-
-
-@pytest.fixture(params=["chdb", "server"])
-def settings(request: pytest.FixtureRequest, chdb_dir: Path) -> ClickHouseSettings:
-    return store_settings(request.param, chdb_dir)
-
-
-@pytest.fixture
-async def store(settings: ClickHouseSettings) -> AsyncIterator[AnalyticsStore]:
-    async for s in opened(settings):
-        yield s
 
 
 def turn(trace: str, conversation: str, memory: int, version: str, status: str = "ok") -> list:

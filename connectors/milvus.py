@@ -41,6 +41,8 @@ ENCODER_PROPERTY = "llmops.document_encoder"
 # The collection an alias pointed at before it was switched to this one (kept for the
 # questions embedded before the switch, and for `llmops reindex --rollback`).
 PREVIOUS_PROPERTY = "llmops.previous"
+# The collection a re-index is filling from this one ("" or absent: none).
+FILLING_PROPERTY = "llmops.filling"
 # Milvus's code for "collection not found": a name renamed into an alias a moment ago.
 _NOT_FOUND = 100
 
@@ -440,11 +442,30 @@ class MilvusStore:
             for count, docs in sorted(by_count.items())
         ]
         expr = f"{tenant_filter(tenant)} and ({' or '.join(clauses)})"
-        deleted = self._call("delete", collection_name=self._settings.collection, filter=expr)
-        # Milvus Lite answers with the deleted ids, a server with {"delete_count": n}.
-        count = len(deleted) if isinstance(deleted, list) else int((deleted or {}).get("delete_count", 0))
-        if self._settings.seal_after_upsert and count:
-            self._call("flush", collection_name=self._settings.collection)
+        for collection in self.deletable():
+            try:
+                deleted = self._call("delete", collection_name=collection, filter=expr)
+            except PermanentError as exc:
+                if collection != self._settings.collection and not_found(exc):
+                    continue  # a kept or half-filled collection dropped since
+                raise
+            # Milvus Lite answers with the deleted ids, a server with {"delete_count": n}.
+            count = len(deleted) if isinstance(deleted, list) else int((deleted or {}).get("delete_count", 0))
+            if self._settings.seal_after_upsert and count:
+                self._call("flush", collection_name=collection)
+
+    def deletable(self) -> list[str]:
+        """Where a deletion goes: the name, and behind an alias also the collection a
+        re-index is filling from it and the kept one it replaced, so a document withdrawn
+        or cut shorter during a re-index, or before a rollback, stays so after the switch
+        (deleting needs no encoder). One describe call."""
+        name = self._settings.collection
+        described = self._call("describe_collection", collection_name=name)
+        if str(described.get("collection_name") or name) == name:
+            return [name]
+        properties = described.get("properties") or {}
+        others = (properties.get(FILLING_PROPERTY), properties.get(PREVIOUS_PROPERTY))
+        return [name, *dict.fromkeys(str(c) for c in others if c)]
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of these passage ids the collection holds (one query)."""

@@ -5,18 +5,21 @@ milvus_expressions), and many questions go into one search call.
 
 It is a MilvusStore on that collection, for the store's connection, error mapping,
 reload-after-restart and encoder checks (the collection records the encoder that filled
-it, and a search with another is refused); its passage methods do not apply here."""
+it, and a search with another is refused); its passage methods do not apply here. Like
+the passages' name, `<collection>_artifacts` becomes an alias over versioned collections
+when `llmops reindex --model` re-embeds the artifacts with the new encoder."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from connectors.encoders import EncoderRecord
-from connectors.milvus import ENCODER_PROPERTY, MilvusSettings, MilvusStore, Tower
+from connectors.milvus import ENCODER_PROPERTY, MilvusSettings, MilvusStore, Tower, not_found
 from connectors.milvus_expressions import string_literal, tenant_filter
 from connectors.ports import Artifact, ArtifactHit
+from schemas.errors import PermanentError
 
 _OUTPUT = ["text", "input", "output"]
 _LISTED = ["id", "tenant", "prompt", "artifact_set", "text", "input", "output", "tags"]
@@ -40,10 +43,13 @@ def artifact_filter(tenant: str, prompt: str, artifact_set: str = "", ids: Seque
 
 class MilvusArtifacts(MilvusStore):
     """Open with `open()`; the constructor does no I/O. `encoder`: the one tower that
-    embeds both the artifacts and the questions compared with them."""
+    embeds both the artifacts and the questions compared with them. `collection`: one
+    version by its own name (`llmops reindex`) instead of the artifacts' name."""
 
-    def __init__(self, settings: MilvusSettings, *, encoder: Tower | None = None) -> None:
-        own = settings.model_copy(update={"collection": artifacts_collection(settings)})
+    def __init__(
+        self, settings: MilvusSettings, *, encoder: Tower | None = None, collection: str | None = None
+    ) -> None:
+        own = settings.model_copy(update={"collection": collection or artifacts_collection(settings)})
         super().__init__(own, reader=encoder, writer=encoder)
 
     def ensure_collection(self, dim: int, filled_by: EncoderRecord | None = None) -> bool:
@@ -83,7 +89,8 @@ class MilvusArtifacts(MilvusStore):
     def upsert_artifacts(self, artifacts: Sequence[Artifact]) -> None:
         if not artifacts:
             return
-        self._check_writer()
+        # Into the collection the check was made against (an alias may move meanwhile).
+        target = self._writable()
         rows = [
             {
                 "id": a.id,
@@ -98,9 +105,9 @@ class MilvusArtifacts(MilvusStore):
             }
             for a in artifacts
         ]
-        self._call("upsert", collection_name=self.collection, data=rows)
+        self._call("upsert", collection_name=target, data=rows)
         if self._settings.seal_after_upsert:
-            self._call("flush", collection_name=self.collection)
+            self._call("flush", collection_name=target)
 
     def delete_artifacts(
         self, tenant: str, prompt: str, artifact_set: str = "", ids: Sequence[str] = ()
@@ -111,9 +118,15 @@ class MilvusArtifacts(MilvusStore):
         held = self._call("query", collection_name=self.collection, filter=expr, output_fields=["id"])
         if not held:
             return 0
-        self._call("delete", collection_name=self.collection, filter=expr)
-        if self._settings.seal_after_upsert:
-            self._call("flush", collection_name=self.collection)
+        for collection in self.deletable():  # also the one a re-index fills, and the kept one
+            try:
+                self._call("delete", collection_name=collection, filter=expr)
+            except PermanentError as exc:
+                if collection != self.collection and not_found(exc):
+                    continue
+                raise
+            if self._settings.seal_after_upsert:
+                self._call("flush", collection_name=collection)
         return len(held)
 
     def search_artifacts(
@@ -122,10 +135,12 @@ class MilvusArtifacts(MilvusStore):
         """One search call for many questions of one tenant's prompt and set."""
         if not vectors or k < 1:
             return [[] for _ in vectors]
-        self._check_reader()
+        # The collection the questions' encoder belongs with: the one the name points at,
+        # or the one it replaced while the passages' alias has not moved yet.
+        collection = self._readable(None)
         found = self._call(
             "search",
-            collection_name=self.collection,
+            collection_name=collection,
             data=[list(v) for v in vectors],
             anns_field="vector",
             filter=artifact_filter(tenant, prompt, artifact_set),
@@ -160,3 +175,28 @@ class MilvusArtifacts(MilvusStore):
         )
         listed = [{**row, "tags": json.loads(row["tags"] or "[]")} for row in rows]
         return sorted(listed, key=lambda r: (r["prompt"], r["artifact_set"], r["id"]))
+
+    def artifact_rows(self, batch: int = 1_000) -> Iterator[Artifact]:
+        """Every artifact of the collection with its vector (`llmops reindex`)."""
+        iterator = self._call(
+            "query_iterator",
+            collection_name=self.collection,
+            batch_size=batch,
+            output_fields=[*_LISTED, "vector"],
+        )
+        try:
+            while page := iterator.next():
+                for row in page:
+                    yield Artifact(
+                        id=str(row["id"]),
+                        tenant=row["tenant"],
+                        prompt=row["prompt"],
+                        artifact_set=row["artifact_set"],
+                        text=row["text"],
+                        input=row["input"],
+                        output=row["output"],
+                        tags=json.loads(row["tags"] or "[]"),
+                        vector=row["vector"],
+                    )
+        finally:
+            iterator.close()

@@ -1,6 +1,7 @@
-"""`llmops reindex`: copy the passage collection, or re-embed it with a new document
-encoder, gate it and switch the alias that readers search through; roll back; show where
-the alias points. pymilvus and ONNX Runtime are imported inside the command."""
+"""`llmops reindex`: copy the passage collection, or re-embed it (and the prompt
+artifacts) with a new encoder, gate it and switch the aliases that readers search
+through; roll back; show where the aliases point. pymilvus and ONNX Runtime are imported
+inside the command."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.option("--model", help="Re-embed every passage with this document encoder (`llmops model list`).")
+@click.option(
+    "--model",
+    help="Re-embed every passage with this document encoder, and every prompt artifact with its "
+    "query encoder (`llmops model list`).",
+)
 @click.option(
     "--to",
     "target",
@@ -61,8 +66,15 @@ if TYPE_CHECKING:
 )
 @click.option("--limit", type=int, help="Only the first N golden questions.")
 @click.option("--no-gate", is_flag=True, help="Switch without a golden set (not recommended).")
-@click.option("--rollback", "roll", is_flag=True, help="Point the alias back at the collection it replaced.")
-@click.option("--status", is_flag=True, help="Show where the alias points, what filled it and what is kept.")
+@click.option(
+    "--rollback",
+    "roll",
+    is_flag=True,
+    help="Point the aliases back at the collections they replaced, brought up to date first.",
+)
+@click.option(
+    "--status", is_flag=True, help="Show where the aliases point, what filled them and what is kept."
+)
 @pass_settings
 def reindex(
     settings: Settings,
@@ -78,21 +90,27 @@ def reindex(
     roll: bool,
     status: bool,
 ) -> None:
-    """Re-index the passages without downtime, or copy them.
+    """Re-index the passages and prompt artifacts without downtime, or copy the passages.
 
     \b
     llmops reindex --model e5-small-v2 --golden ../shared/data/scifact --tenant beir
         Re-embeds every passage of LLMOPS_MILVUS__COLLECTION with the encoder's document
-        tower into a new collection (progress bar; run it again after a crash and it
-        resumes) while questions keep being answered from the old one. Then the gate asks
-        the golden set of both, each with its own query encoder, and refuses if the new
-        nDCG@10 is lower by more than --margin. Otherwise one alias switch moves every
-        worker at once (their encoders follow the alias: no restart, no setting). The first
-        re-index turns a plain collection into an alias over <collection>_v1.
+        tower into a new collection, and the prompt artifacts of <collection>_artifacts
+        (if any) with its query tower into a new artifacts collection (progress bar; run
+        it again after a crash and it resumes) while questions keep being answered from
+        the old ones. Then the gate asks the golden set of both passage collections, each
+        with its own query encoder, and refuses if the new nDCG@10 is lower by more than
+        --margin. Otherwise the new collections are brought up to date (documents ingested,
+        changed or withdrawn meanwhile; a withdrawal also reaches them at once) and the
+        artifacts' alias, then the passages', moves every worker at once (their encoders
+        follow the alias: no restart, no setting). The first re-index turns a plain
+        collection into an alias over <collection>_v1 (artifacts likewise).
     llmops reindex --rollback
-        Points the alias back at the kept collection the current one replaced.
+        Points the aliases back at the kept collections the current ones replaced, after
+        embedding into them, with their own encoder, what was ingested or changed since
+        the switch (and deleting what was withdrawn).
     llmops reindex --status
-        Where the alias points, what filled it, what is kept.
+        Where the aliases point, what filled them, what is kept.
     llmops reindex --to NEW [--from OLD] [--model NAME]
         Fills NEW and stops (copy: vectors copied as they are, for a collection made before
         hybrid retrieval, which lacks the BM25 field); point the workers at it yourself.
@@ -115,10 +133,9 @@ def reindex(
     if roll:
         from topology.reindex import roll_back
 
-        switched = roll_back(settings, announce)
-        click.echo(
-            f"{switched.alias} -> {switched.after} again (was {switched.before}; {switched.took_ms:.1f} ms)"
-        )
+        back = roll_back(settings, announce, say=click.echo)
+        for s in filter(None, (back.artifacts, back.switched)):
+            click.echo(f"{s.alias} -> {s.after} again (was {s.before}; {s.took_ms:.1f} ms)")
         return
     if model is None or source is not None:
         if target is None:
@@ -199,8 +216,8 @@ def switch_model(
             f"({outcome.source}), margin {v.margin}, {v.queries} questions"
         )
     assert outcome.switched is not None
-    s = outcome.switched
-    click.echo(f"{s.alias} -> {s.after} (was {s.before}, kept for --rollback; switch {s.took_ms:.1f} ms)")
+    for s in filter(None, (outcome.artifacts, outcome.switched)):
+        click.echo(f"{s.alias} -> {s.after} (was {s.before}, kept for --rollback; switch {s.took_ms:.1f} ms)")
 
 
 def fill_only(settings: Settings, target: str, source: str | None, model: str | None) -> None:

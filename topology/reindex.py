@@ -35,8 +35,8 @@ from agents.evaluation import GoldenCase, documents_in_order, ndcg_at
 from connectors.embedder import OnnxEmbedder, towers
 from connectors.encoders import Side
 from connectors.kafka import KafkaSettings, Publisher
-from connectors.milvus import FILLING_PROPERTY, Current, MilvusSettings, MilvusStore
-from connectors.milvus_aliases import Switched, make_alias, rollback, switch
+from connectors.milvus import MilvusSettings, MilvusStore
+from connectors.milvus_aliases import FILLING_PROPERTY, Current, Switched, make_alias, rollback, switch
 from connectors.milvus_artifacts import MilvusArtifacts, artifacts_collection
 from connectors.milvus_reindex import converge, reembed_collection
 from schemas import new_id
@@ -167,14 +167,14 @@ class Pair:
     current: Current
     target: str
     tower: OnnxEmbedder | None  # None: a collection that records no encoder, left as it is
+    milvus: MilvusSettings
 
     def store(self, collection: str) -> MilvusStore:
         """A store on one version, by its own name, of the same kind."""
-        milvus = self.admin._settings
         if isinstance(self.admin, MilvusArtifacts):
-            store: MilvusStore = MilvusArtifacts(milvus, collection=collection)
+            store: MilvusStore = MilvusArtifacts(self.milvus, collection=collection)
         else:
-            store = MilvusStore(milvus.model_copy(update={"collection": collection}))
+            store = MilvusStore(self.milvus.model_copy(update={"collection": collection}))
         store.open()
         return store
 
@@ -259,7 +259,7 @@ def reindex(
                 f"{current.name!r} points at {current.collection!r}, filled by {model} already: nothing to do"
             )
         name = target or target_name(current.name, tower.name, tower.record().fingerprint)
-        passages = Pair(admin, current, name, tower)
+        passages = Pair(admin, current, name, tower, settings.milvus)
         pairs = [passages]
         arts = None
         if arts_admin is not None:
@@ -277,7 +277,7 @@ def reindex(
                 # A run that stopped between the two alias calls: the artifacts have moved.
                 say(f"{arts_current.name} points at {arts_current.collection} ({model}) already")
             else:
-                arts = Pair(arts_admin, arts_current, arts_name, query)
+                arts = Pair(arts_admin, arts_current, arts_name, query, settings.milvus)
                 pairs.insert(0, arts)  # switched first: see _switch_all
         outcome = Outcome(new_id(), current.collection, name)
         source_encoder = current.record.name if current.record else ""
@@ -503,7 +503,7 @@ def _back(settings: Settings, admin: MilvusStore | None, say: Callable[[str], No
                 f"installed {kept.name} is {kept_tower.record().fingerprint}, so the passages ingested "
                 "since the switch cannot be added to it: install the encoder it was filled with"
             )
-    return Pair(admin, current, current.previous, kept_tower)
+    return Pair(admin, current, current.previous, kept_tower, settings.milvus)
 
 
 def describe_index(settings: Settings) -> list[str]:

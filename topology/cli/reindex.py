@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     "--to",
     "target",
     help="The new collection. Copy: required, must not exist. --model: default "
-    "<collection>_<encoder>_<fingerprint>; a collection an interrupted run of the same encoder "
-    "left is resumed.",
+    "<collection>_<encoder>_<fingerprint>, and the artifacts go to <NEW>_artifacts; a collection "
+    "an interrupted run of the same encoder left is resumed.",
 )
 @click.option(
     "--from",

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from connectors.analytics import PROBE_TENANT, ServiceStore
 from connectors.client import Client
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 # quote, a small language model may ramble up to the prompt's max_tokens (SmolLM2 looped
 # on "readiness probe"); this question it answers in a line.
 PROBE_QUESTION = "ping"
+# Signals whose default handling ends a process on the spot, with no `finally` or `__exit__`
+# run: a benchmark killed by `timeout` (SIGTERM), a closed terminal (SIGHUP). The stack's
+# processes live in sessions of their own, so nothing else would stop them.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def free_port() -> int:
@@ -51,6 +55,12 @@ def tansu_binary() -> str:
 
 class StackError(LLMOpsError):
     pass
+
+
+class StopRequested(KeyboardInterrupt):
+    """A stop signal (STOP_SIGNALS) arrived while a stack ran. A KeyboardInterrupt, as
+    Ctrl-C's is, so it unwinds the same way: no `except Exception` swallows it, `with`
+    blocks exit, pytest ends its session and tears its fixtures down, click aborts."""
 
 
 class LocalStack:
@@ -107,6 +117,7 @@ class LocalStack:
         self._lock = threading.RLock()  # _procs and _logs: the watcher thread spawns too
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._caught: dict[int, Any] = {}  # signal -> the handler it had before __enter__
 
     def _analytics_dir(self, settings: Settings) -> Path:
         """The chDB directory: LLMOPS_CLICKHOUSE__PATH when set, else inside the stack's
@@ -116,15 +127,39 @@ class LocalStack:
         return path.expanduser().resolve()
 
     def __enter__(self) -> LocalStack:
+        self._catch_stop_signals()
         try:
             self.start()
         except BaseException:
-            self.stop()
+            self._leave()
             raise
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.stop()
+        self._leave()
+
+    def _leave(self) -> None:
+        try:
+            self.stop()
+        finally:
+            for sig, before in self._caught.items():
+                signal.signal(sig, before)
+            self._caught = {}
+
+    def _catch_stop_signals(self) -> None:
+        """From the main thread, turn STOP_SIGNALS into StopRequested while the stack
+        runs, so that `with LocalStack(...)` stops its processes; a signal whose handler
+        the caller chose (`llmops up` stops its loop) keeps that handler."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers, and only it receives signals
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                self._caught[sig] = signal.signal(sig, self._on_stop_signal)
+
+    def _on_stop_signal(self, signum: int, _frame: object) -> None:
+        if self._stopping.is_set():
+            return  # stop() is under way: a second signal must not cut it short
+        raise StopRequested(f"{signal.Signals(signum).name}: stopping the local stack")
 
     def env(self) -> dict[str, str]:
         """The environment that points a process (worker, CLI) at this stack."""

@@ -42,7 +42,7 @@ def up(
     `llmops ingest FILE.jsonl` and `llmops ask "..."` talk to it with the default
     settings. The broker keeps topics in memory: a restart empties them (Milvus data
     stays in --data-dir)."""
-    from topology.stack import LocalStack
+    from topology.stack import STOP_SIGNALS, LocalStack
 
     overrides = {
         k: v
@@ -60,8 +60,9 @@ def up(
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    # Ctrl-C and the stop signals (SIGTERM, SIGHUP) end the loop below, so the stack stops.
+    for sig in (signal.SIGINT, *STOP_SIGNALS):
+        signal.signal(sig, request_stop)
     with LocalStack(settings) as stack:
         click.echo(f"broker   {stack.settings.kafka.bootstrap_servers}")
         click.echo(f"milvus   {stack.settings.milvus.uri}")

@@ -23,18 +23,30 @@ and the tables: two groups, since faust's assignor and librdkafka's cannot share
   again) and a queued one is dropped.
 - At most `in_flight` messages are handed over and not yet done; beyond that the
   assignment is paused (the thread keeps polling, so the group keeps it as a member).
-- It fetches with the worker's short fetch wait all the time: librdkafka cannot lengthen
-  it while idle as faust's consumer does (topology/transport.py), so an idle worker
-  sends a fetch every `fetch.wait.max.ms`. Idle rounds (pausing the assignment between
-  fetches) were tried and dropped: under load the consumer starved (docs/scaling.md).
+  librdkafka's fetcher looks at a resumed partition only when it next wakes, up to a
+  second later, so a request to the broker follows each resume to wake it.
+- Idle mode. librdkafka's fetch wait is fixed while it runs (faust's consumer lengthens
+  it while idle, topology/transport.py), and Tansu answers a fetch only when the wait is
+  over, so a consumer fetching all the time keeps the broker answering a fetch every
+  `fetch.wait.max.ms`. Once nothing was handed over for IDLE_AFTER_S, nothing is in
+  flight and the assignment is not paused for backpressure, the consumer pauses its
+  assignment and, every `idle_probe_ms`, asks the partitions' log ends (ListOffsets, one
+  request per broker) instead of fetching; at the first log end past its read position it
+  resumes and fetches as before. It never guesses from a fetch window: a paused
+  partition's fetched messages are discarded and librdkafka's fetcher looks at a resumed
+  partition only at its next wake-up (up to a second later), so windows of a few fetch
+  waits starved an earlier version under load. Off when `idle_probe_ms` is not longer than the fetch wait
+  (Apache Kafka with a long wait answers a fetch as soon as data arrives: nothing to save).
 
-`OffsetBook` is the bookkeeping (which offsets a finished batch may store), with no I/O."""
+`OffsetBook` is the bookkeeping (which offsets a finished batch may store), `Quiet` and
+`read_positions`/`grown` the idle mode's decisions, all with no I/O."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +60,11 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]  # (topic, partition)
 Process = Callable[[list[Incoming]], Awaitable[object]]
+
+# Nothing handed over for this long (and nothing in flight): the consumer goes idle.
+IDLE_AFTER_S = 1.0
+# ListOffsets timestamps: the log's end, the log's start.
+LATEST, EARLIEST = -1, -2
 
 
 @dataclass
@@ -100,6 +117,45 @@ class OffsetBook:
         return [(topic, partition, offset) for (topic, partition), offset in sorted(best.items())]
 
 
+class Quiet:
+    """Whether the stage consumer may go idle: nothing handed over for `after_s` (and
+    nothing since an assignment or a backpressure pause, which count as busy), nothing
+    handed over and not finished. The caller passes the time."""
+
+    def __init__(self, after_s: float, now: float) -> None:
+        self._after_s = after_s
+        self._busy_at = now
+
+    def busy(self, now: float) -> None:
+        self._busy_at = now
+
+    def idle(self, now: float, in_flight: int) -> bool:
+        return in_flight == 0 and now - self._busy_at >= self._after_s
+
+
+def read_positions(
+    delivered: dict[TP, int], committed: dict[TP, int], earliest: dict[TP, int]
+) -> dict[TP, int]:
+    """Where the consumer reads next in each partition: past the last message it delivered;
+    for one it delivered nothing from, the committed offset, else the log's start
+    (auto.offset.reset=earliest). Negative offsets are librdkafka's "unknown"."""
+    result = {}
+    for tp in delivered.keys() | committed.keys() | earliest.keys():
+        for known in (delivered.get(tp, -1), committed.get(tp, -1), earliest.get(tp, -1)):
+            if known >= 0:
+                result[tp] = known
+                break
+    return result
+
+
+def grown(ends: dict[TP, int | None], positions: dict[TP, int]) -> bool:
+    """Whether a partition's log end is past where the consumer reads next. A partition
+    whose end is unknown (None: the broker did not say) or whose position is unknown
+    counts as grown: waking to fetch costs a second of fetching, sleeping past a message
+    costs an answer."""
+    return any(end is None or tp not in positions or end > positions[tp] for tp, end in ends.items())
+
+
 def consumer_config(
     kafka: KafkaSettings,
     group_id: str,
@@ -148,8 +204,16 @@ class StageConsumer:
         ready: Callable[[], Awaitable[None]],
         backoff: Backoff | None = None,
         poll_timeout_s: float = 0.5,
+        idle_probe_ms: int | None = None,
     ) -> None:
+        """`idle_probe_ms`: how often an idle consumer asks for the log ends (None, or not
+        longer than the config's fetch wait: never idle)."""
         self._config = config
+        fetch_wait_ms = int(config.get("fetch.wait.max.ms", 500))  # librdkafka's default
+        self._idle_probe_s = (
+            idle_probe_ms / 1000 if idle_probe_ms is not None and idle_probe_ms > fetch_wait_ms else None
+        )
+        self._rebalances = 0  # assignments, revokes and losses seen (consumer thread only)
         self._batch_max = batch_max
         self._in_flight_max = in_flight
         self._ready = ready
@@ -223,6 +287,8 @@ class StageConsumer:
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         paused = False
+        quiet = Quiet(IDLE_AFTER_S, time.monotonic())
+        rebalances = self._rebalances
         try:
             while not self._stopping.is_set():
                 self._store_handled()
@@ -233,16 +299,26 @@ class StageConsumer:
                     with self._room:
                         self._room.wait(0.2)
                     messages = consumer.consume(self._batch_max, timeout=0)
+                    quiet.busy(time.monotonic())
                 else:
                     if paused:
-                        consumer.resume(consumer.assignment())
+                        self._resume(consumer)
                         paused = False
-                    # Wait for one in C, then take what is already fetched without waiting
-                    # (consume waits its full timeout unless num_messages arrive).
-                    messages = consumer.consume(1, timeout=self._poll_timeout_s)
-                    if messages:
-                        messages += consumer.consume(self._batch_max - 1, timeout=0)
+                    if self._rebalances != rebalances:  # a new assignment: fetch a while first
+                        rebalances = self._rebalances
+                        quiet.busy(time.monotonic())
+                    if self._idle_probe_s is not None and quiet.idle(time.monotonic(), self._in_flight_now()):
+                        messages = self._idle(consumer)
+                        rebalances = self._rebalances
+                        quiet.busy(time.monotonic())
+                    else:
+                        # Wait for one in C, then take what is already fetched without
+                        # waiting (consume waits its full timeout unless num_messages arrive).
+                        messages = consumer.consume(1, timeout=self._poll_timeout_s)
+                    if messages and len(messages) < self._batch_max:
+                        messages += consumer.consume(self._batch_max - len(messages), timeout=0)
                 if messages:
+                    quiet.busy(time.monotonic())
                     self._hand_over(messages)
         except Exception:
             log.exception("stage consumer stopped")
@@ -257,6 +333,80 @@ class StageConsumer:
     def _full(self) -> bool:
         with self._room:
             return self._in_flight >= self._in_flight_max
+
+    def _in_flight_now(self) -> int:
+        with self._room:
+            return self._in_flight
+
+    def _idle(self, consumer: Any) -> list[Any]:
+        """Paused, ask the log ends every `idle_probe_s` until one is past the read
+        position (or a rebalance, a message, a failed request, stop); then resume.
+        Returns what a consume returned meanwhile (after a rebalance, say)."""
+        from confluent_kafka import KafkaException
+
+        assignment = consumer.assignment()
+        if not assignment:
+            return list(consumer.consume(1, timeout=self._poll_timeout_s))
+        rebalances = self._rebalances
+        consumer.pause(assignment)
+        messages: list[Any] = []
+        try:
+            positions = self._read_positions(consumer, assignment)
+            log.debug("stage consumer idle at %s", positions)
+            while not self._stopping.is_set() and self._rebalances == rebalances:
+                # Paused: this serves the group's callbacks and fetches nothing.
+                messages = consumer.consume(1, timeout=self._idle_probe_s)
+                if messages or self._rebalances != rebalances:
+                    break
+                self._store_handled()
+                if grown(self._log_ends(consumer, assignment), positions):
+                    break
+        except KafkaException as exc:  # the broker did not answer: fetch as before
+            log.debug("stage consumer idle mode left: %s", exc)
+        self._resume(consumer)
+        return list(messages)
+
+    def _resume(self, consumer: Any) -> None:
+        """Resume the assignment and wake librdkafka's fetcher: it looks at a resumed
+        partition only when it next wakes (up to a second later), and any request to the
+        partitions' brokers wakes it."""
+        from confluent_kafka import KafkaException
+
+        current = consumer.assignment()
+        consumer.resume(current)
+        if current and not self._stopping.is_set():
+            try:
+                self._log_ends(consumer, current)
+            except KafkaException as exc:
+                log.debug("stage consumer wake-up request: %s", exc)
+
+    def _read_positions(self, consumer: Any, tps: list[Any]) -> dict[TP, int]:
+        from confluent_kafka import TopicPartition
+
+        delivered = {(p.topic, p.partition): p.offset for p in consumer.position(tps)}
+        unknown = [TopicPartition(t, p) for (t, p), o in delivered.items() if o < 0]
+        committed: dict[TP, int] = {}
+        earliest: dict[TP, int] = {}
+        if unknown:
+            committed = {(p.topic, p.partition): p.offset for p in consumer.committed(unknown, timeout=5)}
+            empty = [TopicPartition(t, p, EARLIEST) for (t, p), o in committed.items() if o < 0]
+            if empty:
+                earliest = {
+                    (p.topic, p.partition): p.offset if p.error is None else -1
+                    for p in consumer.offsets_for_times(empty, timeout=5)
+                }
+        return read_positions(delivered, committed, earliest)
+
+    def _log_ends(self, consumer: Any, tps: list[Any]) -> dict[TP, int | None]:
+        """Each partition's end (one ListOffsets request per leader); None where the
+        broker gave an error."""
+        from confluent_kafka import TopicPartition
+
+        asked = [TopicPartition(p.topic, p.partition, LATEST) for p in tps]
+        return {
+            (p.topic, p.partition): p.offset if p.error is None and p.offset >= 0 else None
+            for p in consumer.offsets_for_times(asked, timeout=5)
+        }
 
     def _hand_over(self, messages: list[Any]) -> None:
         by_topic: dict[str, list[Incoming]] = {}
@@ -282,6 +432,7 @@ class StageConsumer:
             self._loop.call_soon_threadsafe(self._queues[topic].put_nowait, chunk)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._rebalances += 1
         with self._lock:
             self._book.assign((p.topic, p.partition) for p in partitions)
         log.info("stage consumer assigned %s", _names(partitions))
@@ -289,6 +440,7 @@ class StageConsumer:
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         from confluent_kafka import KafkaException
 
+        self._rebalances += 1
         self._store_handled()  # what is done is committed below, not read again
         with self._lock:  # no batch stores an offset of these partitions after this
             self._book.revoke((p.topic, p.partition) for p in partitions)
@@ -299,6 +451,7 @@ class StageConsumer:
         log.info("stage consumer revoked %s", _names(partitions))
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self._rebalances += 1
         with self._lock:  # someone else owns them already: nothing to commit
             self._book.revoke((p.topic, p.partition) for p in partitions)
         log.warning("stage consumer lost %s", _names(partitions))

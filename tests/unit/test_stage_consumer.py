@@ -1,5 +1,6 @@
 """The librdkafka stage consumer's bookkeeping: which offset a finished batch stores, and
-that a batch of a revoked partition never stores one (its new owner reads it again)."""
+that a batch of a revoked partition never stores one (its new owner reads it again); its
+idle mode's decisions (when to pause, where it reads next, when to wake)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import asyncio
 from typing import Any, cast
 
 from agents.runtime import Backoff, Incoming
-from topology.stage_consumer import Chunk, OffsetBook, StageConsumer, StageConsumerService
+from topology.stage_consumer import (
+    LATEST,
+    Chunk,
+    OffsetBook,
+    Quiet,
+    StageConsumer,
+    StageConsumerService,
+    grown,
+    read_positions,
+)
 
 
 def msgs(topic: str, partition: int, *offsets: int) -> list[Incoming]:
@@ -203,3 +213,123 @@ def test_the_consumer_stores_offsets_itself_and_fetches_with_the_worker_s_wait()
     assert config["fetch.wait.max.ms"] == settings.worker.fetch_max_wait_ms
     # librdkafka refuses a poll interval below the session timeout.
     assert config["max.poll.interval.ms"] >= config["session.timeout.ms"]
+
+
+# The idle mode's decisions --------------------------------------------------------------
+
+
+def test_quiet_goes_idle_a_second_after_the_last_message_and_only_with_nothing_in_flight() -> None:
+    quiet = Quiet(1.0, now=100.0)
+    assert not quiet.idle(100.9, in_flight=0)
+    assert quiet.idle(101.0, in_flight=0)
+    assert not quiet.idle(105.0, in_flight=1)  # a batch still being handled: not idle
+    quiet.busy(105.0)  # a message, an assignment or a backpressure pause
+    assert not quiet.idle(105.5, in_flight=0)
+    assert quiet.idle(106.0, in_flight=0)
+
+
+def test_the_read_position_is_past_the_last_delivered_else_committed_else_the_log_start() -> None:
+    positions = read_positions(
+        delivered={("a", 0): 8, ("a", 1): -1001, ("a", 2): -1001, ("a", 3): -1001},
+        committed={("a", 1): 5, ("a", 2): -1001, ("a", 3): -1001},
+        earliest={("a", 2): 3, ("a", 3): -1},
+    )
+    assert positions == {("a", 0): 8, ("a", 1): 5, ("a", 2): 3}  # ("a", 3): unknown
+
+
+def test_a_log_end_past_the_read_position_wakes_and_one_at_it_does_not() -> None:
+    positions = {("a", 0): 8, ("a", 1): 5}
+    assert not grown({("a", 0): 8, ("a", 1): 5}, positions)
+    # Tansu reports the end as one past the last batch's first offset: never past ours.
+    assert not grown({("a", 0): 6, ("a", 1): 5}, positions)
+    assert grown({("a", 0): 9, ("a", 1): 5}, positions)
+
+
+def test_an_unknown_end_or_position_wakes_the_consumer() -> None:
+    assert grown({("a", 0): None}, {("a", 0): 8})
+    assert grown({("a", 3): 0}, {("a", 0): 8})
+
+
+def test_no_idle_mode_unless_its_probe_is_longer_than_the_fetch_wait() -> None:
+    """Apache Kafka with a long fetch wait answers a fetch as soon as data arrives: fetching
+    costs as little as asking for the log ends."""
+
+    def probe_s(fetch_wait_ms: int, idle_probe_ms: int | None) -> float | None:
+        config = {"fetch.wait.max.ms": fetch_wait_ms}
+        return StageConsumer(
+            config, batch_max=1, in_flight=1, ready=ready, idle_probe_ms=idle_probe_ms
+        )._idle_probe_s
+
+    assert probe_s(10, 100) == 0.1
+    assert probe_s(500, 100) is None
+    assert probe_s(10, None) is None
+
+
+class IdleBroker:
+    """A librdkafka Consumer as the idle mode uses it: a partition's log end grows after
+    `grows_after` probes; records what was paused, resumed and asked."""
+
+    def __init__(self, grows_after: int) -> None:
+        self.tps = [_Part("a", 0, -1000), _Part("a", 1, -1000)]
+        self.grows_after = grows_after
+        self.calls: list[str] = []
+        self.probes = 0
+
+    def assignment(self) -> list[_Part]:
+        return self.tps
+
+    def pause(self, tps: list[_Part]) -> None:
+        self.calls.append("pause")
+
+    def resume(self, tps: list[_Part]) -> None:
+        self.calls.append("resume")
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        self.calls.append("consume")
+        return []
+
+    def position(self, tps: list[_Part]) -> list[_Part]:
+        return [_Part("a", 0, 8), _Part("a", 1, -1001)]  # nothing delivered from a[1]
+
+    def committed(self, tps: list[Any], timeout: float) -> list[_Part]:
+        assert [(p.topic, p.partition) for p in tps] == [("a", 1)]
+        return [_Part("a", 1, 5)]
+
+    def offsets_for_times(self, tps: list[Any], timeout: float) -> list[_Part]:
+        assert {p.offset for p in tps} == {LATEST}
+        self.calls.append("ends")
+        self.probes += 1
+        grew = 1 if self.probes > self.grows_after else 0
+        return [_Part("a", 0, 8), _Part("a", 1, 5 + grew)]
+
+
+class _Part(_TP):
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        super().__init__(topic, partition)
+        self.offset, self.error = offset, None
+
+
+def test_idle_it_stays_paused_asking_for_log_ends_until_one_grows_then_resumes_and_wakes() -> None:
+    consumer = StageConsumer({}, batch_max=10, in_flight=10, ready=ready, idle_probe_ms=1)
+    broker = IdleBroker(grows_after=3)
+    consumer._consumer = broker
+    assert consumer._idle(broker) == []
+    rounds = ["consume", "ends"]
+    # paused, three probes finding nothing, the fourth finds a[1] grown; then a request
+    # after the resume wakes librdkafka's fetcher
+    assert broker.calls == ["pause", *rounds * 4, "resume", "ends"]
+
+
+def test_idle_a_rebalance_ends_the_idle_mode_at_once() -> None:
+    consumer = StageConsumer({}, batch_max=10, in_flight=10, ready=ready, idle_probe_ms=1)
+    broker = IdleBroker(grows_after=100)
+
+    def consume(num_messages: int, timeout: float) -> list[Any]:
+        broker.calls.append("consume")
+        consumer._on_lost(broker, [_TP("a", 0)])  # the callback runs inside consume
+        return []
+
+    broker.consume = consume  # type: ignore[method-assign]
+    consumer._consumer = broker
+    assert consumer._idle(broker) == []
+    assert broker.calls == ["pause", "consume", "resume", "ends"]

@@ -12,15 +12,18 @@ when `llmops reindex --model` re-embeds the artifacts with the new encoder."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from connectors.encoders import EncoderRecord
-from connectors.milvus import ENCODER_PROPERTY, MilvusSettings, MilvusStore, Tower, not_found
+from connectors.milvus import MilvusSettings, MilvusStore, Tower
+from connectors.milvus_aliases import ENCODER_PROPERTY
 from connectors.milvus_expressions import string_literal, tenant_filter
 from connectors.ports import Artifact, ArtifactHit
 from schemas.errors import PermanentError
 
+log = logging.getLogger(__name__)
 _OUTPUT = ["text", "input", "output"]
 _LISTED = ["id", "tenant", "prompt", "artifact_set", "text", "input", "output", "tags"]
 
@@ -122,9 +125,10 @@ class MilvusArtifacts(MilvusStore):
             try:
                 self._call("delete", collection_name=collection, filter=expr)
             except PermanentError as exc:
-                if collection != self.collection and not_found(exc):
-                    continue
-                raise
+                if collection == self.collection:
+                    raise
+                log.warning("deletion not applied to %s: %s", collection, exc)  # reconciled later
+                continue
             if self._settings.seal_after_upsert:
                 self._call("flush", collection_name=collection)
         return len(held)

@@ -38,7 +38,7 @@ from connectors.kafka import KafkaSettings, Publisher
 from connectors.milvus import MilvusSettings, MilvusStore
 from connectors.milvus_aliases import FILLING_PROPERTY, Current, Switched, make_alias, rollback, switch
 from connectors.milvus_artifacts import MilvusArtifacts, artifacts_collection
-from connectors.milvus_reindex import converge, reembed_collection
+from connectors.milvus_reindex import converge, kind_of, reembed_collection
 from schemas import new_id
 from schemas.errors import LLMOpsError, PermanentError
 from schemas.indexes import (
@@ -264,7 +264,7 @@ def reindex(
         arts = None
         if arts_admin is not None:
             arts_current = make_alias(arts_admin)
-            query = both["query"]
+            query = both[kind_of(arts_admin).side]
             arts_name = (
                 artifacts_collection(settings.milvus.model_copy(update={"collection": target}))
                 if target
@@ -307,8 +307,8 @@ def reindex(
         if arts is not None:
             reader, writer = arts.store(arts.current.collection), arts.store(arts.target)
             try:
-                first, _ = reembed_collection(reader, writer, both["query"])
-                again, _ = reembed_collection(reader, writer, both["query"])
+                first, _ = reembed_collection(reader, writer, query)
+                again, _ = reembed_collection(reader, writer, query)
             finally:
                 reader.close()
                 writer.close()
@@ -495,8 +495,7 @@ def _back(settings: Settings, admin: MilvusStore | None, say: Callable[[str], No
     if kept is None:
         say(f"{current.previous} records no encoder: rolled back without bringing it up to date")
     else:
-        side: Side = "query" if isinstance(admin, MilvusArtifacts) else "document"
-        kept_tower = open_towers(settings, kept.name)[side]
+        kept_tower = open_towers(settings, kept.name)[kind_of(admin).side]
         if kept_tower.record().fingerprint != kept.fingerprint:
             raise PermanentError(
                 f"{current.previous!r} was filled by {kept.name} (fingerprint {kept.fingerprint}); the "

@@ -20,7 +20,8 @@ import pytest
 from agents.indexing import chunk_id
 from connectors.embedder import OnnxEmbedder, towers
 from connectors.encoders import fetch
-from connectors.milvus import FILLING_PROPERTY, Chunk, MilvusStore, content
+from connectors.milvus import Chunk, MilvusStore, content
+from connectors.milvus_aliases import FILLING_PROPERTY
 from connectors.milvus_artifacts import MilvusArtifacts
 from connectors.ports import Artifact
 from schemas.indexes import IndexChange, IndexRolledBack, IndexSwitched

@@ -15,12 +15,21 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from connectors.encoders import EncoderRecord, belongs
+from connectors.encoders import EncoderRecord
+from connectors.milvus_aliases import (
+    ENCODER_PROPERTY,
+    Current,
+    deletable_collections,
+    not_found,
+    read_current,
+    read_record,
+    readable_collection,
+    writable_collection,
+)
 from connectors.milvus_expressions import content, fuse_rrf, string_literal, tenant_filter
 from connectors.milvus_schema import TEXT_LIMIT as _TEXT_LIMIT
 from connectors.milvus_schema import hit as _hit
@@ -35,16 +44,6 @@ from schemas.queries import RetrievalMode
 log = logging.getLogger(__name__)
 # Milvus's code for "collection not loaded" (searches need it in memory).
 _NOT_LOADED = 101
-
-# The collection property that records the document encoder which filled it.
-ENCODER_PROPERTY = "llmops.document_encoder"
-# The collection an alias pointed at before it was switched to this one (kept for the
-# questions embedded before the switch, and for `llmops reindex --rollback`).
-PREVIOUS_PROPERTY = "llmops.previous"
-# The collection a re-index is filling from this one ("" or absent: none).
-FILLING_PROPERTY = "llmops.filling"
-# Milvus's code for "collection not found": a name renamed into an alias a moment ago.
-_NOT_FOUND = 100
 
 
 class MilvusSettings(BaseModel):
@@ -102,22 +101,6 @@ class Tower(Protocol):
     name: str
 
     def record(self) -> EncoderRecord: ...
-
-
-@dataclass(frozen=True)
-class Current:
-    """What the configured name points at now: the collection itself, or through an alias
-    (`llmops reindex` switches it) the collection behind it, with the document encoder that
-    collection records and the collection the alias pointed at before it (or "")."""
-
-    name: str
-    collection: str
-    record: EncoderRecord | None
-    previous: str = ""
-
-    @property
-    def aliased(self) -> bool:
-        return self.collection != self.name
 
 
 class MilvusStore:
@@ -187,26 +170,10 @@ class MilvusStore:
 
     def current(self) -> Current:
         """What the configured name points at now (one describe call). The stages read it
-        once per micro-batch, so an alias switch moves every reader at once. While a plain
-        collection is turned into an alias (renamed, then aliased: two calls a moment
-        apart) its name is missing; that is waited out."""
-        name = self._settings.collection
-        deadline = time.monotonic() + 2.0
-        while True:
-            try:
-                described = self._call("describe_collection", collection_name=name)
-                break
-            except PermanentError as exc:
-                if not_found(exc) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                    continue
-                raise
-        properties = described.get("properties") or {}
-        raw = properties.get(ENCODER_PROPERTY)
-        record = EncoderRecord.from_json(raw) if raw else None
-        collection = str(described.get("collection_name") or name)
-        self._records[collection] = record
-        return Current(name, collection, record, str(properties.get(PREVIOUS_PROPERTY, "")))
+        once per micro-batch, so an alias switch moves every reader at once."""
+        current = read_current(self._call, self._settings.collection)
+        self._records[current.collection] = current.record
+        return current
 
     def filled_by(self) -> EncoderRecord | None:
         """The document encoder the collection (behind the alias) records (None: made
@@ -219,64 +186,25 @@ class MilvusStore:
     def record_of(self, collection: str) -> EncoderRecord | None:
         """The record of a collection by its own name (read once per name)."""
         if collection not in self._records:
-            described = self._call("describe_collection", collection_name=collection)
-            raw = (described.get("properties") or {}).get(ENCODER_PROPERTY)
-            self._records[collection] = EncoderRecord.from_json(raw) if raw else None
+            self._records[collection] = read_record(self._call, collection)
         return self._records[collection]
 
     def _readable(self, encoder: str | None) -> str:
         """The collection to search with vectors of query encoder `encoder` (None: the
-        reader's): the one the name points at, or, for questions embedded just before an
-        alias switch, the one it pointed at before. Refuses one that does not belong."""
+        reader's): the one the name points at, or the one it pointed at before for
+        questions embedded just before an alias switch; refuses one that does not belong."""
         query = encoder if encoder is not None else (self._reader.name if self._reader else None)
         current = self.current()
-        self._filled_by = recorded = current.record
-        if query is None or recorded is None or belongs(query, recorded):
-            return current.collection
-        if current.previous:
-            before = self.record_of(current.previous)
-            if before is not None and belongs(query, before):
-                return current.previous
-        raise PermanentError(
-            f"Milvus collection {self._settings.collection!r} was filled by the document encoder "
-            f"{recorded.name} (fingerprint {recorded.fingerprint}); the query encoder "
-            f"{query} does not belong with it and would find nonsense neighbours. Set "
-            f"LLMOPS_EMBEDDING__QUERY_ENCODER={recorded.name}, or re-index the documents with "
-            f"{query} (`llmops reindex --model {query}`)"
-        )
+        self._filled_by = current.record
+        return readable_collection(current, query, self.record_of)
 
     def _writable(self) -> str:
         """The collection to write the writer's vectors into: the one the name points at,
         if they belong there."""
         current = self.current()
-        self._filled_by = recorded = current.record
-        if self._writer is None or recorded is None:
-            return current.collection
-        ours = self._writer.record()
-        if recorded.fingerprint == ours.fingerprint:
-            return current.collection
-        before = self.record_of(current.previous) if current.previous else None
-        if before is not None and before.fingerprint == ours.fingerprint:
-            # The alias moved after these vectors were made: a retry embeds them again
-            # with the encoder of the collection it points at now.
-            raise TransientError(
-                f"Milvus alias {current.name!r} moved to {current.collection!r} ({recorded.name}) "
-                f"while these passages were embedded with {ours.name}"
-            )
-        raise PermanentError(
-            f"Milvus collection {self._settings.collection!r} was filled by the document encoder "
-            f"{recorded.name} (fingerprint {recorded.fingerprint}); writing vectors of "
-            f"{ours.name} (fingerprint {ours.fingerprint}) would mix two vector spaces. Set "
-            f"LLMOPS_EMBEDDING__DOCUMENT_ENCODER={recorded.name} as it was, or index into a new "
-            "collection (LLMOPS_MILVUS__COLLECTION=NEW)"
-        )
-
-    # The checks by their older names (connectors/milvus_artifacts.py calls them).
-    def _check_reader(self) -> None:
-        self._readable(None)
-
-    def _check_writer(self) -> None:
-        self._writable()
+        self._filled_by = current.record
+        ours = self._writer.record() if self._writer is not None and current.record is not None else None
+        return writable_collection(current, ours, self.record_of)
 
     def has_bm25(self, collection: str | None = None) -> bool:
         """Whether the collection (default: the configured one) has the BM25 field
@@ -456,16 +384,8 @@ class MilvusStore:
 
     def deletable(self) -> list[str]:
         """Where a deletion goes: the name, and behind an alias also the collection a
-        re-index is filling from it and the kept one it replaced, so a document withdrawn
-        or cut shorter during a re-index, or before a rollback, stays so after the switch
-        (deleting needs no encoder). One describe call."""
-        name = self._settings.collection
-        described = self._call("describe_collection", collection_name=name)
-        if str(described.get("collection_name") or name) == name:
-            return [name]
-        properties = described.get("properties") or {}
-        others = (properties.get(FILLING_PROPERTY), properties.get(PREVIOUS_PROPERTY))
-        return [name, *dict.fromkeys(str(c) for c in others if c)]
+        re-index is filling and the kept one (milvus_aliases.deletable_collections)."""
+        return deletable_collections(self._call, self._settings.collection)
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of these passage ids the collection holds (one query)."""
@@ -507,11 +427,6 @@ class MilvusStore:
             raise error(f"Milvus {method} failed: {exc}") from exc
         except ConnectionError as exc:
             raise TransientError(f"Milvus {method} failed: {exc}") from exc
-
-
-def not_found(exc: BaseException) -> bool:
-    """Whether Milvus said the collection does not exist."""
-    return getattr(exc.__cause__, "code", None) == _NOT_FOUND
 
 
 def wait_for_milvus(

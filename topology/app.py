@@ -14,9 +14,9 @@ import faust
 from agents.deps import Dependencies
 from agents.routing import Registry
 from agents.runtime import Incoming, StageRunner
+from connectors.following_towers import following
 from connectors.kafka import KafkaSettings, Publisher
 from connectors.llm import build_backend
-from connectors.milvus_aliases import following
 from connectors.milvus_artifacts import MilvusArtifacts
 from connectors.ports import Deltas
 from schemas.errors import LLMOpsError

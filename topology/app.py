@@ -222,6 +222,7 @@ def librdkafka_stages(settings: Settings, ready: Callable[[], Awaitable[None]]) 
         in_flight=worker.stage_in_flight,
         ready=ready,
         backoff=worker.runtime.backoff,
+        idle_probe_ms=worker.idle_fetch_max_wait_ms,
     )
 
 

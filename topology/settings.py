@@ -51,8 +51,9 @@ class WorkerSettings(BaseModel):
         default=100,
         ge=1,
         description="Longest a fetch waits once no event came for a second: an idle worker "
-        "and its broker wake up less. On Tansu the first event after a quiet second can "
-        "wait this long.",
+        "and its broker wake up less. The stage consumer then pauses and asks the log ends "
+        "this often instead of fetching (only if longer than fetch_max_wait_ms). The first "
+        "event after a quiet second can wait this long.",
     )
     log_level: str = "WARNING"
     runtime: RuntimeSettings = RuntimeSettings()

@@ -11,11 +11,15 @@ import signal
 import time
 import uuid
 
+from confluent_kafka import Consumer, TopicPartition
+
 from connectors.client import Client
+from connectors.kafka import librdkafka_config
 from schemas import ResponseGenerated
-from tests.integration.test_conversations import memory
+from schemas.conversations import ConversationState, conversation_key
 from tests.integration.test_pipeline import docs, tenant
 from topology.stack import LocalStack
+from topology.topics import conversations_topic
 
 CONVERSATIONS, TURNS = 50, 4
 
@@ -51,8 +55,9 @@ async def test_a_killed_worker_loses_reorders_and_doubles_no_turn(kafka_stack: L
         *conversations, back_s = await asyncio.gather(*(converse(c) for c in range(CONVERSATIONS)), crash())
     failed = [a for a in conversations if isinstance(a, BaseException)]
     assert not failed, failed[:3]
+    states = await asyncio.to_thread(memories, stack, owner, [f"{run}-{c}" for c in range(CONVERSATIONS)], 60)
     for c, answers in enumerate(conversations):
-        state = await asyncio.to_thread(memory, stack, owner, f"{run}-{c}", TURNS, 60)
+        state = states[f"{run}-{c}"]
         assert state.turn_count == TURNS, (c, state.turn_count)  # each turn once
         assert [t.trace_id for t in state.turns] == [a.trace_id for a in answers]  # in order
         assert [t.question for t in state.turns] == [a.question for a in answers]
@@ -63,3 +68,54 @@ async def test_a_killed_worker_loses_reorders_and_doubles_no_turn(kafka_stack: L
         f"{CONVERSATIONS} conversations x {TURNS} turns through a SIGKILL after {before_kill} turns "
         f"were answered; worker back in {back_s:.1f}s"
     )
+
+
+def latest_records(stack: LocalStack, topic: str) -> dict[bytes, bytes | None]:
+    """Each key's last value on `topic`, read from the start of every partition to its end."""
+    consumer = Consumer(
+        librdkafka_config(
+            stack.settings.kafka, **{"group.id": f"t-{uuid.uuid4().hex}", "enable.auto.commit": False}
+        )
+    )
+    try:
+        ends = {}
+        for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        found: dict[bytes, bytes | None] = {}
+        deadline = time.monotonic() + 30
+        while ends:
+            assert time.monotonic() < deadline, f"reading {topic} took longer than 30 s"
+            for message in consumer.consume(num_messages=500, timeout=0.5):
+                if message.error() is None:
+                    found[message.key() or b""] = message.value()
+                    partition, offset = message.partition() or 0, message.offset() or 0
+                    if offset + 1 >= ends.get(partition, 0):
+                        ends.pop(partition, None)
+        return found
+    finally:
+        consumer.close()
+
+
+def memories(
+    stack: LocalStack, owner: str, conversations: list[str], timeout: float
+) -> dict[str, ConversationState]:
+    """The conversations as the changelog holds them, once each has all its turns answered
+    (as tests.integration.test_conversations.memory, with one read of the changelog for all)."""
+    topic = conversations_topic(stack.settings.worker.app_id)
+    deadline = time.monotonic() + timeout
+    while True:
+        records = latest_records(stack, topic)
+        states = {}
+        for conversation in conversations:
+            record = records.get(conversation_key(owner, conversation).encode())
+            state = ConversationState.model_validate_json(record) if record else None
+            if state is not None and state.turn_count >= TURNS and state.in_flight is None:
+                states[conversation] = state
+        if len(states) == len(conversations):
+            return states
+        missing = sorted(set(conversations) - set(states))
+        assert time.monotonic() < deadline, f"conversations not complete: {missing[:5]}"
+        time.sleep(0.3)

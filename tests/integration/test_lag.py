@@ -88,11 +88,12 @@ async def test_a_stopped_worker_shows_as_lag_and_one_alert_and_both_clear_when_i
 ):
     runner, url, posted = await webhook()
     env = {
-        # Sample every second; alert on more than 50 messages not read for 5 s of input.
+        # Sample every second; alert on more than 50 messages not read for 2 s of input (the
+        # alert needs the window to pass the moment the questions were sent: short here).
         "LLMOPS_LAG__EVERY_S": "1",
         "LLMOPS_LAG__MIN_LAG": "50",
-        "LLMOPS_LAG__MAX_BEHIND_S": "5",
-        "LLMOPS_LAG__RATE_WINDOW_S": "5",
+        "LLMOPS_LAG__MAX_BEHIND_S": "2",
+        "LLMOPS_LAG__RATE_WINDOW_S": "2",
         "LLMOPS_WEBHOOK__URL": url,
     }
     owner = tenant("lag")

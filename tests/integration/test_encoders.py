@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -130,19 +132,20 @@ def test_the_pipeline_answers_through_e5_and_refuses_a_query_encoder_that_does_n
     base_settings: Settings, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ):
     """A stack whose two towers are e5-small-v2 indexes and answers through it, and its
-    collection records e5. Restarted over the same Milvus data with MiniLM questions, the
-    pipeline refuses to search (the readiness probe's question fails at retrieval, naming
-    both encoders and the way out) instead of answering from nonsense neighbours."""
+    collection records e5. Its worker restarted over the same Milvus data with MiniLM
+    questions, the pipeline refuses to search (the readiness probe's question fails at
+    retrieval, naming both encoders and the way out) instead of answering from nonsense
+    neighbours."""
     data_dir = tmp_path_factory.mktemp("towers")
     owner = f"towers-{uuid.uuid4().hex[:8]}"
-
-    def towers_stack(query: str) -> LocalStack:
-        embedding = base_settings.embedding.model_copy(
-            update={"query_encoder": query, "document_encoder": "e5-small-v2"}
-        )
-        settings = stack_settings(base_settings, data_dir).model_copy(update={"embedding": embedding})
-        env = {"LLMOPS_EMBEDDING__QUERY_ENCODER": query, "LLMOPS_EMBEDDING__DOCUMENT_ENCODER": "e5-small-v2"}
-        return LocalStack(settings, env=env)
+    embedding = base_settings.embedding.model_copy(
+        update={"query_encoder": "e5-small-v2", "document_encoder": "e5-small-v2"}
+    )
+    settings = stack_settings(base_settings, data_dir).model_copy(update={"embedding": embedding})
+    env = {
+        "LLMOPS_EMBEDDING__QUERY_ENCODER": "e5-small-v2",
+        "LLMOPS_EMBEDDING__DOCUMENT_ENCODER": "e5-small-v2",
+    }
 
     async def ingest_and_ask(stack: LocalStack) -> str:
         async with Client(stack.settings) as client:
@@ -151,7 +154,7 @@ def test_the_pipeline_answers_through_e5_and_refuses_a_query_encoder_that_does_n
             answer = await client.ask("How do I write a small anonymous function?", tenant=owner)
             return answer.passages[0].doc_id
 
-    with towers_stack("e5-small-v2") as stack:
+    with LocalStack(settings, env=env) as stack:
         # LocalStack runs its own event loop while it starts: the test is synchronous.
         assert asyncio.run(ingest_and_ask(stack)) == DOCS["lambda"]["doc_id"]
         store = MilvusStore(stack.settings.milvus)
@@ -160,11 +163,26 @@ def test_the_pipeline_answers_through_e5_and_refuses_a_query_encoder_that_does_n
             recorded = store.filled_by()
         finally:
             store.close()
-    assert recorded is not None and recorded.name == "e5-small-v2"
-    assert recorded.settings["document_prefix"] == "passage: "
+        assert recorded is not None and recorded.name == "e5-small-v2"
+        assert recorded.settings["document_prefix"] == "passage: "
 
-    with pytest.raises(RequestError) as refused, towers_stack("all-MiniLM-L6-v2"):
-        pass
+        # Only the worker restarts with MiniLM questions (the broker, Milvus and the
+        # analytics process stay up: a whole second stack would cost its start for nothing).
+        stack.stop_process("worker")
+        minilm = {**stack.env(), "LLMOPS_EMBEDDING__QUERY_ENCODER": "all-MiniLM-L6-v2"}
+        with (stack.data_dir / "logs" / "worker-minilm.log").open("wb") as log:
+            worker = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", "topology.cli", "worker"],
+                env=minilm,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                with pytest.raises(RequestError) as refused:
+                    stack.wait_for_worker(base_settings.stack.ready_timeout_s)
+            finally:
+                worker.terminate()
+                worker.wait(timeout=30)
     assert refused.value.failure.stage == "retrieval"
     reason = refused.value.failure.reason
     assert "e5-small-v2" in reason and "all-MiniLM-L6-v2" in reason and recorded.fingerprint in reason

@@ -25,7 +25,10 @@ from topology.stack import LocalStack, free_port
 from topology.topics import analytics_app_id, leader_topic
 
 N = 300
-OUTAGE_S = 30  # how long the store refuses writes in the outage test
+# How long the store refuses writes in the outage test: longer than the group's session
+# timeout (10 s), and long enough for the sink's retry delay (0.2 s doubling) to reach its
+# 5 s cap and retry at it.
+OUTAGE_S = 12
 
 
 def isolated(stack: LocalStack, chdb_dir: Path, app_id: str) -> Settings:

@@ -118,8 +118,9 @@ async def test_a_question_is_one_trace_with_stage_and_genai_spans(base_settings:
             question = "What is a lambda expression?"
             answer = await client.ask(question, tenant=owner, timeout=60)
         trace = bytes.fromhex(answer.trace_id)
+        # No pause for stragglers here: the spans are counted at the end, after the outage,
+        # so a late or doubled span of this trace still fails the test.
         await arrived(received, trace, 30)
-        await asyncio.sleep(2)  # the stage spans came in earlier batches; nothing more is due
         delayed = await outage(stack, runner, port, received, owner)
         analytics = await Analytics.connect(stack.settings.clickhouse, stack.settings.analytics)
         try:

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import timedelta
 
 from confluent_kafka import Consumer, TopicPartition
 
+from connectors import deadletters
 from connectors.analytics import Analytics
 from connectors.kafka import Publisher, librdkafka_config
-from schemas import DeadLetter, FeedbackReceived, QueryReceived, ResponseGenerated, decode, encode
+from schemas import DeadLetter, FeedbackReceived, QueryReceived, ResponseGenerated, decode, encode, utc_now
 from topology.stack import LocalStack
 
 
@@ -58,12 +60,17 @@ async def test_list_and_show_give_the_reason_and_the_original_bytes(tansu_stack:
     marker = uuid.uuid4().hex
     blank = json.dumps({"event_type": "QueryReceived", "trace_id": marker, "producer": "t", "question": "  "})
     await publish(tansu_stack, tansu_stack.settings.kafka.topics.queries, marker.encode(), blank.encode())
-    deadline, listed = time.monotonic() + 30, ""
-    while marker not in listed and time.monotonic() < deadline:
-        await asyncio.sleep(1)
-        shown = llmops(tansu_stack, "dlq", "list", "--stage", "prompting", "--since", "1h", "--limit", "500")
-        assert shown.returncode == 0, shown.stderr
-        listed = shown.stdout
+    # Wait for the letter with the reader `dlq list` uses, in this process (a CLI run per
+    # poll costs seconds of start-up), then list and show it through the CLI.
+    since, deadline = utc_now() - timedelta(hours=1), time.monotonic() + 30
+    while not any(
+        marker.encode() in d.original for d in deadletters.read(tansu_stack.settings.kafka, since=since)
+    ):
+        assert time.monotonic() < deadline, "no dead letter for the blank question"
+        await asyncio.sleep(0.2)
+    shown = llmops(tansu_stack, "dlq", "list", "--stage", "prompting", "--since", "1h", "--limit", "500")
+    assert shown.returncode == 0, shown.stderr
+    listed = shown.stdout
     line = next(line for line in listed.splitlines() if marker in line or "blank" in line.lower())
     letter_id = line.split()[2]
     detail = llmops(tansu_stack, "dlq", "show", letter_id)

@@ -5,6 +5,7 @@ of any process holds the password."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,15 +63,22 @@ async def test_a_whole_stack_runs_on_a_sasl_broker_and_never_logs_the_password(
     sasl_stack: LocalStack, tmp_path: Path
 ):
     owner = tenant("sasl")
+    began = time.monotonic()
     async with Client(sasl_stack.settings) as client:
         await client.ingest(docs("lambda"), tenant=owner)
         answer = await client.ask("What is a lambda?", tenant=owner)
     assert answer.passages[0].doc_id == "pydoc-lambda"
 
+    client_s, began = time.monotonic() - began, time.monotonic()
     asked = llmops("-v", "ask", "What is a lambda?", "--tenant", owner, env=sasl_stack.env())
     assert asked.returncode == 0 and "anonymous functions" in asked.stdout, asked.stderr
+    ask_s, began = time.monotonic() - began, time.monotonic()
     refused = llmops("bootstrap", env={**sasl_stack.env(), **sasl_env("wrong-password")}, timeout=120)
     assert refused.returncode == 1 and "Error:" in refused.stderr
+    print(
+        f"sasl: client ingest+ask {client_s:.1f}s, `llmops ask` {ask_s:.1f}s, bootstrap refused after "
+        f"{time.monotonic() - began:.1f}s: {refused.stderr.strip().splitlines()[-1]}"
+    )
 
     logs = {p.name: p.read_text(errors="replace") for p in (sasl_stack.data_dir / "logs").glob("*.log")}
     logs |= {"cli": asked.stdout + asked.stderr, "cli-refused": refused.stdout + refused.stderr}

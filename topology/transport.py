@@ -108,14 +108,16 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         return records
 
     def pace(self, fetcher: Any, got_records: bool, now: float) -> None:
-        """The short wait while events come, the idle one after a second without any.
+        """The short wait while events come, the idle one after a second without any
+        (never shorter than the short one: Apache Kafka may run with a long wait).
         Called after each getmany (faust asks for at most a second's records), on the
         consumer's own thread; the Fetcher reads the wait into every fetch it sends."""
         app = cast("PipelineApp", self.app)
         if got_records:
             self._records_at = now
         idle = now - self._records_at >= IDLE_AFTER_S
-        fetcher._fetch_max_wait_ms = app.idle_fetch_max_wait_ms if idle else app.fetch_max_wait_ms
+        idle_wait = max(app.idle_fetch_max_wait_ms, app.fetch_max_wait_ms)
+        fetcher._fetch_max_wait_ms = idle_wait if idle else app.fetch_max_wait_ms
 
 
 class _Consumer(driver.Consumer):

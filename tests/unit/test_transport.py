@@ -169,6 +169,19 @@ def test_the_fetch_wait_grows_after_a_quiet_second_shrinks_at_records():
     assert fetcher._fetch_max_wait_ms == 10
 
 
+def test_an_idle_wait_shorter_than_the_fetch_wait_never_shortens_it():
+    """Apache Kafka answers a fetch as soon as data arrives, so it may run with a long
+    fetch wait; going idle must not make that consumer fetch more often."""
+    settings = Settings()
+    worker = settings.worker.model_copy(update={"fetch_max_wait_ms": 500, "idle_fetch_max_wait_ms": 100})
+    app = new_app(settings.model_copy(update={"worker": worker}), "transport-test")
+    thread, fetcher = app.consumer._thread, Fetcher()
+    thread.pace(fetcher, True, 100.0)
+    assert fetcher._fetch_max_wait_ms == 500
+    thread.pace(fetcher, False, 102.0)
+    assert fetcher._fetch_max_wait_ms == 500
+
+
 def test_a_getmany_paces_the_fetcher_it_read_from(monkeypatch):
     thread, fetcher = paced_thread(), Fetcher()
     answers = iter([{"tp": ["record"]}, {}])

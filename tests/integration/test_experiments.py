@@ -52,12 +52,14 @@ async def serve_and_rate(
         )
     )
     given: dict[str, int] = {}
+    ratings = []
     for answer in answers:
         pattern = rating[answer.served.arm]
         n = given.get(answer.served.arm, 0)
-        for k in range(per_answer):
-            await client.feedback(answer.trace_id, pattern[(n + k) % len(pattern)], tenant=owner)
+        ratings += [(answer.trace_id, pattern[(n + k) % len(pattern)]) for k in range(per_answer)]
         given[answer.served.arm] = n + per_answer
+    # Sent at once (each returns when the broker has it; one after another they took seconds).
+    await asyncio.gather(*(client.feedback(trace, liked, tenant=owner) for trace, liked in ratings))
     return given
 
 

@@ -44,8 +44,8 @@ DOCS = {d["doc_id"]: d for d in python_reference()}
 NAMES = ["lambda", "yield", "assert", "nonlocal", "for", "break", "while", "global", "try", "import"]
 NAMES += ["raise", "with", "in", "booleans", "power", "slicings", "del", "return", "continue", "if"]
 LATE = "pass"  # ingested after the switch: the indexing stage writes through the alias too
-# Each asker's pause between questions: asked back to back, the questions kept Milvus Lite
-# (one process) so busy that the re-index's reads and writes queued behind their searches.
+# Each asker's pause between questions: the checks need answers in every phase, not as many
+# as the pipeline can give; asked back to back they only cost CPU on a two-core machine.
 PACE_S = 0.2
 QUESTIONS = [
     "How do I write a small anonymous function?",

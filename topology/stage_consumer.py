@@ -32,11 +32,11 @@ and the tables: two groups, since faust's assignor and librdkafka's cannot share
   flight and the assignment is not paused for backpressure, the consumer pauses its
   assignment and, every `idle_probe_ms`, asks the partitions' log ends (ListOffsets, one
   request per broker) instead of fetching; at the first log end past its read position it
-  resumes and fetches as before. It never guesses from a fetch window: a paused
-  partition's fetched messages are discarded and librdkafka's fetcher looks at a resumed
-  partition only at its next wake-up (up to a second later), so windows of a few fetch
-  waits starved an earlier version under load. Off when `idle_probe_ms` is not longer than the fetch wait
-  (Apache Kafka with a long wait answers a fetch as soon as data arrives: nothing to save).
+  resumes and fetches as before. It never relies on a fetch window: a paused partition's
+  fetched messages are discarded and librdkafka's fetcher looks at a resumed partition
+  only at its next wake-up (up to a second later), which likely starved the earlier idle
+  rounds (short fetch windows) under load. Off when `idle_probe_ms` is not longer than the
+  fetch wait (Apache Kafka with a long wait answers a fetch as soon as data arrives).
 
 `OffsetBook` is the bookkeeping (which offsets a finished batch may store), `Quiet` and
 `read_positions`/`grown` the idle mode's decisions, all with no I/O."""

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from connectors.kafka import KafkaSettings, Publisher, librdkafka_config
+from connectors.kafka import KafkaSettings, Publisher, cluster_metadata, librdkafka_config
 from schemas import (
     DocumentIndexed,
     DocumentSubmitted,
@@ -91,6 +91,9 @@ class Client:
         from confluent_kafka import KafkaException, TopicPartition
         from confluent_kafka.aio import AIOConsumer
 
+        if self._kafka.sasl_username is not None:
+            # A refused password is named at once, not as "unreachable" after the wait below.
+            await asyncio.to_thread(cluster_metadata, self._kafka, 10)
         self._consumer = AIOConsumer(
             librdkafka_config(
                 self._kafka,

@@ -86,13 +86,10 @@ class TopicSpec:
 def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec], timeout: float = 30) -> list[str]:
     """Create the topics that do not exist yet; return the names created. Idempotent."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient(librdkafka_config(settings))
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise TransientError(f"broker {settings.bootstrap_servers} unreachable: {exc}") from exc
+    admin, metadata = cluster_metadata(settings, timeout)
+    existing = set(metadata.topics)
     wanted = [
         NewTopic(
             s.name,
@@ -116,23 +113,42 @@ def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec], timeout: 
     return created
 
 
-def wait_for_broker(settings: KafkaSettings, timeout: float) -> None:
-    """Block until the broker answers a metadata request."""
-    from confluent_kafka import KafkaException
+def cluster_metadata(settings: KafkaSettings, timeout: float) -> tuple[Any, Any]:
+    """An admin client and the cluster's metadata, once the broker answers. Credentials the
+    broker refuses end the wait at once: librdkafka only reports them to `error_cb` and
+    would otherwise retry until `timeout`, then say the broker is unreachable."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(librdkafka_config(settings))
+    refused: list[KafkaError] = []
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() == KafkaError._AUTHENTICATION:
+            refused.append(error)
+
+    admin = AdminClient(librdkafka_config(settings, error_cb=on_error))
     deadline = time.monotonic() + timeout
     while True:
         try:
-            admin.list_topics(timeout=2)
-            return
+            return admin, admin.list_topics(timeout=min(2.0, max(timeout, 0.1)))
         except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            if refused:
+                raise PermanentError(
+                    f"broker {settings.bootstrap_servers} refused the credentials "
+                    f"({refused[0].str()}): check LLMOPS_KAFKA__SASL_MECHANISM, __SASL_USERNAME "
+                    "and __SASL_PASSWORD"
+                ) from exc
             if time.monotonic() > deadline:
                 raise TransientError(
-                    f"broker {settings.bootstrap_servers} did not answer in {timeout:.0f}s"
+                    f"broker {settings.bootstrap_servers} did not answer in {timeout:.0f}s: {exc}"
                 ) from exc
             time.sleep(0.2)
+
+
+def wait_for_broker(settings: KafkaSettings, timeout: float) -> None:
+    """Block until the broker answers a metadata request."""
+    cluster_metadata(settings, timeout)
 
 
 class Publisher:

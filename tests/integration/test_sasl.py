@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.client import Client
+from schemas.errors import PermanentError
 from tests.integration.conftest import require_java, stack_settings
 from tests.integration.test_cli import llmops
 from tests.integration.test_pipeline import docs, tenant
@@ -74,7 +75,11 @@ async def test_a_whole_stack_runs_on_a_sasl_broker_and_never_logs_the_password(
     assert asked.returncode == 0 and "anonymous functions" in asked.stdout, asked.stderr
     ask_s, began = time.monotonic() - began, time.monotonic()
     refused = llmops("bootstrap", env={**sasl_stack.env(), **sasl_env("wrong-password")}, timeout=120)
-    assert refused.returncode == 1 and "Error:" in refused.stderr
+    assert refused.returncode == 1 and "refused the credentials" in refused.stderr, refused.stderr
+    wrong = sasl_stack.settings.kafka.model_copy(update={"sasl_password": SecretStr("wrong-password")})
+    with pytest.raises(PermanentError, match="refused the credentials"):
+        async with Client(sasl_stack.settings.model_copy(update={"kafka": wrong})):
+            pass
     print(
         f"sasl: client ingest+ask {client_s:.1f}s, `llmops ask` {ask_s:.1f}s, bootstrap refused after "
         f"{time.monotonic() - began:.1f}s: {refused.stderr.strip().splitlines()[-1]}"

@@ -37,6 +37,14 @@ class SinkSettings(BaseModel):
 
     batch_max: int = Field(default=2_000, ge=1, description="Events per insert, at most.")
     batch_within_s: float = Field(default=1.0, gt=0, description="Longest wait to fill a batch.")
+    fetch_max_wait_ms: int = Field(
+        default=200,
+        ge=1,
+        description="The analytics process's fetch wait while events flow (the worker's is "
+        "LLMOPS_WORKER__FETCH_MAX_WAIT_MS): its sinks wait up to batch_within_s to fill a batch "
+        "anyway, and a short wait on a broker that holds every fetch (Tansu) costs a fetch per "
+        "wait.",
+    )
     # The longest wait between retries is also how late the rows can be after the store is
     # back, so it stays short.
     backoff: Backoff = Field(

@@ -160,6 +160,7 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
         settings,
         analytics_app_id(settings.worker.app_id),
         # A sink waits this long to fill a batch anyway; an idle fetch may wait as long.
+        fetch_max_wait_ms=settings.sink.fetch_max_wait_ms,
         idle_fetch_max_wait_ms=max(
             settings.worker.idle_fetch_max_wait_ms, round(settings.sink.batch_within_s * 1000)
         ),

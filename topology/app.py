@@ -69,12 +69,18 @@ def faust_broker_options(kafka: KafkaSettings) -> dict[str, Any]:
 
 
 def new_app(
-    settings: Settings, app_id: str, *, idle_fetch_max_wait_ms: int | None = None, **options: Any
+    settings: Settings,
+    app_id: str,
+    *,
+    fetch_max_wait_ms: int | None = None,
+    idle_fetch_max_wait_ms: int | None = None,
+    **options: Any,
 ) -> faust.App:
     """A faust app on our broker settings, group timeouts and acks. Topics are never
-    declared here: the bootstrap step creates them. `idle_fetch_max_wait_ms`: instead of
-    the worker's."""
+    declared here: the bootstrap step creates them. `fetch_max_wait_ms`,
+    `idle_fetch_max_wait_ms`: instead of the worker's."""
     worker = settings.worker
+    busy_wait = worker.fetch_max_wait_ms if fetch_max_wait_ms is None else fetch_max_wait_ms
     idle_wait = worker.idle_fetch_max_wait_ms if idle_fetch_max_wait_ms is None else idle_fetch_max_wait_ms
     # faust makes its data directory even for in-memory tables (without parents): keep it
     # out of the user's working directory.
@@ -82,7 +88,7 @@ def new_app(
     datadir.parent.mkdir(parents=True, exist_ok=True)
     return PipelineApp(
         app_id,
-        fetch_max_wait_ms=worker.fetch_max_wait_ms,
+        fetch_max_wait_ms=busy_wait,
         idle_fetch_max_wait_ms=idle_wait,
         store="memory://",
         datadir=str(datadir),

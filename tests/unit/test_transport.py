@@ -198,12 +198,15 @@ def test_a_getmany_paces_the_fetcher_it_read_from(monkeypatch):
     assert fetcher._fetch_max_wait_ms == 250
 
 
-def test_the_analytics_process_waits_idle_as_long_as_its_sinks_fill_a_batch():
+def test_the_analytics_process_fetches_at_its_sinks_pace_and_waits_idle_as_long_as_they_fill_a_batch():
     from topology.analytics_app import create_analytics_app
 
     settings = Settings()
-    sink = settings.sink.model_copy(update={"batch_within_s": 0.75})
+    sink = settings.sink.model_copy(update={"batch_within_s": 0.75, "fetch_max_wait_ms": 123})
     app = create_analytics_app(settings.model_copy(update={"sink": sink}))
-    assert (app.fetch_max_wait_ms, app.idle_fetch_max_wait_ms) == (settings.worker.fetch_max_wait_ms, 750)
+    assert (app.fetch_max_wait_ms, app.idle_fetch_max_wait_ms) == (123, 750)
     worker = new_app(settings, "transport-test")
-    assert worker.idle_fetch_max_wait_ms == settings.worker.idle_fetch_max_wait_ms
+    assert (worker.fetch_max_wait_ms, worker.idle_fetch_max_wait_ms) == (
+        settings.worker.fetch_max_wait_ms,
+        settings.worker.idle_fetch_max_wait_ms,
+    )

@@ -8,15 +8,11 @@ import asyncio
 from typing import Any, cast
 
 from agents.runtime import Backoff, Incoming
+from topology.stage_bookkeeping import Chunk, OffsetBook, Quiet, grown, read_positions
 from topology.stage_consumer import (
     LATEST,
-    Chunk,
-    OffsetBook,
-    Quiet,
     StageConsumer,
     StageConsumerService,
-    grown,
-    read_positions,
 )
 
 

@@ -9,7 +9,8 @@ from agents.index_changes import change_row, decode_change
 from schemas import encode
 from schemas.errors import InvalidEvent
 from schemas.indexes import KINDS, GateJudged, IndexSwitched
-from topology.reindex import passes, target_name
+from topology.reindex import target_name
+from topology.reindex_gate import passes
 
 
 def test_the_gate_allows_a_drop_up_to_the_margin_and_no_more():

@@ -185,7 +185,8 @@ def switch_model(
     from tqdm import tqdm
 
     from agents.evaluation import load_golden
-    from topology.reindex import Gate, reindex
+    from topology.reindex import reindex
+    from topology.reindex_gate import Gate
 
     gate = None
     if golden is not None:

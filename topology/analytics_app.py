@@ -9,7 +9,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 from mode import Service
@@ -31,14 +31,16 @@ from connectors.migrations import apply
 from connectors.ports import AnalyticsStore
 from schemas import encode
 from schemas.alerts import Alert
-from topology.app import leader_timer, new_app, raw_topic, register, sender, stage_publisher
+from topology.app import leader_timer, new_app, sender, stage_publisher
 from topology.console import add_console
 from topology.graph import LEADER_TIMERS, SINKS, STAGES
 from topology.metrics import PipelineMetrics, add_metrics, providers
 from topology.otlp_export import add_otlp_export
 from topology.query_service import add_query_service
 from topology.settings import Settings
-from topology.topics import analytics_app_id, registry_topic
+from topology.stage_consumer import StageConsumer, StageConsumerService, consumer_config
+from topology.topics import analytics_app_id, registry_topic, sinks_group
+from topology.transport import PipelineApp
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +98,38 @@ class StoreService(Service):
 
 def watched(settings: Settings) -> list[Watched]:
     """Whose consumer lag is sampled: every stage (a stage with a table in faust's group,
-    the others in the stage consumer's) and every sink (the analytics group), with the
+    the others in the stage consumer's) and every sink (the sinks' group), with the
     topic each reads."""
     names, app_id = settings.kafka.topics, settings.worker.app_id
     stages_group = settings.worker.stages_group()
     return [
         Watched(s.name, app_id if s.keeps else stages_group, getattr(names, s.consumes)) for s in STAGES
-    ] + [Watched(s.name, analytics_app_id(app_id), getattr(names, s.consumes)) for s in SINKS]
+    ] + [Watched(s.name, sinks_group(app_id), getattr(names, s.consumes)) for s in SINKS]
+
+
+def librdkafka_sinks(settings: Settings, ready: Callable[[], Awaitable[None]]) -> StageConsumer:
+    """The analytics process's one librdkafka consumer for the sinks, in `sinks_group`: a
+    batch waits up to `batch_within_s` to fill, and an idle consumer probes the log ends
+    as often (the sinks' rows are that late anyway)."""
+    sink, worker = settings.sink, settings.worker
+    config = consumer_config(
+        settings.kafka,
+        sinks_group(worker.app_id),
+        fetch_max_wait_ms=sink.fetch_max_wait_ms,
+        session_timeout_s=worker.session_timeout_s,
+        heartbeat_interval_s=worker.heartbeat_interval_s,
+        rebalance_timeout_s=worker.rebalance_timeout_s,
+    )
+    return StageConsumer(
+        config,
+        batch_max=sink.batch_max,
+        # One batch being written and the next one filling.
+        in_flight=2 * sink.batch_max,
+        ready=ready,
+        backoff=sink.backoff,
+        idle_probe_ms=max(worker.idle_fetch_max_wait_ms, round(sink.batch_within_s * 1000)),
+        fill_within_s=sink.batch_within_s,
+    )
 
 
 def build_analytics_deps(
@@ -189,6 +216,9 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
 
     dead_letter = sender(publisher, settings.kafka.topics.deadletter)
     batching = settings.sink
+    sinks = librdkafka_sinks(settings, opener.ready)
+    cast(PipelineApp, app).on_app_start.append(sinks.start)
+    app.service(StageConsumerService(sinks))  # type: ignore[arg-type]  # an instance works too
     for sink in SINKS:
         runner = SinkRunner(
             sink.name,
@@ -203,15 +233,7 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
             key=sink.key,
             decoder=sink.decoder,
         )
-        register(
-            app,
-            sink.name,
-            raw_topic(app, settings, sink.consumes),
-            runner.process,
-            batch_max=batching.batch_max,
-            batch_within_s=batching.batch_within_s,
-            ready=opener.ready,
-        )
+        sinks.add(sink.name, getattr(settings.kafka.topics, sink.consumes), runner.process)
     for timer in LEADER_TIMERS:
         if timer.enabled(settings):
             leader_timer(

@@ -1,10 +1,13 @@
-"""The pipeline stages' topics read through librdkafka (confluent-kafka) instead of faust.
+"""The pipeline stages' and the analytics sinks' topics read through librdkafka
+(confluent-kafka) instead of faust.
 
 faust stays the application framework (worker lifecycle, the conversation table, leader
-timers, web views); this is only the data path of the stages that keep no table. One
-librdkafka Consumer per worker process reads every such stage's topic in its own consumer
-group, `<app id>-stages` (faust's group, `<app id>`, still holds the conversation stage
-and the tables: two groups, since faust's assignor and librdkafka's cannot share one).
+timers, web views); this is only the data path of the stages that keep no table and of
+the sinks. One librdkafka Consumer per worker process reads every such stage's topic in
+its own consumer group, `<app id>-stages` (faust's group, `<app id>`, still holds the
+conversation stage and the tables: two groups, since faust's assignor and librdkafka's
+cannot share one); one per analytics process reads the sinks' topics in
+`<app id>-analytics-sinks` (faust's `<app id>-analytics` elects the timers' leader).
 
 - A dedicated thread blocks in librdkafka (C, no Python wake-ups while idle) for the first
   message, takes what else is already fetched up to `batch_max`, and hands the messages,
@@ -113,9 +116,12 @@ class StageConsumer:
         backoff: Backoff | None = None,
         poll_timeout_s: float = 0.5,
         idle_probe_ms: int | None = None,
+        fill_within_s: float = 0.0,
     ) -> None:
         """`idle_probe_ms`: how often an idle consumer asks for the log ends (None, or not
-        longer than the config's fetch wait: never idle)."""
+        longer than the config's fetch wait: never idle). `fill_within_s`: how long a batch
+        waits after its first messages for more, up to `batch_max` (the analytics sinks:
+        fewer, larger inserts); 0 takes only what is already queued."""
         self._config = config
         fetch_wait_ms = int(config.get("fetch.wait.max.ms", 500))  # librdkafka's default
         self._idle_probe_s = (
@@ -127,6 +133,7 @@ class StageConsumer:
         self._ready = ready
         self._backoff = backoff or Backoff()
         self._poll_timeout_s = poll_timeout_s
+        self._fill_within_s = fill_within_s
         self._stages: dict[str, tuple[str, Process]] = {}  # topic -> (stage, process)
         self._queues: dict[str, asyncio.Queue[Chunk]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -370,17 +377,34 @@ class StageConsumer:
         await self._opened.wait()
         await self._ready()
         while True:
-            chunks = [await queue.get()]
-            size = len(chunks[0].messages)
-            while size < self._batch_max and not queue.empty():
-                chunks.append(queue.get_nowait())
-                size += len(chunks[-1].messages)
+            chunks = await self._next_batch(queue)
+            size = sum(len(c.messages) for c in chunks)
             try:
                 await self._handle(stage, process, chunks)
             finally:
                 with self._room:
                     self._in_flight -= size
                     self._room.notify_all()
+
+    async def _next_batch(self, queue: asyncio.Queue[Chunk]) -> list[Chunk]:
+        """The queued chunks, from the first one on, up to `batch_max` messages, waiting up
+        to `fill_within_s` after the first for more."""
+        chunks = [await queue.get()]
+        size = len(chunks[0].messages)
+        deadline = time.monotonic() + self._fill_within_s
+        while size < self._batch_max:
+            if queue.empty():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    chunks.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            else:
+                chunks.append(queue.get_nowait())
+            size += len(chunks[-1].messages)
+        return chunks
 
     async def _handle(self, stage: str, process: Process, chunks: list[Chunk]) -> None:
         attempt = 1

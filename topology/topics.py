@@ -9,8 +9,14 @@ DAY_MS = 24 * 3600 * 1000
 
 
 def analytics_app_id(app_id: str) -> str:
-    """The analytics process's faust app (and consumer group) beside the pipeline's."""
+    """The analytics process's faust app (and the consumer group that elects the leader
+    of its timers) beside the pipeline's."""
     return f"{app_id}-analytics"
+
+
+def sinks_group(app_id: str) -> str:
+    """The consumer group of the analytics process's sinks (topology/stage_consumer.py)."""
+    return f"{analytics_app_id(app_id)}-sinks"
 
 
 def leader_topic(app_id: str) -> str:

@@ -22,7 +22,7 @@ from tests.integration.analytics_fixtures import stage_event
 from topology.analytics_app import create_analytics_app
 from topology.settings import Settings
 from topology.stack import LocalStack, free_port
-from topology.topics import analytics_app_id, leader_topic
+from topology.topics import analytics_app_id, leader_topic, sinks_group
 
 N = 300
 # How long the store refuses writes in the outage test: longer than the group's session
@@ -58,9 +58,9 @@ def isolated(stack: LocalStack, chdb_dir: Path, app_id: str) -> Settings:
 
 
 def committed(settings: Settings, app_id: str) -> int:
-    """Offsets the faust group has committed on the telemetry topic, summed."""
+    """Offsets the sinks' group has committed on the telemetry topic, summed."""
     topic = settings.kafka.topics.telemetry
-    consumer = Consumer(librdkafka_config(settings.kafka, **{"group.id": analytics_app_id(app_id)}))
+    consumer = Consumer(librdkafka_config(settings.kafka, **{"group.id": sinks_group(app_id)}))
     try:
         parts = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]
         return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))

@@ -4,6 +4,7 @@ from pathlib import Path
 from topology.analytics_app import create_analytics_app
 from topology.graph import ENTRY_POINTS, LEADER_TIMERS, SINKS, STAGES, mermaid
 from topology.settings import Settings
+from topology.stage_consumer import StageConsumerService
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -40,7 +41,9 @@ def test_every_sink_reads_a_topic_something_feeds():
 
 def test_the_analytics_app_runs_exactly_the_declared_sinks_and_leader_timers():
     app = create_analytics_app(Settings())  # constructors do no I/O: nothing starts
-    assert sorted(app.agents) == sorted(s.name for s in SINKS)
+    [sinks] = [s.consumer for s in app._extra_services if isinstance(s, StageConsumerService)]
+    assert sorted(stage for stage, _ in sinks._stages.values()) == sorted(s.name for s in SINKS)
+    assert not app.agents
     timers = [task.__name__ for task in app._app_tasks]
     assert timers == [t.name.replace("-", "_") for t in LEADER_TIMERS]
 

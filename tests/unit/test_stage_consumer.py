@@ -170,6 +170,43 @@ def test_queued_chunks_merge_into_batches_of_at_most_batch_max_and_release_their
     assert recorder.stored[-1] == ("a", 0, 6)
 
 
+def test_a_batch_waits_up_to_fill_within_for_more_and_stops_at_batch_max() -> None:
+    """The sinks' batches: what arrives within `fill_within_s` of the first chunk joins
+    it; a full batch does not wait; a late chunk starts the next batch."""
+    consumer, _ = consumer_with([("a", 0)])
+    consumer._batch_max, consumer._fill_within_s = 4, 0.3
+
+    async def run() -> list[list[int]]:
+        queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        queue.put_nowait(chunk(consumer._book, msgs("a", 0, 0)))
+        loop.call_later(0.05, queue.put_nowait, chunk(consumer._book, msgs("a", 0, 1)))
+        loop.call_later(0.6, queue.put_nowait, chunk(consumer._book, msgs("a", 0, 2)))
+        first = await consumer._next_batch(queue)  # 0 and 1, then 0.3 s with nothing more
+        second = await consumer._next_batch(queue)  # 2 alone, after its own wait
+        for offsets in ((3, 4), (5, 6), (7,)):
+            queue.put_nowait(chunk(consumer._book, msgs("a", 0, *offsets)))
+        started = loop.time()
+        full = await consumer._next_batch(queue)  # 4 messages: no wait
+        assert loop.time() - started < 0.25
+        return [[m.offset for c in b for m in c.messages] for b in (first, second, full)]
+
+    assert asyncio.run(run()) == [[0, 1], [2], [3, 4, 5, 6]]
+
+
+def test_without_fill_within_a_batch_takes_only_what_is_queued() -> None:
+    consumer, _ = consumer_with([("a", 0)])
+
+    async def run() -> list[int]:
+        queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        queue.put_nowait(chunk(consumer._book, msgs("a", 0, 0)))
+        asyncio.get_running_loop().call_later(0.05, queue.put_nowait, chunk(consumer._book, msgs("a", 0, 1)))
+        batch = await consumer._next_batch(queue)
+        return [m.offset for c in batch for m in c.messages]
+
+    assert asyncio.run(run()) == [0]
+
+
 class _TP:
     def __init__(self, topic: str, partition: int) -> None:
         self.topic, self.partition = topic, partition
@@ -329,3 +366,22 @@ def test_idle_a_rebalance_ends_the_idle_mode_at_once() -> None:
     consumer._consumer = broker
     assert consumer._idle(broker) == []
     assert broker.calls == ["pause", "consume", "resume", "ends"]
+
+
+def test_the_analytics_process_reads_every_sink_through_librdkafka_in_its_own_group() -> None:
+    from topology.analytics_app import create_analytics_app, watched
+    from topology.graph import SINKS
+    from topology.settings import Settings
+
+    settings = Settings(llm={"backend": "extractive"})
+    app = create_analytics_app(settings)  # constructors do no I/O: nothing starts
+    [service] = [s for s in app._extra_services if isinstance(s, StageConsumerService)]
+    consumer = cast(StageConsumerService, service).consumer
+    names = settings.kafka.topics
+    assert sorted(consumer.topics) == sorted(getattr(names, s.consumes) for s in SINKS)
+    assert not app.agents  # faust keeps the timers' leader election, web and services
+    group = f"{settings.worker.app_id}-analytics-sinks"
+    assert consumer._config["group.id"] == group
+    assert consumer._fill_within_s == settings.sink.batch_within_s
+    sink_names = {s.name for s in SINKS}
+    assert {w.group for w in watched(settings) if w.stage in sink_names} == {group}

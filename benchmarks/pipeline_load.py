@@ -15,7 +15,10 @@ falls below 80% of the offered one (saturation).
 
 Baseline in the same run: the embedding stage's standalone ceiling, the questions per
 second `OnnxEmbedder.embed` reaches on the same questions in micro-batches of the stage's
-size, with nothing else running. Prints JSON and a table.
+size, with nothing else running, and its CPU per question there and one question at a
+time: the worker's CPU per answer less the latter is what the machinery costs at low rates
+(the stage embeds each question alone), less the former near saturation. Prints JSON and
+a table.
 
 `--profile DIR`: py-spy (if installed) samples the worker while it is on a CPU during each
 step, into DIR/worker-RATE.txt (raw, collapsed stacks, 200 samples/s)."""
@@ -46,17 +49,27 @@ from topology.settings import Settings
 from topology.stack import LocalStack
 
 
-def embedding_ceiling(settings: Settings, seconds: float = 10) -> float:
-    """Questions per second the embedder alone reaches in the stage's micro-batches."""
+def embedding_ceiling(settings: Settings, seconds: float = 10) -> tuple[float, float, float]:
+    """The embedder alone, in this process: questions per second in the stage's full
+    micro-batches, and its CPU ms per question in them and one question at a time (a
+    worker at a low rate embeds each question alone), paced so ONNX Runtime's threads
+    sleep between runs as in the worker."""
     embedder = OnnxEmbedder(settings.embedding)
     embedder.open()
     batch = [QUESTIONS[i % len(QUESTIONS)] for i in range(settings.worker.runtime.batch_max)]
     embedder.embed(batch)
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         embedder.embed(batch)
         done += len(batch)
-    return done / (time.perf_counter() - started)
+    per_s = done / (time.perf_counter() - started)
+    batched_ms = (time.process_time() - cpu) * 1000 / done
+    alone, cpu = 200, time.process_time()
+    for i in range(alone):
+        embedder.embed([QUESTIONS[i % len(QUESTIONS)]])
+        time.sleep(0.02)
+    alone_ms = (time.process_time() - cpu) * 1000 / alone
+    return per_s, batched_ms, alone_ms
 
 
 # Which process a CPU second belongs to, by a word of its command line (first match).
@@ -234,7 +247,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output directory")
     args = parser.parse_args()
     base = machinery_settings()
-    ceiling = embedding_ceiling(base)
+    ceiling, onnx_batched_ms, onnx_alone_ms = embedding_ceiling(base)
     with tempfile.TemporaryDirectory() as tmp, stack(args.broker, base, Path(tmp)) as running:
         rates = [float(r) for r in args.rates.split(",")]
         results = asyncio.run(ramp(running.settings, rates, args.seconds, args.profile))
@@ -245,6 +258,7 @@ def main() -> None:
         "embedding_ceiling_per_s": ceiling,
         "best_answered_per_s": best,
         "best_vs_embedding_ceiling": best / ceiling,
+        "onnx_cpu_ms_per_question": {"alone": onnx_alone_ms, "in_full_batches": onnx_batched_ms},
         "steps": results,
     }
     print(json.dumps(report, indent=2))
@@ -271,6 +285,16 @@ def main() -> None:
         busy, per_answer = r["cores_busy"], r["cpu_ms_per_answer"]
         cells = "".join(f"{busy.get(p, 0):>7.2f} /{per_answer.get(p, 0):>6.1f}ms" for p in parts)
         print(f"{r['offered_per_s']:>10.0f}{cells}")
+    print(
+        f"\nONNX alone, CPU ms per question: {onnx_alone_ms:.1f} one at a time, "
+        f"{onnx_batched_ms:.1f} in full micro-batches; the worker's CPU ms per answer without it:"
+    )
+    for r in results:
+        worker = r["cpu_ms_per_answer"].get("worker", 0.0)
+        print(
+            f"{r['offered_per_s']:>10.0f}/s  {worker - onnx_alone_ms:>6.1f} (one at a time)"
+            f"  {worker - onnx_batched_ms:>6.1f} (full batches)"
+        )
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ _RULE = re.compile(r"\S*([*=~#^-])\1{3,}\S*")
 # A source's own footnote markers (" [4]", "[4] A footnote"): quoted, cited() would read
 # them as citations of whichever passage has that number. Indexing as in `x[0]` stays.
 _FOOTNOTE = re.compile(r"(?:^|\s+)\[\d+\](?!\w)")
+_RULE_RUNS = tuple(c * 4 for c in "*=~#^-")
 _STOP = frozenset(
     "a an and are as at be by can do does for from how i in is it its of on or that the this "
     "to was what when where which who why will with you your".split()
@@ -108,12 +109,24 @@ class ExtractiveBackend:
         wanted = _terms(prompt.question)
         scored = []
         for rank, source in enumerate(prompt.sources):
+            # _RULE needs a run of four like characters and _FOOTNOTE a "[": without them the
+            # cleaning below only folds whitespace.
+            rules = any(run in source.text for run in _RULE_RUNS)
             for position, sentence in enumerate(_SENTENCE_END.split(source.text)):
-                sentence = " ".join(_FOOTNOTE.sub("", _RULE.sub(" ", sentence)).split())
-                overlap = len(wanted & _terms(sentence))
-                if overlap and len(sentence) > 20:
+                # wanted holds no stop words nor one-letter words, so its intersection with the
+                # sentence's words is its intersection with _terms(sentence). The cleaning below
+                # only takes words away (_RULE whole tokens, _FOOTNOTE a marker before a non-word
+                # character), so a sentence that shares no term now shares none cleaned.
+                shared = wanted.intersection(_WORD.findall(sentence.lower()))
+                if not shared:
+                    continue
+                if rules or "[" in sentence:
+                    sentence = _FOOTNOTE.sub("", _RULE.sub(" ", sentence))
+                    shared = wanted.intersection(_WORD.findall(sentence.lower()))
+                sentence = " ".join(sentence.split())
+                if shared and len(sentence) > 20:
                     # More shared terms first; then the better-ranked passage, earlier text.
-                    scored.append((-overlap, rank, position, sentence))
+                    scored.append((-len(shared), rank, position, sentence))
         # The same sentence in two passages (a section repeated in the reference, chunks
         # that overlap) is quoted once, from the better-ranked passage.
         seen: set[str] = set()

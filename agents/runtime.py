@@ -164,6 +164,11 @@ class StageRunner:
     async def process(self, batch: Sequence[Incoming]) -> None:
         """Handle one micro-batch; returns once every output is acknowledged by the broker,
         so the caller may commit the batch's offsets."""
+        await asyncio.gather(*await self.dispatch(batch))
+
+    async def dispatch(self, batch: Sequence[Incoming]) -> list[Awaitable[Any]]:
+        """Handle one micro-batch and queue its outputs; returns their deliveries, which
+        must all succeed before the batch's offsets may be committed."""
         deliveries: list[Awaitable[Any]] = []
         pending: list[tuple[Incoming, Event]] = []
         started_at = utc_now()
@@ -212,7 +217,7 @@ class StageRunner:
                 log.warning("%s: retrying %d event(s) in %.2fs", self.name, len(pending), delay)
                 await asyncio.sleep(delay)
                 attempt += 1
-        await asyncio.gather(*deliveries)
+        return deliveries
 
     def _observe(self, outcome: str) -> None:
         if self.observer is not None:

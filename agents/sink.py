@@ -105,6 +105,11 @@ class SinkRunner:
         await asyncio.gather(*deliveries)
         return len(fresh)
 
+    async def dispatch(self, batch: Sequence[Incoming]) -> list[Awaitable[Any]]:
+        """`process` for the stage consumer: nothing is left outstanding once it returns."""
+        await self.process(batch)
+        return []
+
     def _decode(self, value: bytes | None) -> Event:
         return self.decoder(value) if self.decoder is not None else decode(value, self.input_model)
 

@@ -233,7 +233,7 @@ def create_analytics_app(settings: Settings, given_store: AnalyticsStore | None 
             key=sink.key,
             decoder=sink.decoder,
         )
-        sinks.add(sink.name, getattr(settings.kafka.topics, sink.consumes), runner.process)
+        sinks.add(sink.name, getattr(settings.kafka.topics, sink.consumes), runner.dispatch)
     for timer in LEADER_TIMERS:
         if timer.enabled(settings):
             leader_timer(

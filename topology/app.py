@@ -192,7 +192,7 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
             observer=metrics,
         )
         if stage_consumer is not None and stage.keeps is None:  # a table stays with faust
-            stage_consumer.add(stage.name, getattr(names, stage.consumes), runner.process)
+            stage_consumer.add(stage.name, getattr(names, stage.consumes), runner.dispatch)
             continue
         register(
             app,
@@ -229,6 +229,7 @@ def librdkafka_stages(settings: Settings, ready: Callable[[], Awaitable[None]]) 
         ready=ready,
         backoff=worker.runtime.backoff,
         idle_probe_ms=worker.idle_fetch_max_wait_ms,
+        ahead=worker.batches_ahead,
     )
 
 

@@ -64,6 +64,13 @@ class WorkerSettings(BaseModel):
         "outputs are acknowledged), or faust's agents in the group `<app_id>`. Switching "
         "an existing deployment starts the other group at the earliest offsets.",
     )
+    batches_ahead: int = Field(
+        default=4,
+        ge=1,
+        description="Batches a stage read by the librdkafka stage consumer goes on from while "
+        "their outputs wait for the broker's acknowledgement (offsets are still stored only "
+        "after it, in order); 1 waits for each batch's before handling the next.",
+    )
     stage_in_flight: int = Field(
         default=512,
         ge=1,

@@ -12,12 +12,15 @@ cannot share one); one per analytics process reads the sinks' topics in
 - A dedicated thread blocks in librdkafka (C, no Python wake-ups while idle) for the first
   message, takes what else is already fetched up to `batch_max`, and hands the messages,
   grouped by topic, to the event loop.
-- One asyncio task per stage processes its messages in order (so each partition's order
+- One asyncio task per stage handles its messages in order (so each partition's order
   is kept), merging what queued meanwhile into one micro-batch of at most `batch_max`.
+  It goes on to the next batch while up to `ahead` batches wait for the broker to
+  acknowledge their outputs: a hop is bound by that round trip, not by the CPU.
 - Offsets are stored (`enable.auto.offset.store=false`) only once a batch's every output
-  is acknowledged by the broker (StageRunner.process returns then), by the consumer
-  thread between two consumes (librdkafka makes a call from another thread wait for a
-  running consume); librdkafka commits the stored offsets every
+  is acknowledged by the broker, in the order the batches were handled (a batch that
+  failed, or whose delivery did, is handled again before any later batch stores), by the
+  consumer thread between two consumes (librdkafka makes a call from another thread wait
+  for a running consume); librdkafka commits the stored offsets every
   `auto.commit.interval.ms`, on a revoke and at close. A crash
   delivers again what was handled but not yet committed: at least once, as before.
 - A rebalance bumps the generation of every revoked partition (on the consumer thread,
@@ -51,6 +54,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mode import Service
@@ -61,7 +65,20 @@ from topology.stage_bookkeeping import IDLE_AFTER_S, TP, Chunk, OffsetBook, Quie
 
 log = logging.getLogger(__name__)
 
-Process = Callable[[list[Incoming]], Awaitable[object]]
+# A stage's batch handler: handles the messages and queues what they send; returns the
+# deliveries still outstanding (StageRunner.dispatch), awaited before offsets are stored.
+Dispatch = Callable[[list[Incoming]], Awaitable[Sequence[Awaitable[Any]]]]
+
+
+@dataclass
+class Sent:
+    """A dispatched batch: its live chunks, the deliveries it waits for (None: it failed
+    and is to be handled again) and how many messages it holds against `in_flight`."""
+
+    chunks: list[Chunk]
+    deliveries: Sequence[Awaitable[Any]] | None
+    size: int
+
 
 # ListOffsets timestamps: the log's end, the log's start.
 LATEST, EARLIEST = -1, -2
@@ -102,8 +119,8 @@ def consumer_config(
 
 
 class StageConsumer:
-    """Reads the topics of the stages added with `add` and hands them to their `process`
-    (StageRunner.process: returns once every output is acknowledged). `start` and `stop`
+    """Reads the topics of the stages added with `add` and hands them to their `dispatch`
+    (StageRunner.dispatch: returns the deliveries of what it sent). `start` and `stop`
     run on the event loop; the consumer itself lives on its own thread."""
 
     def __init__(
@@ -117,11 +134,14 @@ class StageConsumer:
         poll_timeout_s: float = 0.5,
         idle_probe_ms: int | None = None,
         fill_within_s: float = 0.0,
+        ahead: int = 1,
     ) -> None:
         """`idle_probe_ms`: how often an idle consumer asks for the log ends (None, or not
         longer than the config's fetch wait: never idle). `fill_within_s`: how long a batch
         waits after its first messages for more, up to `batch_max` (the analytics sinks:
-        fewer, larger inserts); 0 takes only what is already queued."""
+        fewer, larger inserts); 0 takes only what is already queued. `ahead`: how many of
+        a stage's batches may wait for their deliveries while the next ones are handled
+        (1: each batch's outputs are acknowledged before the next batch is handled)."""
         self._config = config
         fetch_wait_ms = int(config.get("fetch.wait.max.ms", 500))  # librdkafka's default
         self._idle_probe_s = (
@@ -134,7 +154,8 @@ class StageConsumer:
         self._backoff = backoff or Backoff()
         self._poll_timeout_s = poll_timeout_s
         self._fill_within_s = fill_within_s
-        self._stages: dict[str, tuple[str, Process]] = {}  # topic -> (stage, process)
+        self._ahead = ahead
+        self._stages: dict[str, tuple[str, Dispatch]] = {}  # topic -> (stage, dispatch)
         self._queues: dict[str, asyncio.Queue[Chunk]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._book = OffsetBook()
@@ -148,10 +169,10 @@ class StageConsumer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opened = asyncio.Event()
 
-    def add(self, stage: str, topic: str, process: Process) -> None:
+    def add(self, stage: str, topic: str, dispatch: Dispatch) -> None:
         if topic in self._stages:
             raise ValueError(f"{topic} is already read by {self._stages[topic][0]}")
-        self._stages[topic] = (stage, process)
+        self._stages[topic] = (stage, dispatch)
 
     @property
     def topics(self) -> list[str]:
@@ -165,10 +186,10 @@ class StageConsumer:
 
         self._loop = asyncio.get_running_loop()
         self._consumer = Consumer(self._config)
-        for topic, (stage, process) in self._stages.items():
+        for topic, (stage, dispatch) in self._stages.items():
             queue: asyncio.Queue[Chunk] = asyncio.Queue()
             self._queues[topic] = queue
-            task = asyncio.create_task(self._drive(stage, process, queue), name=f"stage-{stage}")
+            task = asyncio.create_task(self._drive(stage, dispatch, queue), name=f"stage-{stage}")
             task.add_done_callback(_log_end)
             self._tasks.append(task)
         self._stopping.clear()
@@ -373,18 +394,65 @@ class StageConsumer:
 
     # The event loop ------------------------------------------------------------------
 
-    async def _drive(self, stage: str, process: Process, queue: asyncio.Queue[Chunk]) -> None:
+    async def _drive(self, stage: str, dispatch: Dispatch, queue: asyncio.Queue[Chunk]) -> None:
+        """Dispatch the stage's batches in order, up to `ahead` of them with deliveries
+        outstanding; `_settle` waits for those in the same order and stores offsets."""
         await self._opened.wait()
         await self._ready()
+        room = asyncio.Semaphore(self._ahead)
+        sent: asyncio.Queue[Sent] = asyncio.Queue()
+        settle = asyncio.create_task(self._settle(stage, dispatch, sent, room), name=f"stage-{stage}-acks")
+        settle.add_done_callback(_log_end)
+        try:
+            while True:
+                chunks = await self._next_batch(queue)
+                size = sum(len(c.messages) for c in chunks)
+                await room.acquire()
+                live = self._live(chunks)
+                deliveries: Sequence[Awaitable[Any]] | None = []
+                if live:
+                    try:
+                        deliveries = await dispatch([m for c in live for m in c.messages])
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # _settle handles it again, in its turn
+                        log.warning("%s: batch failed (%s)", stage, str(exc)[:300])
+                        deliveries = None
+                sent.put_nowait(Sent(live, deliveries, size))
+        finally:
+            settle.cancel()
+            await asyncio.gather(settle, return_exceptions=True)
+
+    async def _settle(
+        self, stage: str, dispatch: Dispatch, sent: asyncio.Queue[Sent], room: asyncio.Semaphore
+    ) -> None:
+        """In dispatch order: once a batch's deliveries are all acknowledged, leave its
+        offsets to be stored; a batch that failed (or whose delivery did) is handled again
+        here, before any later batch stores an offset."""
         while True:
-            chunks = await self._next_batch(queue)
-            size = sum(len(c.messages) for c in chunks)
+            batch = await sent.get()
             try:
-                await self._handle(stage, process, chunks)
+                if batch.deliveries is not None:
+                    try:
+                        await asyncio.gather(*batch.deliveries)
+                        self._store(batch.chunks)
+                        continue
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("%s: a delivery failed (%s)", stage, str(exc)[:300])
+                await asyncio.sleep(self._backoff.delay(1))
+                await self._handle(stage, dispatch, batch.chunks, attempt=2)
             finally:
+                room.release()
                 with self._room:
-                    self._in_flight -= size
+                    self._in_flight -= batch.size
                     self._room.notify_all()
+
+    def _live(self, chunks: list[Chunk]) -> list[Chunk]:
+        """The chunks whose partitions are still held in the generation they were fetched in."""
+        with self._lock:
+            return [c for c in chunks if self._book.current(c)]
 
     async def _next_batch(self, queue: asyncio.Queue[Chunk]) -> list[Chunk]:
         """The queued chunks, from the first one on, up to `batch_max` messages, waiting up
@@ -406,15 +474,15 @@ class StageConsumer:
             size += len(chunks[-1].messages)
         return chunks
 
-    async def _handle(self, stage: str, process: Process, chunks: list[Chunk]) -> None:
-        attempt = 1
+    async def _handle(self, stage: str, dispatch: Dispatch, chunks: list[Chunk], attempt: int = 1) -> None:
+        """Handle `chunks` until they and their deliveries succeed (or are revoked), then
+        leave their offsets to be stored."""
         while True:
-            with self._lock:
-                live = [c for c in chunks if self._book.current(c)]
+            live = self._live(chunks)
             if not live:
                 return  # revoked: their new owner reads them again
             try:
-                await process([m for c in live for m in c.messages])
+                await asyncio.gather(*await dispatch([m for c in live for m in c.messages]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # not stored, and later batches must not pass it: again

@@ -91,9 +91,10 @@ def test_a_batch_revoked_while_in_flight_stores_no_offset() -> None:
     consumer, recorder = consumer_with([("a", 0)])
     handled: list[int] = []
 
-    async def process(batch: list[Incoming]) -> None:
+    async def process(batch: list[Incoming]) -> list[Any]:
         handled.extend(m.offset for m in batch)
         consumer._on_lost(None, [_TP("a", 0)])  # the rebalance lands while the outputs are sent
+        return []
 
     asyncio.run(consumer._handle("s", process, [chunk(consumer._book, msgs("a", 0, 1, 2))]))
     consumer._store_handled()
@@ -118,8 +119,9 @@ def test_a_queued_batch_of_a_revoked_partition_is_dropped_unhandled() -> None:
     consumer._book.revoke([("a", 0)])
     handled: list[Incoming] = []
 
-    async def process(batch: list[Incoming]) -> None:
+    async def process(batch: list[Incoming]) -> list[Any]:
         handled.extend(batch)
+        return []
 
     asyncio.run(consumer._handle("s", process, [stale, kept]))
     consumer._store_handled()
@@ -131,12 +133,13 @@ def test_a_failed_batch_is_processed_again_and_stored_only_once_it_succeeds() ->
     consumer, recorder = consumer_with([("a", 0)])
     calls: list[list[int]] = []
 
-    async def process(batch: list[Incoming]) -> None:
+    async def process(batch: list[Incoming]) -> list[Any]:
         calls.append([m.offset for m in batch])
         consumer._store_handled()
         assert recorder.stored == []  # nothing stored while it fails
         if len(calls) < 3:
             raise RuntimeError("not delivered")
+        return []
 
     asyncio.run(consumer._handle("s", process, [chunk(consumer._book, msgs("a", 0, 7, 8))]))
     consumer._store_handled()
@@ -149,8 +152,9 @@ def test_queued_chunks_merge_into_batches_of_at_most_batch_max_and_release_their
     consumer._batch_max = 3
     batches: list[list[int]] = []
 
-    async def process(batch: list[Incoming]) -> None:
+    async def process(batch: list[Incoming]) -> list[Any]:
         batches.append([m.offset for m in batch])
+        return []
 
     async def run() -> None:
         queue: asyncio.Queue[Chunk] = asyncio.Queue()
@@ -168,6 +172,78 @@ def test_queued_chunks_merge_into_batches_of_at_most_batch_max_and_release_their
     consumer._store_handled()
     assert batches == [[0, 1, 2], [3, 4, 5]]
     assert recorder.stored[-1] == ("a", 0, 6)
+
+
+def run_pipelined(consumer: StageConsumer, dispatch: Any, offsets: list[tuple[int, ...]], until: Any) -> None:
+    """Drive one stage over chunks of partition a/0 until `until()` holds."""
+
+    async def run() -> None:
+        queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        for chunk_offsets in offsets:
+            queue.put_nowait(chunk(consumer._book, msgs("a", 0, *chunk_offsets)))
+        consumer._in_flight = sum(len(o) for o in offsets)
+        consumer.open()
+        task = asyncio.create_task(consumer._drive("s", dispatch, queue))
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if until():
+                break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(run())
+
+
+def test_the_next_batch_is_handled_while_the_last_ones_deliveries_wait_and_offsets_follow_in_order() -> None:
+    consumer, recorder = consumer_with([("a", 0)])
+    consumer._batch_max, consumer._ahead = 1, 2
+    acks: list[asyncio.Future[None]] = []
+    handled: list[int] = []
+    stored_when: list[list[tuple[str, int, int]]] = []
+
+    async def dispatch(batch: list[Incoming]) -> list[Any]:
+        handled.extend(m.offset for m in batch)
+        consumer._store_handled()
+        stored_when.append(list(recorder.stored))
+        acks.append(asyncio.get_running_loop().create_future())
+        if len(acks) == 2:  # both outstanding; the second is acknowledged first
+            acks[1].set_result(None)
+            asyncio.get_running_loop().call_later(0.05, acks[0].set_result, None)
+        if len(acks) == 3:
+            acks[2].set_result(None)
+        return [acks[-1]]
+
+    run_pipelined(consumer, dispatch, [(0,), (1,), (2,)], lambda: consumer._in_flight == 0)
+    consumer._store_handled()
+    # Batch 1 was handled before batch 0 was acknowledged; the third waited for room.
+    assert handled == [0, 1, 2]
+    assert stored_when[:2] == [[], []]
+    assert recorder.stored[-1] == ("a", 0, 3)
+    # Never an offset past a batch whose deliveries were outstanding.
+    assert all(o <= 1 for _, _, o in stored_when[2]) if stored_when[2] else True
+
+
+def test_a_failed_delivery_is_handled_again_before_any_later_batch_stores_its_offset() -> None:
+    consumer, recorder = consumer_with([("a", 0)])
+    consumer._batch_max, consumer._ahead = 1, 4
+    calls: list[int] = []
+
+    async def dispatch(batch: list[Incoming]) -> list[Any]:
+        calls.extend(m.offset for m in batch)
+        consumer._store_handled()
+        assert not [o for _, _, o in recorder.stored if o > 1 and calls.count(1) < 2]
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if batch[0].offset == 1 and calls.count(1) == 1:
+            delivered.set_exception(RuntimeError("not delivered"))
+        else:
+            delivered.set_result(None)
+        return [delivered]
+
+    run_pipelined(consumer, dispatch, [(0,), (1,), (2,), (3,)], lambda: consumer._in_flight == 0)
+    consumer._store_handled()
+    assert calls.count(1) == 2  # handled again
+    assert calls.index(1, calls.index(1) + 1) > calls.index(3)  # after the later ones were sent
+    assert recorder.stored[-1] == ("a", 0, 4)
 
 
 def test_a_batch_waits_up_to_fill_within_for_more_and_stops_at_batch_max() -> None:

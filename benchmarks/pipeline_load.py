@@ -20,8 +20,9 @@ time: the worker's CPU per answer less the latter is what the machinery costs at
 (the stage embeds each question alone), less the former near saturation. Prints JSON and
 a table.
 
-`--profile DIR`: py-spy (if installed) samples the worker while it is on a CPU during each
-step, into DIR/worker-RATE.txt (raw, collapsed stacks, 200 samples/s)."""
+`--profile DIR`: py-spy (if installed) samples the worker (or, `--profile-part analytics`,
+the analytics process) while it is on a CPU during each step, into DIR/PART-RATE.txt
+(raw, collapsed stacks, 200 samples/s)."""
 
 from __future__ import annotations
 
@@ -135,22 +136,26 @@ def pids_of(part: str) -> list[int]:
     ]
 
 
-def start_profile(out: Path | None, rate: float, seconds: float) -> subprocess.Popen[bytes] | None:
-    """py-spy on the worker for `seconds` (on-CPU samples only), or None."""
+def start_profile(
+    out: Path | None, rate: float, seconds: float, part: str = "worker"
+) -> subprocess.Popen[bytes] | None:
+    """py-spy on the first process of `part` for `seconds` (on-CPU samples only), or None."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    workers = pids_of("worker")
-    if out is None or not Path(spy).exists() or not workers:
+    found = pids_of(part)
+    if out is None or not Path(spy).exists() or not found:
         return None
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(  # noqa: S603
         [spy, "record", "-d", str(max(1, int(seconds))), "-r", "200", "--nonblocking", "-f", "raw"]
-        + ["-o", str(out / f"worker-{rate:g}.txt"), "-p", str(workers[0])],
+        + ["-o", str(out / f"{part}-{rate:g}.txt"), "-p", str(found[0])],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
 
 
-async def offer(client: Client, rate: float, seconds: float, profile: Path | None = None) -> dict[str, Any]:
+async def offer(
+    client: Client, rate: float, seconds: float, profile: Path | None = None, part: str = "worker"
+) -> dict[str, Any]:
     """Send `rate` questions a second for `seconds`, open-loop; collect every outcome."""
     count = max(1, round(rate * seconds))
     latencies: list[float] = []
@@ -170,7 +175,7 @@ async def offer(client: Client, rate: float, seconds: float, profile: Path | Non
         for stage, ms in response.latency_ms.items():
             stages.setdefault(stage, []).append(ms)
 
-    spy = start_profile(profile, rate, seconds)
+    spy = start_profile(profile, rate, seconds, part)
     cpu_before, started = cpu_seconds(), time.perf_counter()
     tasks = []
     for i in range(count):
@@ -199,7 +204,7 @@ async def offer(client: Client, rate: float, seconds: float, profile: Path | Non
 
 
 async def ramp(
-    settings: Settings, rates: list[float], seconds: float, profile: Path | None = None
+    settings: Settings, rates: list[float], seconds: float, profile: Path | None = None, part: str = "worker"
 ) -> list[dict[str, Any]]:
     results = []
     async with Client(settings) as client:
@@ -207,7 +212,7 @@ async def ramp(
         for question in QUESTIONS[:3]:  # warm-up: the first searches load the index
             await client.ask(question, timeout=120)
         for rate in rates:
-            results.append(await offer(client, rate, seconds, profile))
+            results.append(await offer(client, rate, seconds, profile, part))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # progress
             if results[-1]["answered_per_s"] < 0.8 * rate:
                 break
@@ -245,12 +250,15 @@ def main() -> None:
     parser.add_argument("--rates", default="2,4,8,16,32,64", help="questions per second, rising")
     parser.add_argument("--seconds", type=float, default=20, help="length of each step")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output directory")
+    parser.add_argument(
+        "--profile-part", choices=["worker", "analytics"], default="worker", help="the process py-spy samples"
+    )
     args = parser.parse_args()
     base = machinery_settings()
     ceiling, onnx_batched_ms, onnx_alone_ms = embedding_ceiling(base)
     with tempfile.TemporaryDirectory() as tmp, stack(args.broker, base, Path(tmp)) as running:
         rates = [float(r) for r in args.rates.split(",")]
-        results = asyncio.run(ramp(running.settings, rates, args.seconds, args.profile))
+        results = asyncio.run(ramp(running.settings, rates, args.seconds, args.profile, args.profile_part))
     best = max(r["answered_per_s"] for r in results)
     report = {
         "broker": args.broker,

@@ -57,8 +57,11 @@ class FollowingTower:
     def _wanted(self) -> OnnxEmbedder:
         if self._store is None:
             return self._configured
+        # Questions may go by a recent reading (the store reads afresh before refusing their
+        # vectors); passages are embedded by what the name points at now, as written.
+        read = self._store.current_for_reads if self.side == "query" else self._store.current
         try:
-            current = self._store.current()
+            current = read()
         except LLMOpsError as exc:
             # Retrieval and indexing will say what is wrong with Milvus; embedding goes on.
             log.warning("could not read which collection %s points at: %s", self._store.collection, exc)

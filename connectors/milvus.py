@@ -89,6 +89,14 @@ class MilvusSettings(BaseModel):
     fusion_candidates: int = Field(
         default=100, ge=1, le=1000, description="Passages each leg of a hybrid search ranks before fusion."
     )
+    alias_check_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="How long the query side (the query tower and searches) reuses its reading of "
+        "what the collection name points at before describing it again; 0 reads it for every "
+        "micro-batch. After an alias switch, questions may still be answered from the replaced "
+        "collection this long. Writers, deletions and re-indexing read it every time.",
+    )
 
 
 _ENTITY_FIELDS = ["doc_id", "chunk", "title", "text"]
@@ -121,6 +129,10 @@ class MilvusStore:
         self._reader, self._writer = reader, writer
         self._filled_by: EncoderRecord | None | bool = False  # False: not read yet
         self._records: dict[str, EncoderRecord | None] = {}  # by collection (behind an alias)
+        # The latest reading of what the name points at and when it began: the query side
+        # reuses it for alias_check_s. An immutable tuple swapped whole, as executor
+        # threads share it.
+        self._reading: tuple[float, Current] | None = None
 
     @property
     def collection(self) -> str:
@@ -165,15 +177,30 @@ class MilvusStore:
         # A property, not the schema description: Milvus Lite drops descriptions.
         properties = {ENCODER_PROPERTY: filled_by.to_json()} if filled_by else {}
         client.create_collection(name, schema=schema, index_params=index, properties=properties)
-        self._bm25[name], self._filled_by = True, filled_by
+        self._bm25[name], self._filled_by, self._reading = True, filled_by, None
         return True
 
     def current(self) -> Current:
-        """What the configured name points at now (one describe call). The stages read it
-        once per micro-batch, so an alias switch moves every reader at once."""
+        """What the configured name points at now (one describe call). Writers, deletions
+        and alias moves read it every time, so an alias switch moves them at once."""
+        return self._read(0.0)[0]
+
+    def current_for_reads(self) -> Current:
+        """What the name points at, from a reading at most alias_check_s old (the query
+        tower and searches): after a switch they may keep the replaced collection that
+        long, as a question in flight during the switch does."""
+        return self._read(self._settings.alias_check_s)[0]
+
+    def _read(self, max_age_s: float) -> tuple[Current, bool]:
+        """A reading no older than `max_age_s`, and whether it is a reused one. A fresh
+        reading replaces the kept one; a failed one keeps nothing."""
+        started, reading = time.monotonic(), self._reading
+        if reading is not None and started - reading[0] < max_age_s:
+            return reading[1], True
         current = read_current(self._call, self._settings.collection)
         self._records[current.collection] = current.record
-        return current
+        self._reading = (started, current)
+        return current, False
 
     def filled_by(self) -> EncoderRecord | None:
         """The document encoder the collection (behind the alias) records (None: made
@@ -189,12 +216,21 @@ class MilvusStore:
             self._records[collection] = read_record(self._call, collection)
         return self._records[collection]
 
-    def _readable(self, encoder: str | None) -> str:
+    def _readable(self, encoder: str | None, *, fresh: bool = False) -> str:
         """The collection to search with vectors of query encoder `encoder` (None: the
         reader's): the one the name points at, or the one it pointed at before for
-        questions embedded just before an alias switch; refuses one that does not belong."""
+        questions embedded just before an alias switch; refuses one that does not belong.
+        Decided on a recent reading (`fresh`: a new one); only a fresh reading refuses."""
         query = encoder if encoder is not None else (self._reader.name if self._reader else None)
-        current = self.current()
+        current, reused = self._read(0.0 if fresh else self._settings.alias_check_s)
+        self._filled_by = current.record
+        try:
+            return readable_collection(current, query, self.record_of)
+        except PermanentError:
+            if not reused:
+                raise
+        # The reused reading may predate a switch the vectors' encoder already followed.
+        current, _ = self._read(0.0)
         self._filled_by = current.record
         return readable_collection(current, query, self.record_of)
 
@@ -264,8 +300,8 @@ class MilvusStore:
         except PermanentError as exc:
             if not not_found(exc):
                 raise
-            # Renamed under us (a plain collection turned into an alias): ask again.
-            return self._search(self._readable(encoder), vectors, tenant, top_k, texts, mode)
+            # Renamed under us (a plain collection turned into an alias): ask again, afresh.
+            return self._search(self._readable(encoder, fresh=True), vectors, tenant, top_k, texts, mode)
 
     def _search(
         self,

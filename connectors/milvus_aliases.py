@@ -9,11 +9,13 @@ The new collection records the one it replaced (PREVIOUS_PROPERTY), which is kep
 questions embedded just before the switch are answered from it, and
 `llmops reindex --rollback` moves the alias back.
 
-The stages read what the name points at once per micro-batch (one describe call:
-`read_current`, which MilvusStore.current calls), and each search, write and deletion picks
-its collection from that reading (`readable_collection`, `writable_collection`,
-`deletable_collections`), so one switch moves every worker's readers and writers at once,
-with no restart and no setting to change. The encoders that follow the alias are in
+Writers and deletions read what the name points at for every micro-batch (one describe
+call: `read_current`, which MilvusStore.current calls); the query side reuses a reading for
+up to LLMOPS_MILVUS__ALIAS_CHECK_S (MilvusStore.current_for_reads) and reads afresh before
+refusing a question's vectors. Each search, write and deletion picks its collection from
+its reading (`readable_collection`, `writable_collection`, `deletable_collections`), so one
+switch moves every worker's writers at once and its readers within that interval, with no
+restart and no setting to change. The encoders that follow the alias are in
 connectors.following_towers.
 
 This module imports no store: connectors.milvus imports it. The functions take the store's

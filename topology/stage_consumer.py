@@ -15,7 +15,8 @@ cannot share one); one per analytics process reads the sinks' topics in
 - One asyncio task per stage handles its messages in order (so each partition's order
   is kept), merging what queued meanwhile into one micro-batch of at most `batch_max`.
   It goes on to the next batch while up to `ahead` batches wait for the broker to
-  acknowledge their outputs: a hop is bound by that round trip, not by the CPU.
+  acknowledge their outputs: a hop is bound by that round trip, not by the CPU
+  (topology/stage_batches.py).
 - Offsets are stored (`enable.auto.offset.store=false`) only once a batch's every output
   is acknowledged by the broker, in the order the batches were handled (a batch that
   failed, or whose delivery did, is handled again before any later batch stores), by the
@@ -54,30 +55,16 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mode import Service
 
 from agents.runtime import Backoff, Incoming
 from connectors.kafka import KafkaSettings, librdkafka_config
+from topology.stage_batches import Batching, Dispatch, StageBatches
 from topology.stage_bookkeeping import IDLE_AFTER_S, TP, Chunk, OffsetBook, Quiet, grown, read_positions
 
 log = logging.getLogger(__name__)
-
-# A stage's batch handler: handles the messages and queues what they send; returns the
-# deliveries still outstanding (StageRunner.dispatch), awaited before offsets are stored.
-Dispatch = Callable[[list[Incoming]], Awaitable[Sequence[Awaitable[Any]]]]
-
-
-@dataclass
-class Sent:
-    """A dispatched batch: its live chunks, the deliveries it waits for (None: it failed
-    and is to be handled again) and how many messages it holds against `in_flight`."""
-
-    chunks: list[Chunk]
-    deliveries: Sequence[Awaitable[Any]] | None
-    size: int
 
 
 # ListOffsets timestamps: the log's end, the log's start.
@@ -137,11 +124,8 @@ class StageConsumer:
         ahead: int = 1,
     ) -> None:
         """`idle_probe_ms`: how often an idle consumer asks for the log ends (None, or not
-        longer than the config's fetch wait: never idle). `fill_within_s`: how long a batch
-        waits after its first messages for more, up to `batch_max` (the analytics sinks:
-        fewer, larger inserts); 0 takes only what is already queued. `ahead`: how many of
-        a stage's batches may wait for their deliveries while the next ones are handled
-        (1: each batch's outputs are acknowledged before the next batch is handled)."""
+        longer than the config's fetch wait: never idle). `fill_within_s` and `ahead`: as
+        in topology/stage_batches.Batching."""
         self._config = config
         fetch_wait_ms = int(config.get("fetch.wait.max.ms", 500))  # librdkafka's default
         self._idle_probe_s = (
@@ -394,106 +378,28 @@ class StageConsumer:
 
     # The event loop ------------------------------------------------------------------
 
+    def batches(self, stage: str, dispatch: Dispatch) -> StageBatches:
+        """The event loop's side of one stage (topology/stage_batches.py)."""
+        batching = Batching(self._batch_max, self._backoff, self._fill_within_s, self._ahead)
+        return StageBatches(
+            stage, dispatch, batching, live=self._live, store=self._store, release=self._release
+        )
+
     async def _drive(self, stage: str, dispatch: Dispatch, queue: asyncio.Queue[Chunk]) -> None:
-        """Dispatch the stage's batches in order, up to `ahead` of them with deliveries
-        outstanding; `_settle` waits for those in the same order and stores offsets."""
         await self._opened.wait()
         await self._ready()
-        room = asyncio.Semaphore(self._ahead)
-        sent: asyncio.Queue[Sent] = asyncio.Queue()
-        settle = asyncio.create_task(self._settle(stage, dispatch, sent, room), name=f"stage-{stage}-acks")
-        settle.add_done_callback(_log_end)
-        try:
-            while True:
-                chunks = await self._next_batch(queue)
-                size = sum(len(c.messages) for c in chunks)
-                await room.acquire()
-                live = self._live(chunks)
-                deliveries: Sequence[Awaitable[Any]] | None = []
-                if live:
-                    try:
-                        deliveries = await dispatch([m for c in live for m in c.messages])
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # _settle handles it again, in its turn
-                        log.warning("%s: batch failed (%s)", stage, str(exc)[:300])
-                        deliveries = None
-                sent.put_nowait(Sent(live, deliveries, size))
-        finally:
-            settle.cancel()
-            await asyncio.gather(settle, return_exceptions=True)
-
-    async def _settle(
-        self, stage: str, dispatch: Dispatch, sent: asyncio.Queue[Sent], room: asyncio.Semaphore
-    ) -> None:
-        """In dispatch order: once a batch's deliveries are all acknowledged, leave its
-        offsets to be stored; a batch that failed (or whose delivery did) is handled again
-        here, before any later batch stores an offset."""
-        while True:
-            batch = await sent.get()
-            try:
-                if batch.deliveries is not None:
-                    try:
-                        await asyncio.gather(*batch.deliveries)
-                        self._store(batch.chunks)
-                        continue
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        log.warning("%s: a delivery failed (%s)", stage, str(exc)[:300])
-                await asyncio.sleep(self._backoff.delay(1))
-                await self._handle(stage, dispatch, batch.chunks, attempt=2)
-            finally:
-                room.release()
-                with self._room:
-                    self._in_flight -= batch.size
-                    self._room.notify_all()
+        await self.batches(stage, dispatch).drive(queue)
 
     def _live(self, chunks: list[Chunk]) -> list[Chunk]:
         """The chunks whose partitions are still held in the generation they were fetched in."""
         with self._lock:
             return [c for c in chunks if self._book.current(c)]
 
-    async def _next_batch(self, queue: asyncio.Queue[Chunk]) -> list[Chunk]:
-        """The queued chunks, from the first one on, up to `batch_max` messages, waiting up
-        to `fill_within_s` after the first for more."""
-        chunks = [await queue.get()]
-        size = len(chunks[0].messages)
-        deadline = time.monotonic() + self._fill_within_s
-        while size < self._batch_max:
-            if queue.empty():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    chunks.append(await asyncio.wait_for(queue.get(), remaining))
-                except TimeoutError:
-                    break
-            else:
-                chunks.append(queue.get_nowait())
-            size += len(chunks[-1].messages)
-        return chunks
-
-    async def _handle(self, stage: str, dispatch: Dispatch, chunks: list[Chunk], attempt: int = 1) -> None:
-        """Handle `chunks` until they and their deliveries succeed (or are revoked), then
-        leave their offsets to be stored."""
-        while True:
-            live = self._live(chunks)
-            if not live:
-                return  # revoked: their new owner reads them again
-            try:
-                await asyncio.gather(*await dispatch([m for c in live for m in c.messages]))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # not stored, and later batches must not pass it: again
-                delay = self._backoff.delay(attempt)
-                log.warning("%s: batch failed (%s); again in %.1fs", stage, str(exc)[:300], delay)
-                await asyncio.sleep(delay)
-                attempt += 1
-                chunks = live
-                continue
-            self._store(live)
-            return
+    def _release(self, handed: int) -> None:
+        """`handed` messages are done (stored or dropped): room for more."""
+        with self._room:
+            self._in_flight -= handed
+            self._room.notify_all()
 
     def _store(self, chunks: Sequence[Chunk]) -> None:
         """Leave the offsets of handled `chunks` to the consumer thread: librdkafka makes

@@ -79,6 +79,10 @@ async def ready() -> None:
     return None
 
 
+async def nothing_sent(batch: list[Incoming]) -> list[Any]:
+    return []
+
+
 def consumer_with(book_tps: list[tuple[str, int]]) -> tuple[StageConsumer, Recorder]:
     consumer = StageConsumer({}, batch_max=10, in_flight=100, ready=ready, backoff=Backoff(first_s=0))
     recorder = Recorder()
@@ -96,7 +100,7 @@ def test_a_batch_revoked_while_in_flight_stores_no_offset() -> None:
         consumer._on_lost(None, [_TP("a", 0)])  # the rebalance lands while the outputs are sent
         return []
 
-    asyncio.run(consumer._handle("s", process, [chunk(consumer._book, msgs("a", 0, 1, 2))]))
+    asyncio.run(consumer.batches("s", process).handle([chunk(consumer._book, msgs("a", 0, 1, 2))]))
     consumer._store_handled()
     assert handled == [1, 2]
     assert recorder.stored == []
@@ -123,7 +127,7 @@ def test_a_queued_batch_of_a_revoked_partition_is_dropped_unhandled() -> None:
         handled.extend(batch)
         return []
 
-    asyncio.run(consumer._handle("s", process, [stale, kept]))
+    asyncio.run(consumer.batches("s", process).handle([stale, kept]))
     consumer._store_handled()
     assert [(m.partition, m.offset) for m in handled] == [(1, 4)]
     assert recorder.stored == [("a", 1, 5)]
@@ -141,7 +145,7 @@ def test_a_failed_batch_is_processed_again_and_stored_only_once_it_succeeds() ->
             raise RuntimeError("not delivered")
         return []
 
-    asyncio.run(consumer._handle("s", process, [chunk(consumer._book, msgs("a", 0, 7, 8))]))
+    asyncio.run(consumer.batches("s", process).handle([chunk(consumer._book, msgs("a", 0, 7, 8))]))
     consumer._store_handled()
     assert calls == [[7, 8]] * 3
     assert recorder.stored == [("a", 0, 9)]
@@ -258,12 +262,13 @@ def test_a_batch_waits_up_to_fill_within_for_more_and_stops_at_batch_max() -> No
         queue.put_nowait(chunk(consumer._book, msgs("a", 0, 0)))
         loop.call_later(0.05, queue.put_nowait, chunk(consumer._book, msgs("a", 0, 1)))
         loop.call_later(0.6, queue.put_nowait, chunk(consumer._book, msgs("a", 0, 2)))
-        first = await consumer._next_batch(queue)  # 0 and 1, then 0.3 s with nothing more
-        second = await consumer._next_batch(queue)  # 2 alone, after its own wait
+        batches = consumer.batches("s", nothing_sent)
+        first = await batches.next_batch(queue)  # 0 and 1, then 0.3 s with nothing more
+        second = await batches.next_batch(queue)  # 2 alone, after its own wait
         for offsets in ((3, 4), (5, 6), (7,)):
             queue.put_nowait(chunk(consumer._book, msgs("a", 0, *offsets)))
         started = loop.time()
-        full = await consumer._next_batch(queue)  # 4 messages: no wait
+        full = await batches.next_batch(queue)  # 4 messages: no wait
         assert loop.time() - started < 0.25
         return [[m.offset for c in b for m in c.messages] for b in (first, second, full)]
 
@@ -277,7 +282,7 @@ def test_without_fill_within_a_batch_takes_only_what_is_queued() -> None:
         queue: asyncio.Queue[Chunk] = asyncio.Queue()
         queue.put_nowait(chunk(consumer._book, msgs("a", 0, 0)))
         asyncio.get_running_loop().call_later(0.05, queue.put_nowait, chunk(consumer._book, msgs("a", 0, 1)))
-        batch = await consumer._next_batch(queue)
+        batch = await consumer.batches("s", nothing_sent).next_batch(queue)
         return [m.offset for c in batch for m in c.messages]
 
     assert asyncio.run(run()) == [0]

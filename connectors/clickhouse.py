@@ -17,6 +17,7 @@ from typing import Any
 
 from clickhouse_connect.driver.binding import format_bind_value
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_core import PydanticSerializationError, to_json
 
 from connectors.ports import AnalyticsStore, Rows
 from schemas.errors import PermanentError, TransientError
@@ -53,14 +54,21 @@ class QueryFailed(PermanentError):
 
 
 def json_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """JSONEachRow body; datetimes as UTC text ClickHouse parses without settings."""
+    """JSONEachRow body (UTF-8); datetimes as UTC text ClickHouse parses without settings.
+    Encoded by pydantic_core: json.dumps of the rows that carry a query vector was the
+    analytics process's largest cost after chDB itself (docs/scaling.md)."""
+    lines = []
+    for row in rows:
+        plain = {k: _utc_text(v) if isinstance(v, datetime) else v for k, v in row.items()}
+        try:
+            lines.append(to_json(plain) + b"\n")
+        except PydanticSerializationError:  # a lone surrogate, say: json escapes it
+            lines.append(json.dumps(plain).encode() + b"\n")
+    return b"".join(lines)
 
-    def default(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        raise TypeError(f"cannot store {type(value).__name__}")
 
-    return b"".join(json.dumps(row, default=default).encode() + b"\n" for row in rows)
+def _utc_text(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def checked_table(table: str) -> str:

@@ -145,6 +145,23 @@ async def test_values_are_bound_never_spliced_and_raw_queries_are_read_only(stor
         await analytics.query("SELECT no_such_column FROM telemetry")
 
 
+async def test_text_vectors_and_quotes_are_stored_as_they_were_sent(store):
+    """Rows go to chDB as UTF-8 JSON inside the INSERT statement."""
+    answer = "Ünïcødé 日本語, \"quoted\", back\\slash, a\nnewline, \u2028 and 'single'"
+    vector = [0.1 * i - 3.3 for i in range(384)]
+    events = [
+        stage_event("utf", "generation", 5, tenant="acme", started=START, answer=answer),
+        stage_event("utf", "embedding", 5, tenant="acme", started=START, query_vector=vector),
+    ]
+    assert await write(store, events) == 2
+    stored = await store.query("SELECT answer FROM telemetry WHERE trace_id = 'utf' AND stage = 'generation'")
+    assert stored.rows == [[answer]]
+    stored = await store.query(
+        "SELECT query_vector FROM telemetry WHERE trace_id = 'utf' AND stage = 'embedding'"
+    )
+    assert stored.rows[0][0] == pytest.approx(vector)
+
+
 def rating(
     trace_id: str, value: object, data_type: str = "BOOLEAN", tenant: str = "acme"
 ) -> FeedbackReceived:

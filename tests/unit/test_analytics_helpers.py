@@ -62,7 +62,28 @@ def test_json_rows_write_datetimes_as_utc_text():
     from datetime import UTC, datetime
 
     body = json_rows([{"t": datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)}])
-    assert body == b'{"t": "2026-01-02 03:04:05.678"}\n'
+    assert body == b'{"t":"2026-01-02 03:04:05.678"}\n'
+
+
+def test_json_rows_read_back_as_what_json_writes_for_every_value_we_store():
+    import json
+
+    rows = [
+        {
+            "vector": [0.1 * i - 3.3 for i in range(384)] + [1e-300, 12345678.9, float("inf")],
+            "text": 'é, \u2028, "quoted", \\ and a\nnewline',
+            "ids": ["a", "b"],
+            "n": None,
+            "ok": True,
+            "big": 10**18,
+        },
+        {"text": "lone \udc80 surrogate"},  # pydantic_core refuses it: json escapes it
+    ]
+    lines = json_rows(rows).splitlines()
+    assert len(lines) == 2
+    assert json.loads(lines[0]) == json.loads(json.dumps(rows[0]))
+    assert json.loads(lines[1]) == rows[1]
+    assert json_rows([]) == b""
 
 
 @pytest.mark.parametrize(("text", "expected"), [("90s", 90), ("15m", 900), ("24h", 86_400), ("7d", 604_800)])

@@ -98,12 +98,15 @@ def facts(source: Event | None, output: Event | None) -> dict[str, object]:
     """Model, tokens, prompt and stage facts, from whichever events carry them."""
     found: dict[str, object] = {}
     for event in (source, output):
-        prompt = getattr(event, "prompt", None)
+        # A model's fields are in its __dict__; getattr of a missing one goes through
+        # pydantic's __getattr__ and an exception, most of this function's cost.
+        fields = vars(event) if event is not None else {}
+        prompt = fields.get("prompt")
         if isinstance(prompt, PromptSpec):
             found["served"] = prompt.served
             if prompt.conversation_id:
                 found["conversation_id"] = prompt.conversation_id
-        conversation = getattr(event, "conversation_id", None)  # a conversation's turn events
+        conversation = fields.get("conversation_id")  # a conversation's turn events
         if isinstance(conversation, str):
             found["conversation_id"] = conversation
     match output:

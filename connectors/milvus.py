@@ -117,8 +117,10 @@ class MilvusStore:
     `reader`: the query encoder; searching refuses a collection filled by a document
     encoder it does not belong with. `writer`: the document encoder; upserting refuses a
     collection another document encoder filled, so two vector spaces never mix. Either
-    is checked against the collection's record, read once; a collection made before
-    records existed is not checked."""
+    is checked against the record of the collection the name points at (a collection's
+    record never changes, so it is read once per collection; what the name points at is
+    read every time for writers, at most `alias_check_s` apart for searches); a
+    collection made before records existed is not checked."""
 
     def __init__(
         self, settings: MilvusSettings, *, reader: Tower | None = None, writer: Tower | None = None

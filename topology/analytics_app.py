@@ -113,12 +113,7 @@ def librdkafka_sinks(settings: Settings, ready: Callable[[], Awaitable[None]]) -
     as often (the sinks' rows are that late anyway)."""
     sink, worker = settings.sink, settings.worker
     config = consumer_config(
-        settings.kafka,
-        sinks_group(worker.app_id),
-        fetch_max_wait_ms=sink.fetch_max_wait_ms,
-        session_timeout_s=worker.session_timeout_s,
-        heartbeat_interval_s=worker.heartbeat_interval_s,
-        rebalance_timeout_s=worker.rebalance_timeout_s,
+        settings.kafka, worker, sinks_group(worker.app_id), fetch_max_wait_ms=sink.fetch_max_wait_ms
     )
     return StageConsumer(
         config,

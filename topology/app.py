@@ -215,12 +215,7 @@ def librdkafka_stages(settings: Settings, ready: Callable[[], Awaitable[None]]) 
     """The worker's one librdkafka consumer for the stages, in the group `<app_id>-stages`."""
     worker = settings.worker
     config = consumer_config(
-        settings.kafka,
-        worker.stages_group(),
-        fetch_max_wait_ms=worker.fetch_max_wait_ms,
-        session_timeout_s=worker.session_timeout_s,
-        heartbeat_interval_s=worker.heartbeat_interval_s,
-        rebalance_timeout_s=worker.rebalance_timeout_s,
+        settings.kafka, worker, worker.stages_group(), fetch_max_wait_ms=worker.fetch_max_wait_ms
     )
     return StageConsumer(
         config,

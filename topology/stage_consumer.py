@@ -61,6 +61,7 @@ from mode import Service
 
 from agents.runtime import Backoff, Incoming
 from connectors.kafka import KafkaSettings, librdkafka_config
+from topology.settings import WorkerSettings
 from topology.stage_batches import Batching, Dispatch, StageBatches
 from topology.stage_bookkeeping import IDLE_AFTER_S, TP, Chunk, OffsetBook, Quiet, grown, read_positions
 
@@ -73,16 +74,15 @@ LATEST, EARLIEST = -1, -2
 
 def consumer_config(
     kafka: KafkaSettings,
+    worker: WorkerSettings,
     group_id: str,
     *,
     fetch_max_wait_ms: int,
-    session_timeout_s: float,
-    heartbeat_interval_s: float,
-    rebalance_timeout_s: float,
     commit_interval_ms: int = 1000,
 ) -> dict[str, Any]:
-    """The stage consumer's librdkafka configuration."""
-    session_ms = int(session_timeout_s * 1000)
+    """The stage consumer's librdkafka configuration; the group's timings are the worker's
+    (`worker.session_timeout_s` and the like), whichever process the consumer runs in."""
+    session_ms = int(worker.session_timeout_s * 1000)
     return librdkafka_config(
         kafka,
         **{
@@ -96,11 +96,11 @@ def consumer_config(
             # answers as soon as data arrives. The same wait as faust's worker consumer.
             "fetch.wait.max.ms": fetch_max_wait_ms,
             "session.timeout.ms": session_ms,
-            "heartbeat.interval.ms": int(heartbeat_interval_s * 1000),
+            "heartbeat.interval.ms": int(worker.heartbeat_interval_s * 1000),
             # librdkafka sends this as the group's rebalance timeout: Tansu holds a joining
             # group about that long (faust's worker uses rebalance_timeout_s likewise). It
             # must not be below the session timeout; the thread polls at least every 0.2 s.
-            "max.poll.interval.ms": max(int(rebalance_timeout_s * 1000), session_ms),
+            "max.poll.interval.ms": max(int(worker.rebalance_timeout_s * 1000), session_ms),
         },
     )
 

@@ -78,10 +78,13 @@ def consumer_config(
     group_id: str,
     *,
     fetch_max_wait_ms: int,
+    fetch_min_bytes: int = 1,
     commit_interval_ms: int = 1000,
 ) -> dict[str, Any]:
     """The stage consumer's librdkafka configuration; the group's timings are the worker's
-    (`worker.session_timeout_s` and the like), whichever process the consumer runs in."""
+    (`worker.session_timeout_s` and the like), whichever process the consumer runs in.
+    `fetch_min_bytes`: what Apache Kafka waits for (up to the fetch wait) before it answers
+    a fetch; Tansu holds every fetch for the whole wait anyway."""
     session_ms = int(worker.session_timeout_s * 1000)
     return librdkafka_config(
         kafka,
@@ -95,6 +98,7 @@ def consumer_config(
             # Tansu answers a fetch only when this wait is over, data or not; Apache Kafka
             # answers as soon as data arrives. The same wait as faust's worker consumer.
             "fetch.wait.max.ms": fetch_max_wait_ms,
+            "fetch.min.bytes": fetch_min_bytes,
             "session.timeout.ms": session_ms,
             "heartbeat.interval.ms": int(worker.heartbeat_interval_s * 1000),
             # librdkafka sends this as the group's rebalance timeout: Tansu holds a joining

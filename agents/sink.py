@@ -43,7 +43,7 @@ class SinkSettings(BaseModel):
         description="The analytics process's fetch wait while events flow (the worker's is "
         "LLMOPS_WORKER__FETCH_MAX_WAIT_MS): its sinks wait up to batch_within_s to fill a batch "
         "anyway, and a short wait on a broker that holds every fetch (Tansu) costs a fetch per "
-        "wait.",
+        "wait. Apache Kafka answers within it once 256 KiB wait, not at the first event.",
     )
     # The longest wait between retries is also how late the rows can be after the store is
     # back, so it stays short.

@@ -4,6 +4,7 @@ a query encoder and a document encoder (by default the same model, no prefixes).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,14 @@ class EmbeddingSettings(BaseModel):
         default=256, ge=8, description="Tokens kept per text (at most the encoder's own limit)."
     )
     threads: int = Field(default=0, ge=0, description="Intra-op threads; 0 lets ORT decide.")
+    threads_alone: int = Field(
+        default=1,
+        ge=0,
+        description="Intra-op threads for a run of one text (a stream of questions at a low "
+        "rate), in a second session of the model on CPU; 0 runs it in the batches' session. One "
+        "thread spends less CPU there (no wake-up of the others per operator) and answers as "
+        "soon; the second session costs the model's size in memory once more.",
+    )
     spin: bool = Field(
         default=False,
         description="Let ORT's intra-op threads spin-wait after each run (its default). Off, "
@@ -90,6 +99,7 @@ class _Model:
         self._settings = settings
         self._lock = threading.Lock()
         self._session: Any = None
+        self._session_alone: Any = None  # runs of one text; the same session unless split
         self._tokenizer: Any = None
         self._input_names: set[str] = set()
         self.name = name
@@ -137,17 +147,8 @@ class _Model:
         tokenizer.enable_truncation(max_length=max_length)
         self._tokenizer = tokenizer
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self._settings.threads:
-            options.intra_op_num_threads = self._settings.threads
-        # Spinning threads keep cores busy between the small runs of a stream of questions.
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if self._settings.spin else "0"
-        )
-        session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=self._choose_providers(ort)
-        )
+        providers = self._choose_providers(ort)
+        session = self._new_session(ort, onnx_path, providers, self._settings.threads)
         self.providers = list(session.get_providers())
         if precision == "fp16" and "CUDAExecutionProvider" not in self.providers:
             # ORT's CPU kernels mostly lack fp16: it would run cast-by-cast, far slower.
@@ -155,9 +156,28 @@ class _Model:
                 "embedding.precision=fp16 needs the CUDA execution provider; use int8 on CPU"
             )
         self._input_names = {i.name for i in session.get_inputs()}
+        alone = self._settings.threads_alone
+        split = (
+            alone
+            and alone != self._settings.threads
+            and "CUDAExecutionProvider" not in self.providers
+            and (os.cpu_count() or 1) > 1
+        )
+        self._session_alone = self._new_session(ort, onnx_path, providers, alone) if split else session
         self._session = session
         self.dim = int(self.embed(["probe"]).shape[1])
         self.record = fingerprint(encoder, model_sha256(model_dir, onnx_path), max_length)
+
+    def _new_session(self, ort: Any, onnx_path: Path, providers: list[str], threads: int) -> Any:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        # Spinning threads keep cores busy between the small runs of a stream of questions.
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self._settings.spin else "0"
+        )
+        return ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
 
     def _choose_providers(self, ort: Any) -> list[str]:
         available = ort.get_available_providers()
@@ -205,7 +225,8 @@ class _Model:
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        hidden = self._session.run(None, feeds)[0]
+        session = self._session_alone if len(encodings) == 1 else self._session
+        hidden = session.run(None, feeds)[0]
         return pool(hidden, mask, self.encoder.pooling, self.encoder.normalize)
 
 

@@ -124,3 +124,23 @@ def test_the_default_towers_give_the_single_encoders_vectors_bit_for_bit(
     assert np.array_equal(document.embed(sentences), expected)
     assert query.count_tokens(sentences) == [len(e.ids) for e in encodings]
     assert query.record() == document.record() and query.record().settings["query_prefix"] == ""
+
+
+def test_a_text_alone_runs_in_a_one_thread_session_with_the_batchs_vector(
+    base_settings: Settings, sentences: list[str]
+):
+    """A question at a time runs on one intra-op thread (less CPU than waking the others
+    per operator): the vector is the one the same text gets inside a batch."""
+    settings = base_settings.embedding.model_copy(update={"device": "cpu"})
+    split = OnnxEmbedder(settings)
+    split.open()
+    model = split._model
+    assert model._session_alone is not model._session
+    assert model._session_alone.get_session_options().intra_op_num_threads == 1
+    batched = split.embed(sentences[:8])
+    alone = np.stack([split.embed([text])[0] for text in sentences[:8]])
+    np.testing.assert_allclose(alone, batched, atol=1e-5)
+
+    shared = OnnxEmbedder(settings.model_copy(update={"threads_alone": 0}))
+    shared.open()
+    assert shared._model._session_alone is shared._model._session

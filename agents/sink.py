@@ -43,7 +43,14 @@ class SinkSettings(BaseModel):
         description="The analytics process's fetch wait while events flow (the worker's is "
         "LLMOPS_WORKER__FETCH_MAX_WAIT_MS): its sinks wait up to batch_within_s to fill a batch "
         "anyway, and a short wait on a broker that holds every fetch (Tansu) costs a fetch per "
-        "wait. Apache Kafka answers within it once 256 KiB wait, not at the first event.",
+        "wait.",
+    )
+    fetch_min_bytes: int = Field(
+        default=256 * 1024,
+        ge=1,
+        description="What Apache Kafka gathers for the sinks before it answers a fetch inside "
+        "fetch_max_wait_ms; at 1 it answers at the first event, a fetch per event or two at a low "
+        "rate. Tansu holds every fetch for the whole wait anyway.",
     )
     # The longest wait between retries is also how late the rows can be after the store is
     # back, so it stays short.

@@ -92,8 +92,9 @@ class ModelNotFound(PermanentError):
 
 
 class _Model:
-    """One loaded encoder (ONNX session and tokenizer). The two towers share one when
-    they name the same encoder, so the default costs one session, as it always did."""
+    """One loaded encoder (its ONNX sessions and tokenizer). The two towers share one when
+    they name the same encoder. On CPU a run of one text has a session of its own
+    (`threads_alone`), so the default holds the model twice."""
 
     def __init__(self, settings: EmbeddingSettings, name: str) -> None:
         self._settings = settings
@@ -158,7 +159,7 @@ class _Model:
         self._input_names = {i.name for i in session.get_inputs()}
         alone = self._settings.threads_alone
         split = (
-            alone
+            alone > 0
             and alone != self._settings.threads
             and "CUDAExecutionProvider" not in self.providers
             and (os.cpu_count() or 1) > 1

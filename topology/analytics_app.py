@@ -44,9 +44,6 @@ from topology.transport import PipelineApp
 
 log = logging.getLogger(__name__)
 
-# What Apache Kafka gathers for the sinks' consumer before it answers a fetch early.
-SINK_FETCH_MIN_BYTES = 256 * 1024
-
 
 class StoreService(Service):
     """Opens the analytics store when the app starts, applying pending DDL and running
@@ -120,9 +117,7 @@ def librdkafka_sinks(settings: Settings, ready: Callable[[], Awaitable[None]]) -
         worker,
         sinks_group(worker.app_id),
         fetch_max_wait_ms=sink.fetch_max_wait_ms,
-        # Apache Kafka would answer a fetch as soon as any event arrives: at a low rate a
-        # fetch per event or two, each costing librdkafka's work here and the broker's.
-        fetch_min_bytes=SINK_FETCH_MIN_BYTES,
+        fetch_min_bytes=sink.fetch_min_bytes,
     )
     return StageConsumer(
         config,

@@ -451,7 +451,7 @@ def test_idle_a_rebalance_ends_the_idle_mode_at_once() -> None:
 
 
 def test_the_analytics_process_reads_every_sink_through_librdkafka_in_its_own_group() -> None:
-    from topology.analytics_app import SINK_FETCH_MIN_BYTES, create_analytics_app, watched
+    from topology.analytics_app import create_analytics_app, watched
     from topology.graph import SINKS
     from topology.settings import Settings
 
@@ -465,7 +465,7 @@ def test_the_analytics_process_reads_every_sink_through_librdkafka_in_its_own_gr
     group = f"{settings.worker.app_id}-analytics-sinks"
     assert consumer._config["group.id"] == group
     # Apache Kafka holds the sinks' fetches for a batch's worth, not the first event
-    assert consumer._config["fetch.min.bytes"] == SINK_FETCH_MIN_BYTES > 1
+    assert consumer._config["fetch.min.bytes"] == settings.sink.fetch_min_bytes > 1
     assert consumer._fill_within_s == settings.sink.batch_within_s
     sink_names = {s.name for s in SINKS}
     assert {w.group for w in watched(settings) if w.stage in sink_names} == {group}

@@ -36,7 +36,13 @@ class SinkSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     batch_max: int = Field(default=2_000, ge=1, description="Events per insert, at most.")
-    batch_within_s: float = Field(default=1.0, gt=0, description="Longest wait to fill a batch.")
+    batch_within_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="Longest wait to fill a batch, so how late the rows can be: each insert costs the "
+        "store a fixed amount of CPU (a part per table and materialized view), so a longer wait "
+        "costs less at a steady rate (docs/scaling.md).",
+    )
     fetch_max_wait_ms: int = Field(
         default=200,
         ge=1,

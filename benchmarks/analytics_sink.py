@@ -1,6 +1,7 @@
 """The analytics sink into chDB, and the report queries at scale.
 
     python -m benchmarks.analytics_sink [--events N] [--single N] [--rows N] [--days D] [--runs 3]
+        [--rate 88] [--windows 1,3] [--steady-seconds 30]
 
 1. Sink throughput: StageCompleted events written through the sink's own path
    (`insert_new`: the idempotency lookup, then the insert), in batches of the sink's
@@ -9,6 +10,10 @@
 2. Report queries at --rows telemetry rows (spread over --days, generated in SQL so the
    materialized views fill as in production): the latency of each named query, and the
    per-stage percentiles computed from the raw table as the baseline the rollup replaces.
+3. A steady rate: --rate events a second (88: the telemetry of 20 answers a second) written
+   through `insert_new` in one batch per window, for each of --windows (the sink's
+   `batch_within_s`; the first is the baseline), --steady-seconds each: the process's CPU
+   (all its threads, chDB's background merges included) per event and in cores.
 
 Prints JSON and a table; medians of --runs runs. Needs no data directory: the events are
 synthetic; chDB writes to a temporary directory (--workdir to keep it)."""
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -36,7 +42,9 @@ from topology.report import text_table
 STAGES = ("prompting", "embedding", "retrieval", "generation")
 
 
-def events(n: int) -> list[StageCompleted]:
+def events(n: int, payloads: bool = False) -> list[StageCompleted]:
+    """`payloads`: with what the pipeline's rows carry besides (the question, the embedding's
+    query vector, the rendered prompt and passage texts)."""
     now = utc_now()
     out = []
     for i in range(n):
@@ -62,7 +70,19 @@ def events(n: int) -> list[StageCompleted]:
                 else "",
             )
         )
+        if payloads:
+            out[-1] = out[-1].model_copy(update=_payloads(i, stage))
     return out
+
+
+def _payloads(i: int, stage: str) -> dict:
+    fields: dict = {"question": "What is the role of the question in these rows?"}
+    if stage == "embedding":
+        fields["query_vector"] = [((i * 31 + k) % 997) / 997 for k in range(384)]
+    if stage == "generation":
+        fields["rendered_prompt"] = "Answer from the passages.\n" + "A passage of the corpus. " * 60
+        fields["passage_texts"] = {p: "A passage of the corpus. " * 15 for p in ("a1b2c3", "d4e5f6")}
+    return fields
 
 
 async def fresh(store: AnalyticsStore, settings: ClickHouseSettings, database: str) -> None:
@@ -134,6 +154,35 @@ FROM telemetry WHERE started_at >= now64(3) - toIntervalDay(1) GROUP BY stage OR
 """
 
 
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def steady(
+    store: AnalyticsStore, settings: ClickHouseSettings, rate: float, window_s: float, seconds: float
+) -> dict:
+    """One batch of `rate * window_s` events every `window_s`, as the sink writes at a
+    steady rate; the process's CPU over the run."""
+    await fresh(store, settings, f"bench_{uuid.uuid4().hex[:8]}")
+    size = max(1, round(rate * window_s))
+    batches = max(1, round(seconds / window_s))
+    written = [await telemetry.rows(events(size, payloads=True), store) for _ in range(batches)]
+    await Analytics(store).insert_new("telemetry", written.pop())  # the first insert opens the tables
+    cpu, started = cpu_s(), time.monotonic()
+    for i, rows in enumerate(written):
+        await Analytics(store).insert_new("telemetry", rows)
+        await asyncio.sleep(max(0.0, started + (i + 1) * window_s - time.monotonic()))
+    cpu, elapsed = cpu_s() - cpu, time.monotonic() - started
+    return {
+        "window_s": window_s,
+        "inserts": len(written),
+        "events": size * len(written),
+        "cpu_ms_per_event": cpu * 1000 / (size * len(written)),
+        "cores": cpu / elapsed,
+    }
+
+
 async def timed(fn, runs: int) -> float:
     samples = []
     for _ in range(runs):
@@ -180,6 +229,8 @@ async def main(args: argparse.Namespace) -> dict:
         }
         query_ms = {name: await timed(fn, args.runs) for name, fn in queries.items()}
         rollup_rows = (await store.query("SELECT count() FROM stage_minutes")).rows[0][0]
+        windows = [float(w) for w in args.windows.split(",")]
+        steady_runs = [await steady(store, settings, args.rate, w, args.steady_seconds) for w in windows]
     finally:
         await store.close()
     return {
@@ -196,6 +247,11 @@ async def main(args: argparse.Namespace) -> dict:
         "query_ms_median": query_ms,
         "rollup_vs_raw_latency_query": query_ms["latency (raw table, 24h, baseline)"]
         / query_ms["latency (rollup, 24h)"],
+        "steady_rate": args.rate,
+        "steady": steady_runs,
+        "steady_cpu_vs_first_window": [
+            r["cpu_ms_per_event"] / steady_runs[0]["cpu_ms_per_event"] for r in steady_runs
+        ],
     }
 
 
@@ -209,6 +265,13 @@ if __name__ == "__main__":
     parser.add_argument("--days", type=float, default=1.0, help="the telemetry rows span this many days")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, help="keep chDB data here")
+    parser.add_argument("--rate", type=float, default=88.0, help="events a second for the steady-rate part")
+    parser.add_argument(
+        "--windows",
+        default="1,3",
+        help="batch windows in seconds for the steady-rate part; the first is the baseline",
+    )
+    parser.add_argument("--steady-seconds", type=float, default=30.0, help="length of each steady-rate run")
     result = asyncio.run(main(parser.parse_args()))
     print(json.dumps(result, indent=2))
     s = result["sink_events_per_s"]
@@ -229,5 +292,27 @@ if __name__ == "__main__":
         text_table(
             (f"report query at {result['telemetry_rows']:,} telemetry rows", "median ms"),
             [[k, round(v, 1)] for k, v in result["query_ms_median"].items()],
+        )
+    )
+    print()
+    print(
+        text_table(
+            (
+                f"steady {result['steady_rate']:g} events/s, window s",
+                "inserts",
+                "CPU ms/event",
+                "cores",
+                "vs first",
+            ),
+            [
+                [
+                    r["window_s"],
+                    r["inserts"],
+                    round(r["cpu_ms_per_event"], 3),
+                    round(r["cores"], 3),
+                    f"{x:.2f}x",
+                ]
+                for r, x in zip(result["steady"], result["steady_cpu_vs_first_window"], strict=True)
+            ],
         )
     )

@@ -33,7 +33,10 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
         ["--data", "{scifact}"],
         ["--data", "{scifact}", "--runs", "1", "--sequential", "5", "--modes", "dense,hybrid"],
     ),
-    "analytics_sink": ([], ["--events", "2000", "--single", "100", "--rows", "100000", "--runs", "1"]),
+    "analytics_sink": (
+        [],
+        ["--events", "2000", "--single", "100", "--rows", "100000", "--runs", "1", "--steady-seconds", "6"],
+    ),
     "ask_latency": ([], ["--asks", "5", "--runs", "1"]),
     "milvus_scale": (
         ["--data", "{scifact}"],

@@ -20,6 +20,9 @@ REQUIRE_KAFKA = os.environ.get("LLMOPS_REQUIRE_APACHE_KAFKA") == "1"
 # The stack's analytics process judges experiments every 2 s here, not every 30 s, so the
 # rollback tests wait seconds (processes the stacks start inherit this environment).
 os.environ.setdefault("LLMOPS_MONITOR__EXPERIMENTS_EVERY_S", "2")
+# Their sinks store rows within 1 s, not the default 3 s (fewer inserts at a steady rate,
+# docs/scaling.md): the tests wait for analytics rows many times.
+os.environ.setdefault("LLMOPS_SINK__BATCH_WITHIN_S", "1")
 # The stacks answer with the extractive backend (deterministic, and no LLM server on the
 # CPU while the suite runs); tests/integration/test_local_llm.py runs the local model.
 os.environ.setdefault("LLMOPS_LLM__BACKEND", "extractive")

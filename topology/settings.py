@@ -104,6 +104,14 @@ class StackSettings(BaseModel):
     )
     broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")
     milvus_port: int = Field(default=19530, ge=0, le=65535, description="0 picks a free port.")
+    milvus_blas_threads: int = Field(
+        default=1,
+        ge=0,
+        description="OpenBLAS threads of the Milvus Lite server (its exact search is a numpy "
+        "product); 0 leaves OpenBLAS its default, a thread per core. An idle OpenBLAS thread "
+        "spins between products, so at a steady query rate a second one kept a core busy "
+        "(docs/scaling.md).",
+    )
     ready_timeout_s: float = Field(default=120.0, gt=0)
 
 

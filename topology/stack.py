@@ -266,6 +266,7 @@ class LocalStack:
         self._wait_for_milvus(self._base.stack.ready_timeout_s)
 
     def _spawn_milvus(self) -> None:
+        threads = self._base.stack.milvus_blas_threads
         self._spawn(
             "milvus",
             [
@@ -280,6 +281,7 @@ class LocalStack:
                 "--port",
                 str(self.milvus_port),
             ],
+            {"OPENBLAS_NUM_THREADS": str(threads)} if threads else {},
         )
 
     def start_analytics(self) -> None:
@@ -358,14 +360,18 @@ class LocalStack:
             proc.kill()
             proc.wait()
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.stop_process(name)  # a second start of a name must not orphan the first process
         with self._lock:
             handle = open(self.log_path(name), "ab")  # noqa: SIM115  (closed in stop())
             self._logs.append(handle)
             # Own session: Ctrl-C in the terminal reaches `llmops up`, which stops these in order.
             self._procs[name] = subprocess.Popen(  # noqa: S603
-                argv, stdout=handle, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True
+                argv,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=self.env() | (env or {}),
+                start_new_session=True,
             )
 
     def pid(self, name: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -221,3 +222,10 @@ async def test_every_request_leaves_a_trail_that_feedback_joins(stack: LocalStac
     assert out_of_range and "outside [0.0, 5.0]" in out_of_range[0].reason
     unknown_type = dead_letters(stack, b'"data_type": "STARS"')
     assert unknown_type and unknown_type[0].stage == "feedback" and "data_type" in unknown_type[0].reason
+
+
+def test_the_milvus_lite_server_keeps_one_openblas_thread(tansu_stack: LocalStack):
+    """Its exact search is a numpy product, and an idle OpenBLAS thread spins between
+    products: at a steady query rate a second one kept a core busy (docs/scaling.md)."""
+    environ = (Path("/proc") / str(tansu_stack.pid("milvus")) / "environ").read_bytes().split(b"\0")
+    assert b"OPENBLAS_NUM_THREADS=1" in environ

@@ -108,9 +108,9 @@ class StackSettings(BaseModel):
         default=1,
         ge=0,
         description="OpenBLAS threads of the Milvus Lite server (its exact search is a numpy "
-        "product); 0 leaves OpenBLAS its default, a thread per core. An idle OpenBLAS thread "
-        "spins between products, so at a steady query rate a second one kept a core busy "
-        "(docs/scaling.md).",
+        "product); 0 leaves it to the environment (OpenBLAS's default: a thread per core). An "
+        "idle OpenBLAS thread spins between products, so at a steady query rate a second one "
+        "kept a core busy (docs/scaling.md).",
     )
     ready_timeout_s: float = Field(default=120.0, gt=0)
 

@@ -110,7 +110,7 @@ class StackSettings(BaseModel):
         description="OpenBLAS threads of the Milvus Lite server (its exact search is a numpy "
         "product); 0 leaves it to the environment (OpenBLAS's default: a thread per core). An "
         "idle OpenBLAS thread spins between products, so at a steady query rate a second one "
-        "kept a core busy (docs/scaling.md).",
+        "never slept (docs/scaling.md).",
     )
     ready_timeout_s: float = Field(default=120.0, gt=0)
 

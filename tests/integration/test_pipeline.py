@@ -226,6 +226,6 @@ async def test_every_request_leaves_a_trail_that_feedback_joins(stack: LocalStac
 
 def test_the_milvus_lite_server_keeps_one_openblas_thread(tansu_stack: LocalStack):
     """Its exact search is a numpy product, and an idle OpenBLAS thread spins between
-    products: at a steady query rate a second one kept a core busy (docs/scaling.md)."""
+    products: at a steady query rate a second one never slept (docs/scaling.md)."""
     environ = (Path("/proc") / str(tansu_stack.pid("milvus")) / "environ").read_bytes().split(b"\0")
     assert b"OPENBLAS_NUM_THREADS=1" in environ

@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "stage_overhead": ([], ["--messages", "2000", "--runs", "1"]),
     "pipeline_load": ([], ["--rates", "4,8", "--seconds", "5"]),
     "idle_cpu": ([], ["--seconds", "5", "--runs", "1", "--settle", "3"]),
+    "broker_log": ([], ["--sizes", "0,2000", "--messages", "20"]),
     "experiment_split": ([], ["--trials", "50"]),
     # The answer golden set (benchmarks/golden/answers.jsonl) on the sample corpus, extractive
     # beside the openai backend on the local stack's LLM server (or LLMOPS_LLM__BASE_URL's).

@@ -41,7 +41,8 @@ def up(
     worker. In another shell,
     `llmops ingest FILE.jsonl` and `llmops ask "..."` talk to it with the default
     settings. The broker keeps topics in memory: a restart empties them (Milvus data
-    stays in --data-dir)."""
+    stays in --data-dir). It never trims them, and every hop gets slower as they fill
+    (docs/scaling.md): restart it now and then; long runs belong on Apache Kafka."""
     from topology.stack import STOP_SIGNALS, LocalStack
 
     overrides = {

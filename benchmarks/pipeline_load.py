@@ -20,6 +20,10 @@ time: the worker's CPU per answer less the latter is what the machinery costs at
 (the stage embeds each question alone), less the former near saturation. Prints JSON and
 a table.
 
+On Tansu every step pays for the ones before it: the broker's CPU per answer grows with
+the batches its topics hold (docs/scaling.md, *The broker's log*), so compare a rate
+across runs of the same ladder only.
+
 `--profile DIR`: py-spy (if installed) samples the worker (or, `--profile-part analytics`,
 the analytics process) while it is on a CPU during each step, into DIR/PART-RATE.txt
 (raw, collapsed stacks, 200 samples/s)."""

@@ -118,18 +118,10 @@ def stack(broker: str, backend: str, tmp: Path) -> Iterator[tuple[LocalStack, di
         with LocalStack(base, env=env) as running:
             yield running, pids(running, ["worker", "analytics", "broker", "milvus"])
         return
-    from topology.apache_kafka import ApacheKafka
+    from topology.apache_kafka import apache_kafka
 
-    kafka = ApacheKafka(tmp / "kafka")
-    kafka.start()
-    try:
-        base = base.model_copy(
-            update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": kafka.bootstrap})}
-        )
-        with LocalStack(base, broker=False, env=env) as running:
-            yield running, {**pids(running, ["worker", "analytics", "milvus"]), "broker": kafka_pid()}
-    finally:
-        kafka.stop()
+    with apache_kafka(base, tmp / "kafka") as base, LocalStack(base, broker=False, env=env) as running:
+        yield running, {**pids(running, ["worker", "analytics", "milvus"]), "broker": kafka_pid()}
 
 
 def pids(running: LocalStack, names: list[str]) -> dict[str, int]:

@@ -232,18 +232,10 @@ def stack(broker: str, base: Settings, tmp: Path) -> Iterator[LocalStack]:
         with LocalStack(settings) as running:
             yield running
         return
-    from topology.apache_kafka import ApacheKafka
+    from topology.apache_kafka import apache_kafka
 
-    kafka = ApacheKafka(tmp / "kafka")
-    kafka.start()
-    try:
-        settings = settings.model_copy(
-            update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": kafka.bootstrap})}
-        )
-        with LocalStack(settings, broker=False) as running:
-            yield running
-    finally:
-        kafka.stop()
+    with apache_kafka(settings, tmp / "kafka") as settings, LocalStack(settings, broker=False) as running:
+        yield running
 
 
 def main() -> None:

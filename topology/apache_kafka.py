@@ -1,6 +1,6 @@
-"""Apache Kafka (KRaft, one node) for the broker tests and the benchmarks: jars from
-Maven Central via `mvn` (cached outside git, under ~/.cache/llmops-stream), started with
-the machine's Java. Not part of `llmops up`, which runs the embedded broker."""
+"""Apache Kafka (KRaft, one node) for `llmops up --broker kafka`, the broker tests and the
+benchmarks: jars from Maven Central via `mvn` (cached outside git, under
+~/.cache/llmops-stream), started with the machine's Java."""
 
 from __future__ import annotations
 
@@ -9,9 +9,15 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from topology.stack import free_port
+from topology.stack import StackError, free_port
+
+if TYPE_CHECKING:
+    from topology.settings import Settings
 
 POM = Path(__file__).parent / "kafka" / "pom.xml"
 VERSION = "4.1.2"  # keep equal to docker/compose.yaml and the pom
@@ -34,7 +40,7 @@ def java_available() -> bool:
 def fetch_jars() -> Path:
     libs = CACHE / f"kafka-{VERSION}" / "libs"
     if not (libs / f"kafka_2.13-{VERSION}.jar").is_file():
-        subprocess.run(  # noqa: S603
+        fetched = subprocess.run(  # noqa: S603
             [  # noqa: S607  (mvn from PATH, like java below)
                 "mvn",
                 "-q",
@@ -43,17 +49,36 @@ def fetch_jars() -> Path:
                 "dependency:copy-dependencies",
                 f"-DoutputDirectory={libs}",
             ],
-            check=True,
+            check=False,
         )
+        if fetched.returncode != 0:
+            raise StackError(f"mvn could not fetch Apache Kafka {VERSION}'s jars (exit {fetched.returncode})")
     return libs
 
 
+@contextmanager
+def apache_kafka(settings: Settings, workdir: Path, port: int = 0) -> Iterator[Settings]:
+    """Apache Kafka in `workdir`, on `port` (0: a free one), while the block runs: yields
+    `settings` pointing at it."""
+    if not java_available():
+        raise StackError("Apache Kafka needs java (17 or later) and mvn on PATH")
+    kafka = ApacheKafka(workdir, port=port)
+    kafka.start()
+    try:
+        yield settings.model_copy(
+            update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": kafka.bootstrap})}
+        )
+    finally:
+        kafka.stop()
+
+
 class ApacheKafka:
-    def __init__(self, workdir: Path, sasl_users: dict[str, str] | None = None) -> None:
-        """`sasl_users`: serve SASL_PLAINTEXT with the PLAIN mechanism for these users."""
+    def __init__(self, workdir: Path, sasl_users: dict[str, str] | None = None, port: int = 0) -> None:
+        """`sasl_users`: serve SASL_PLAINTEXT with the PLAIN mechanism for these users;
+        `port`: 0 picks a free one. Each start begins with empty topics."""
         self.workdir = workdir
         self.sasl_users = sasl_users
-        self.port = free_port()
+        self.port = port or free_port()
         self.controller_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -103,11 +128,18 @@ class ApacheKafka:
         # Kafka's own id format (url-safe base64 of a UUID), but never starting with '-':
         # StorageTool would read such an id as an option and fail (1 run in 32 did).
         cluster_id = "k" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
-        subprocess.run(  # noqa: S603
+        shutil.rmtree(self.workdir / "data", ignore_errors=True)  # formatted by an earlier start
+        formatted = subprocess.run(  # noqa: S603
             [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-            check=True,
+            check=False,
             capture_output=True,
+            text=True,
         )
+        if formatted.returncode != 0:
+            said = (formatted.stderr or formatted.stdout).strip().splitlines() or [
+                f"exit {formatted.returncode}"
+            ]
+            raise StackError(f"formatting Kafka's log directory failed: {said[-1]}")
         log = (self.workdir / "kafka.log").open("ab")
         self._proc = subprocess.Popen(  # noqa: S603
             [*java, "kafka.Kafka", str(props)],
@@ -133,14 +165,14 @@ class ApacheKafka:
         while True:
             assert self._proc is not None
             if self._proc.poll() is not None:
-                raise RuntimeError(f"Kafka exited; see {self.workdir / 'kafka.log'}")
+                raise StackError(f"Apache Kafka exited; see {self.workdir / 'kafka.log'}")
             try:
                 if admin.list_topics(timeout=2).brokers:
                     return
             except Exception:  # noqa: BLE001, S110  (not up yet)
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"Kafka not up after {timeout}s; see {self.workdir / 'kafka.log'}")
+                raise StackError(f"Apache Kafka not up after {timeout}s; see {self.workdir / 'kafka.log'}")
             time.sleep(0.5)
 
     def stop(self) -> None:

@@ -12,7 +12,7 @@ import pytest
 from connectors.clickhouse import AnalyticsStore, ClickHouseSettings
 from connectors.embedder import OnnxEmbedder
 from tests.integration.analytics_fixtures import opened, store_settings
-from topology.apache_kafka import ApacheKafka, java_available
+from topology.apache_kafka import apache_kafka, java_available
 from topology.settings import Settings
 from topology.stack import LocalStack
 
@@ -95,17 +95,12 @@ def require_java(tier: str) -> None:
 @pytest.fixture(scope="session")
 def kafka_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     require_java("Apache Kafka tier")
-    kafka = ApacheKafka(tmp_path_factory.mktemp("kafka"))
-    kafka.start()
-    try:
-        settings = stack_settings(base_settings, tmp_path_factory.mktemp("kafka-stack"))
-        settings = settings.model_copy(
-            update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": kafka.bootstrap})}
-        )
-        with LocalStack(settings, broker=False) as stack:
-            yield stack
-    finally:
-        kafka.stop()
+    settings = stack_settings(base_settings, tmp_path_factory.mktemp("kafka-stack"))
+    with (
+        apache_kafka(settings, tmp_path_factory.mktemp("kafka")) as settings,
+        LocalStack(settings, broker=False) as stack,
+    ):
+        yield stack
 
 
 @pytest.fixture(scope="session", params=["tansu", "kafka"])

@@ -8,10 +8,14 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import require_java
 from topology.cli import main
 from topology.stack import LocalStack, free_port
 
@@ -101,60 +105,74 @@ def test_compose_file_is_valid():
     assert "apache/kafka:4.1.2" in result.stdout
 
 
-def test_up_serves_until_interrupted_and_leaves_nothing_running(tmp_path: Path):
-    import signal
-    import socket
+@dataclass
+class Up:
+    """A running `llmops up`: its process, the banner it printed up to "Press Ctrl-C", the
+    environment that points a client at it, and its broker, Milvus and analytics ports."""
+
+    process: subprocess.Popen
+    banner: list[str]
+    env: dict[str, str]
+    ports: tuple[int, int, int]
+
+
+@contextmanager
+def llmops_up(data_dir: Path, *options: str, timeout: float = 180) -> Iterator[Up]:
     import time
 
     broker, milvus, analytics = free_port(), free_port(), free_port()
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "topology.cli",
-            "up",
-            "--broker-port",
-            str(broker),
-            "--milvus-port",
-            str(milvus),
-            "--data-dir",
-            str(tmp_path),
-            "--analytics-port",
-            str(analytics),
-        ],
+    process = subprocess.Popen(
+        [sys.executable, "-m", "topology.cli", "up", *options, "--broker-port", str(broker)]
+        + ["--milvus-port", str(milvus), "--analytics-port", str(analytics), "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         cwd=ROOT,
     )
     try:
-        lines = []
-        deadline = time.monotonic() + 180
+        banner = []
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            line = up.stdout.readline()
-            lines.append(line)
+            line = process.stdout.readline()
+            banner.append(line)
             if "Press Ctrl-C" in line or not line:
                 break
-        assert any("Press Ctrl-C" in x for x in lines), lines
+        assert any("Press Ctrl-C" in x for x in banner), banner
         env = {
             **os.environ,
             "LLMOPS_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{broker}",
             "LLMOPS_MILVUS__URI": f"http://127.0.0.1:{milvus}",
         }
+        yield Up(process, banner, env, (broker, milvus, analytics))
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def assert_not_served(ports: tuple[int, ...]) -> None:
+    import socket
+
+    for port in ports:
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+
+
+def test_up_serves_until_interrupted_and_leaves_nothing_running(tmp_path: Path):
+    import signal
+
+    with llmops_up(tmp_path) as up:
+        env = up.env
         asked = llmops("ask", "anything indexed?", "--tenant", "nobody", env=env)
         assert asked.returncode == 0, asked.stderr
         assert "None of the indexed passages" in asked.stdout
         # While the stack runs, the report reads through its analytics service...
-        env["LLMOPS_ANALYTICS__PORT"] = str(analytics)
+        env["LLMOPS_ANALYTICS__PORT"] = str(up.ports[2])
         report = wait_for_report(env, "nobody")
         assert "(analytics: service)" in report
         alerts = llmops("alerts", "--since", "1h", env=env)
         assert alerts.returncode == 0 and "Alerts" not in alerts.stderr, alerts.stderr
-        up.send_signal(signal.SIGINT)
-        assert up.wait(timeout=60) == 0
-    finally:
-        if up.poll() is None:
-            up.kill()
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(timeout=60) == 0
     # ...and afterwards it opens the chDB directory the stack left in --data-dir.
     env["LLMOPS_CLICKHOUSE__PATH"] = str(tmp_path / "analytics")
     after = llmops("report", "--tenant", "nobody", env=env)
@@ -163,9 +181,35 @@ def test_up_serves_until_interrupted_and_leaves_nothing_running(tmp_path: Path):
     # One prompting row in the latency table (the consumer lag table that follows names stages too).
     latency = after.stdout.split("Latency")[1].split("Consumer lag")[0]
     assert latency.count("prompting") == 1
-    for port in (broker, milvus, analytics):
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+    assert_not_served(up.ports)
+
+
+def test_up_on_apache_kafka_answers_and_stops_the_broker(tmp_path: Path):
+    """`llmops up --broker kafka`: the stack on Apache Kafka, its log under --data-dir/kafka,
+    and nothing serving the broker's port once it stopped."""
+    import signal
+
+    require_java("llmops up --broker kafka")
+    with llmops_up(tmp_path, "--broker", "kafka", timeout=240) as up:
+        broker = up.ports[0]
+        assert any(x.startswith(f"broker   127.0.0.1:{broker} (kafka)") for x in up.banner), up.banner
+        asked = llmops("ask", "anything indexed?", "--tenant", "nobody", env=up.env)
+        assert asked.returncode == 0, asked.stderr
+        assert "None of the indexed passages" in asked.stdout
+        assert (tmp_path / "kafka" / "kafka.log").is_file()
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(timeout=90) == 0
+    assert_not_served(up.ports)
+
+
+def test_up_on_apache_kafka_without_java_says_so_in_one_line(tmp_path: Path):
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    result = llmops(
+        "up", "--broker", "kafka", "--data-dir", str(tmp_path), env={**os.environ, "PATH": str(bare)}
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: Apache Kafka needs java (17 or later) and mvn on PATH"
 
 
 def wait_for_report(env: dict[str, str], tenant: str, timeout: float = 30) -> str:

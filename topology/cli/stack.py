@@ -21,14 +21,27 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Where Milvus Lite keeps data.")
-@click.option("--broker-port", type=int, help="Kafka port of the embedded broker (default 9092).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="Where Milvus Lite, the analytics store and the logs keep their files (default .llmops).",
+)
+@click.option(
+    "--broker",
+    type=click.Choice(["tansu", "kafka"]),
+    default="tansu",
+    show_default=True,
+    help="tansu: the embedded broker (in memory, slower as its topics fill); kafka: Apache "
+    "Kafka on one node, for long runs (needs java 17 and mvn; its jars are fetched once).",
+)
+@click.option("--broker-port", type=int, help="Kafka port of the broker (default 9092).")
 @click.option("--milvus-port", type=int, help="Port of the Milvus Lite server (default 19530).")
 @click.option("--analytics-port", type=int, help="Port of the analytics query service (default 6066).")
 @pass_settings
 def up(
     settings: Settings,
     data_dir: Path | None,
+    broker: str,
     broker_port: int | None,
     milvus_port: int | None,
     analytics_port: int | None,
@@ -42,7 +55,10 @@ def up(
     `llmops ingest FILE.jsonl` and `llmops ask "..."` talk to it with the default
     settings. The broker keeps topics in memory: a restart empties them (Milvus data
     stays in --data-dir). It never trims them, and every hop gets slower as they fill
-    (docs/scaling.md): restart it now and then; long runs belong on Apache Kafka."""
+    (docs/scaling.md): restart it now and then, or run long with --broker kafka (its log
+    under --data-dir/kafka, emptied at each start too)."""
+    from contextlib import ExitStack
+
     from topology.stack import STOP_SIGNALS, LocalStack
 
     overrides = {
@@ -64,8 +80,15 @@ def up(
     # Ctrl-C and the stop signals (SIGTERM, SIGHUP) end the loop below, so the stack stops.
     for sig in (signal.SIGINT, *STOP_SIGNALS):
         signal.signal(sig, request_stop)
-    with LocalStack(settings) as stack:
-        click.echo(f"broker   {stack.settings.kafka.bootstrap_servers}")
+    with ExitStack() as running:
+        if broker == "kafka":
+            from topology.apache_kafka import apache_kafka
+
+            kafka_dir = settings.stack.data_dir.resolve() / "kafka"
+            click.echo(f"starting Apache Kafka (log {kafka_dir / 'kafka.log'})...")
+            settings = running.enter_context(apache_kafka(settings, kafka_dir, settings.stack.broker_port))
+        stack = running.enter_context(LocalStack(settings, broker=broker == "tansu"))
+        click.echo(f"broker   {stack.settings.kafka.bootstrap_servers} ({broker})")
         click.echo(f"milvus   {stack.settings.milvus.uri}")
         click.echo(f"llm      {stack.llm_url or 'none (extractive)'} ({stack.settings.llm.model})")
         click.echo(f"analytics {stack.settings.analytics.url} ({stack.settings.clickhouse.path})")

@@ -63,8 +63,8 @@ def apache_kafka(settings: Settings, workdir: Path, port: int = 0) -> Iterator[S
     if not java_available():
         raise StackError("Apache Kafka needs java (17 or later) and mvn on PATH")
     kafka = ApacheKafka(workdir, port=port)
-    kafka.start()
     try:
+        kafka.start()  # a start that failed may have left the JVM running: stopped below
         yield settings.model_copy(
             update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": kafka.bootstrap})}
         )

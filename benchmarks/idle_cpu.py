@@ -90,19 +90,6 @@ def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def kafka_pid() -> int:
-    """The Apache Kafka JVM (started by topology.apache_kafka, which keeps no public pid)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"kafka.Kafka" in command and entry.name != str(os.getpid()):
-                return int(entry.name)
-    raise RuntimeError("no kafka.Kafka process found")
-
-
 @contextmanager
 def stack(broker: str, backend: str, tmp: Path) -> Iterator[tuple[LocalStack, dict[str, int]]]:
     """The running stack and the process id of each part."""
@@ -110,18 +97,14 @@ def stack(broker: str, backend: str, tmp: Path) -> Iterator[tuple[LocalStack, di
     base = Settings()
     base = base.model_copy(
         update={
-            "stack": base.stack.model_copy(update={"data_dir": tmp, "broker_port": 0, "milvus_port": 0}),
+            "stack": base.stack.model_copy(
+                update={"data_dir": tmp, "broker": broker, "broker_port": 0, "milvus_port": 0}
+            ),
             "llm": base.llm.model_copy(update={"backend": backend}),
         }
     )
-    if broker == "tansu":
-        with LocalStack(base, env=env) as running:
-            yield running, pids(running, ["worker", "analytics", "broker", "milvus"])
-        return
-    from topology.apache_kafka import apache_kafka
-
-    with apache_kafka(base, tmp / "kafka") as base, LocalStack(base, broker=False, env=env) as running:
-        yield running, {**pids(running, ["worker", "analytics", "milvus"]), "broker": kafka_pid()}
+    with LocalStack(base, env=env) as running:
+        yield running, pids(running, ["worker", "analytics", "broker", "milvus"])
 
 
 def pids(running: LocalStack, names: list[str]) -> dict[str, int]:

@@ -226,15 +226,10 @@ async def ramp(
 
 @contextmanager
 def stack(broker: str, base: Settings, tmp: Path) -> Iterator[LocalStack]:
-    cfg = base.stack.model_copy(update={"data_dir": tmp, "broker_port": 0, "milvus_port": 0})
-    settings = base.model_copy(update={"stack": cfg})
-    if broker == "tansu":
-        with LocalStack(settings) as running:
-            yield running
-        return
-    from topology.apache_kafka import apache_kafka
-
-    with apache_kafka(settings, tmp / "kafka") as settings, LocalStack(settings, broker=False) as running:
+    cfg = base.stack.model_copy(
+        update={"data_dir": tmp, "broker": broker, "broker_port": 0, "milvus_port": 0}
+    )
+    with LocalStack(base.model_copy(update={"stack": cfg})) as running:
         yield running
 
 

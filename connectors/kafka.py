@@ -7,7 +7,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -113,10 +113,13 @@ def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec], timeout: 
     return created
 
 
-def cluster_metadata(settings: KafkaSettings, timeout: float) -> tuple[Any, Any]:
+def cluster_metadata(
+    settings: KafkaSettings, timeout: float, between: Callable[[], None] = lambda: None
+) -> tuple[Any, Any]:
     """An admin client and the cluster's metadata, once the broker answers. Credentials the
     broker refuses end the wait at once: librdkafka only reports them to `error_cb` and
-    would otherwise retry until `timeout`, then say the broker is unreachable."""
+    would otherwise retry until `timeout`, then say the broker is unreachable. `between`
+    runs before each retry (a check that the broker's process is still alive, say)."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
@@ -144,11 +147,14 @@ def cluster_metadata(settings: KafkaSettings, timeout: float) -> tuple[Any, Any]
                     f"broker {settings.bootstrap_servers} did not answer in {timeout:.0f}s: {exc}"
                 ) from exc
             time.sleep(0.2)
+            between()
 
 
-def wait_for_broker(settings: KafkaSettings, timeout: float) -> None:
-    """Block until the broker answers a metadata request."""
-    cluster_metadata(settings, timeout)
+def wait_for_broker(
+    settings: KafkaSettings, timeout: float, between: Callable[[], None] = lambda: None
+) -> None:
+    """Block until the broker answers a metadata request; `between` as in cluster_metadata."""
+    cluster_metadata(settings, timeout, between)
 
 
 class Publisher:

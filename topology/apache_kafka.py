@@ -9,15 +9,9 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from topology.stack import StackError, free_port
-
-if TYPE_CHECKING:
-    from topology.settings import Settings
 
 POM = Path(__file__).parent / "kafka" / "pom.xml"
 VERSION = "4.1.2"  # keep equal to docker/compose.yaml and the pom
@@ -56,22 +50,6 @@ def fetch_jars() -> Path:
     return libs
 
 
-@contextmanager
-def apache_kafka(settings: Settings, workdir: Path, port: int = 0) -> Iterator[Settings]:
-    """Apache Kafka in `workdir`, on `port` (0: a free one), while the block runs: yields
-    `settings` pointing at it."""
-    if not java_available():
-        raise StackError("Apache Kafka needs java (17 or later) and mvn on PATH")
-    kafka = ApacheKafka(workdir, port=port)
-    try:
-        kafka.start()  # a start that failed may have left the JVM running: stopped below
-        yield settings.model_copy(
-            update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": kafka.bootstrap})}
-        )
-    finally:
-        kafka.stop()
-
-
 class ApacheKafka:
     def __init__(self, workdir: Path, sasl_users: dict[str, str] | None = None, port: int = 0) -> None:
         """`sasl_users`: serve SASL_PLAINTEXT with the PLAIN mechanism for these users;
@@ -84,6 +62,16 @@ class ApacheKafka:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90) -> None:
+        command = self.command()
+        log = (self.workdir / "kafka.log").open("ab")
+        self._proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        self._wait(timeout)
+
+    def command(self) -> list[str]:
+        """Write the configuration, format an empty log directory, and return the command
+        that runs the broker (`LocalStack` runs it as its `broker` process)."""
+        if not java_available():
+            raise StackError("Apache Kafka needs java (17 or later) and mvn on PATH")
         libs = fetch_jars()
         self.workdir.mkdir(parents=True, exist_ok=True)
         props = self.workdir / "server.properties"
@@ -140,13 +128,7 @@ class ApacheKafka:
                 f"exit {formatted.returncode}"
             ]
             raise StackError(f"formatting Kafka's log directory failed: {said[-1]}")
-        log = (self.workdir / "kafka.log").open("ab")
-        self._proc = subprocess.Popen(  # noqa: S603
-            [*java, "kafka.Kafka", str(props)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self._wait(timeout)
+        return [*java, "kafka.Kafka", str(props)]
 
     def _wait(self, timeout: float) -> None:
         from confluent_kafka.admin import AdminClient

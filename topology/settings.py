@@ -102,6 +102,12 @@ class StackSettings(BaseModel):
     data_dir: Path = Field(
         default=Path(".llmops"), description="Milvus Lite data and logs of the local stack."
     )
+    broker: Literal["tansu", "kafka"] = Field(
+        default="tansu",
+        description="tansu: the embedded broker, topics in memory, slower as they fill "
+        "(docs/scaling.md); kafka: Apache Kafka on one node (java 17 and mvn; its jars are "
+        "fetched once), its topics under data_dir/kafka. Both start with empty topics.",
+    )
     broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")
     milvus_port: int = Field(default=19530, ge=0, le=65535, description="0 picks a free port.")
     milvus_blas_threads: int = Field(

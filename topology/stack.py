@@ -74,8 +74,8 @@ class LocalStack:
         broker: bool = True,
         env: dict[str, str] | None = None,
     ) -> None:
-        """`broker=False` uses the Kafka in settings.kafka (Apache Kafka, say) instead of
-        starting Tansu; `worker=False` leaves starting workers to the caller; `env`: more
+        """`broker=False` uses the Kafka in settings.kafka instead of starting the broker that
+        settings.stack.broker names; `worker=False` leaves starting workers to the caller; `env`: more
         LLMOPS_* settings for the processes it starts (LLMOPS_LLM__BACKEND=openai, say)."""
         cfg = settings.stack
         self._extra_env = dict(env or {})
@@ -181,25 +181,14 @@ class LocalStack:
         began = time.monotonic()
         timeout = self._base.stack.ready_timeout_s
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # Before the LLM server: Apache Kafka's command fails at once without java.
+        broker = self._broker_command() if self._with_broker else None
         if self.local_llm:  # first: it loads its model while the others start
             self._spawn_llm()
-        if self._with_broker:
-            listener = f"tcp://127.0.0.1:{self.broker_port}"
-            self._spawn(
-                "broker",
-                [
-                    tansu_binary(),
-                    "broker",
-                    "--listener-url",
-                    listener,
-                    "--advertised-listener-url",
-                    listener,
-                    "--storage-engine",
-                    "memory://tansu/",
-                ],
-            )
+        if broker is not None:
+            self._spawn("broker", broker)
         self._spawn_milvus()
-        wait_for_broker(self.settings.kafka, timeout)
+        wait_for_broker(self.settings.kafka, timeout, between=self._check_alive)
         self._wait_for_milvus(timeout)
         if self.local_llm:
             self.timings["llm_ready_s"] = self._wait_for_llm(timeout - (time.monotonic() - began))
@@ -214,6 +203,23 @@ class LocalStack:
             self._watcher = threading.Thread(target=self._watch_llm, name="llm-watcher", daemon=True)
             self._watcher.start()
         self.timings["ready_s"] = time.monotonic() - began
+
+    def _broker_command(self) -> list[str]:
+        if self._base.stack.broker == "kafka":
+            from topology.apache_kafka import ApacheKafka
+
+            return ApacheKafka(self.data_dir / "kafka", port=self.broker_port).command()
+        listener = f"tcp://127.0.0.1:{self.broker_port}"
+        return [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
 
     def _spawn_llm(self) -> None:
         self._spawn("llm", server_argv(self._base.local_llm, self.llm_port))

@@ -12,7 +12,7 @@ import pytest
 from connectors.clickhouse import AnalyticsStore, ClickHouseSettings
 from connectors.embedder import OnnxEmbedder
 from tests.integration.analytics_fixtures import opened, store_settings
-from topology.apache_kafka import apache_kafka, java_available
+from topology.apache_kafka import java_available
 from topology.settings import Settings
 from topology.stack import LocalStack
 
@@ -96,10 +96,8 @@ def require_java(tier: str) -> None:
 def kafka_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     require_java("Apache Kafka tier")
     settings = stack_settings(base_settings, tmp_path_factory.mktemp("kafka-stack"))
-    with (
-        apache_kafka(settings, tmp_path_factory.mktemp("kafka")) as settings,
-        LocalStack(settings, broker=False) as stack,
-    ):
+    settings = settings.model_copy(update={"stack": settings.stack.model_copy(update={"broker": "kafka"})})
+    with LocalStack(settings) as stack:
         yield stack
 
 

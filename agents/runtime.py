@@ -160,6 +160,10 @@ class StageRunner:
     # stage send, after its output: the awaitables of those deliveries.
     announce: Announce | None = None
     observer: StageObserver | None = None
+    # The stage that reads this one's output topic, when it runs in the same process and
+    # takes the outputs in-process instead (chained): no encode, broker hop or decode.
+    then: StageRunner | None = None
+    topic: str = ""  # the topic this stage reads: where its chained events' dead letters point
 
     async def process(self, batch: Sequence[Incoming]) -> None:
         """Handle one micro-batch; returns once every output is acknowledged by the broker,
@@ -170,7 +174,7 @@ class StageRunner:
         """Handle one micro-batch and queue its outputs; returns their deliveries, which
         must all succeed before the batch's offsets may be committed."""
         deliveries: list[Awaitable[Any]] = []
-        pending: list[tuple[Incoming, Event]] = []
+        pending: list[tuple[Incoming | None, Event]] = []
         started_at = utc_now()
         if self.observer is not None:
             self.observer.batch(self.name, len(batch))
@@ -188,6 +192,20 @@ class StageRunner:
                     pending.append((message, decode(message.value, self.input_model)))
             except InvalidEvent as exc:
                 deliveries += await self._fail(message, None, exc, 1, started_at)
+        return deliveries + await self._handle(pending, started_at)
+
+    async def take(self, events: Sequence[Event]) -> list[Awaitable[Any]]:
+        """Handle the outputs of the stage chained before this one, as `dispatch` handles
+        a micro-batch read from the topic (they are decoded already)."""
+        if self.observer is not None:
+            self.observer.batch(self.name, len(events))
+        return await self._handle([(None, event) for event in events], utc_now())
+
+    async def _handle(
+        self, pending: list[tuple[Incoming | None, Event]], started_at: datetime
+    ) -> list[Awaitable[Any]]:
+        deliveries: list[Awaitable[Any]] = []
+        chained: list[Event] = []
         attempt = 1
         while pending:
             started = time.perf_counter()
@@ -195,7 +213,7 @@ class StageRunner:
             elapsed_ms = (time.perf_counter() - started) * 1000
             if self.observer is not None:
                 self.observer.handled(self.name, elapsed_ms / 1000)
-            retry: list[tuple[Incoming, Event]] = []
+            retry: list[tuple[Incoming | None, Event]] = []
             for (message, event), result in zip(pending, results, strict=True):
                 if isinstance(result, TransientError) and attempt < self.settings.max_attempts:
                     retry.append((message, event))
@@ -205,7 +223,10 @@ class StageRunner:
                 elif result is not None:
                     self._observe("ok")
                     result = _with_timing(result, event, self.name, elapsed_ms)
-                    deliveries.append(await self.emit(result.trace_id.encode(), encode(result)))
+                    if self.then is None:
+                        deliveries.append(await self.emit(result.trace_id.encode(), encode(result)))
+                    else:
+                        chained.append(result)
                     deliveries += await self._report(event, result, event.trace_id, event.tenant, started_at)
                     deliveries += await self._announce(event, result)
                 else:
@@ -217,7 +238,15 @@ class StageRunner:
                 log.warning("%s: retrying %d event(s) in %.2fs", self.name, len(pending), delay)
                 await asyncio.sleep(delay)
                 attempt += 1
+        if chained:
+            # A delivery like the others: the batch's offsets wait for the whole chain's
+            # outputs, while this stage goes on to its next batch.
+            deliveries.append(asyncio.ensure_future(self._hand_on(chained)))
         return deliveries
+
+    async def _hand_on(self, events: list[Event]) -> None:
+        assert self.then is not None
+        await asyncio.gather(*await self.then.take(events))
 
     def _observe(self, outcome: str) -> None:
         if self.observer is not None:
@@ -240,12 +269,15 @@ class StageRunner:
 
     async def _fail(
         self,
-        message: Incoming,
+        message: Incoming | None,
         event: Event | None,
         error: BaseException,
         attempts: int,
         started_at: datetime,
     ) -> list[Awaitable[Any]]:
+        if message is None:  # handed over in-process: never on a partition
+            assert event is not None
+            message = Incoming(self.topic, -1, -1, event.trace_id.encode(), encode(event))
         letter = dead_letter_for(self.name, message, event, error, attempts)
         self._observe("dead_lettered")
         known_trace = _identify(message, event)[0]

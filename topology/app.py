@@ -21,7 +21,7 @@ from connectors.milvus_artifacts import MilvusArtifacts
 from connectors.ports import Deltas
 from schemas.errors import LLMOpsError
 from topology.conversations import KeyedByText, announcer, conversations_table, sweep_idle
-from topology.graph import STAGES
+from topology.graph import STAGES, chained_stages
 from topology.settings import Settings
 from topology.stage_consumer import StageConsumer, StageConsumerService, consumer_config
 from topology.topics import REGISTRY_TABLE, registry_topic
@@ -175,8 +175,10 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
         stage_consumer = librdkafka_stages(settings, ready=deps.ready)
         cast(PipelineApp, app).on_app_start.append(stage_consumer.start)
         app.service(StageConsumerService(stage_consumer))  # type: ignore[arg-type]  # an instance works too
-    for stage in STAGES:
-        runner = StageRunner(
+    runners: dict[str, StageRunner] = {}
+    chains = chained_stages(STAGES) if worker.chain_stages else {}
+    for stage in reversed(STAGES):  # a chained stage's successor first
+        runners[stage.name] = StageRunner(
             name=stage.name,
             input_model=stage.input_model,
             handler=stage.handler,
@@ -190,7 +192,11 @@ def create_app(settings: Settings, deps: Dependencies | None = None) -> faust.Ap
             decoder=stage.decoder,
             announce=announcer(stage, publisher, names, settings.telemetry),
             observer=metrics,
+            then=runners[chains[stage.name]] if stage.name in chains else None,
+            topic=getattr(names, stage.consumes),
         )
+    for stage in STAGES:
+        runner = runners[stage.name]
         if stage_consumer is not None and stage.keeps is None:  # a table stays with faust
             stage_consumer.add(stage.name, getattr(names, stage.consumes), runner.dispatch)
             continue

@@ -291,6 +291,23 @@ LEADER_TIMERS: tuple[LeaderTimer, ...] = (
 )
 
 
+def chained_stages(stages: Sequence[Stage]) -> dict[str, str]:
+    """Stage name -> the stage that takes its outputs in-process when the worker chains
+    stages (`worker.chain_stages`): the one stage that reads its output topic, neither of
+    them keeping a table (a table's stage stays on faust's consumer and changelog)."""
+    readers: dict[str, list[Stage]] = {}
+    for stage in stages:
+        readers.setdefault(stage.consumes, []).append(stage)
+    chains: dict[str, str] = {}
+    for at, stage in enumerate(stages):
+        match readers.get(stage.produces, []):
+            case [then] if stage.keeps is None and then.keeps is None:
+                if stages.index(then) <= at:  # the worker builds a successor first
+                    raise ValueError(f"stage {then.name} must come after {stage.name}, which it follows")
+                chains[stage.name] = then.name
+    return chains
+
+
 def _id(name: str) -> str:
     return name.replace("-", "_")
 

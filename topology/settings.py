@@ -77,6 +77,14 @@ class WorkerSettings(BaseModel):
         description="Messages the librdkafka stage consumer hands to the stages and they "
         "have not finished; beyond it the consumer pauses its partitions (backpressure).",
     )
+    chain_stages: bool = Field(
+        default=True,
+        description="A stage that keeps no table hands its outputs to the next such stage "
+        "in the same worker directly (one batch goes prompting to generation with no broker "
+        "hop between; offsets are stored once the answers are acknowledged). Off: every "
+        "stage's output goes through its topic (prompts, embeddings, contexts), e.g. to "
+        "read those topics or run stages in separate workers.",
+    )
     metrics_port: int = Field(
         default=0,
         ge=0,

@@ -3,6 +3,7 @@ dead-letter, retries for transient errors, replies for failed requests."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 
@@ -212,3 +213,69 @@ async def test_telemetry_can_be_switched_off():
     )
     await stage.process([message(query("ok"))])
     assert telemetry.sent == []
+
+
+def chained(then_handler) -> tuple[StageRunner, Topic, Topic, Topic, Topic]:
+    """prompting chained to a second stage (`worker.chain_stages`): prompting's own topic,
+    the second stage's topic, the dead letters and the replies."""
+    first, skipped, dlq, replies = runner(per_event(assemble))
+    out = Topic()
+    then = dataclasses.replace(
+        first,
+        name="checking",
+        input_model=PromptAssembled,
+        handler=per_event(then_handler),
+        emit=out.send,
+        topic="prompts",
+    )
+    return dataclasses.replace(first, then=then), skipped, out, dlq, replies
+
+
+async def check(event: PromptAssembled, deps: object) -> PromptAssembled:
+    if event.trace_id == "refused":
+        raise PermanentError("refused downstream")
+    return event.follow(PromptAssembled, "checking", prompt=SPEC, latency_ms=event.latency_ms)
+
+
+async def test_a_chained_stage_takes_the_outputs_in_process_and_the_batch_waits_for_it():
+    stage, skipped, out, dlq, _ = chained(check)
+    deliveries = await stage.dispatch([message(query("t1")), message(query("t2"))])
+    await asyncio.gather(*deliveries)  # what the consumer awaits before storing offsets
+    assert skipped.sent == [] and dlq.sent == []
+    assert [k for k, _ in out.sent] == [b"t1", b"t2"]
+    assert set(decode(out.sent[0][1], PromptAssembled).latency_ms) == {"prompting", "checking"}
+
+
+async def test_a_chained_stage_that_fails_an_event_dead_letters_it_replayably():
+    stage, skipped, out, dlq, replies = chained(check)
+    await stage.process([message(query("refused")), message(query("fine"))])
+    assert [k for k, _ in out.sent] == [b"fine"] and skipped.sent == []
+    letter = decode(dlq.sent[0][1], DeadLetter)
+    assert (letter.stage, letter.topic, letter.partition, letter.offset, letter.key) == (
+        "checking",
+        "prompts",
+        -1,
+        -1,
+        b"refused",
+    )
+    # The original is what the topic would have carried: replaying it there works.
+    assert decode(letter.original, PromptAssembled).trace_id == "refused"
+    assert decode(replies.sent[0][1], RequestFailed).stage == "checking"
+
+
+async def test_a_chained_stage_whose_delivery_fails_fails_the_first_batch():
+    stage, _, out, _, _ = chained(check)
+
+    async def refused(key: bytes, value: bytes):
+        async def failed() -> None:
+            raise KafkaDeliveryFailed("broker said no")
+
+        return failed()
+
+    stage = dataclasses.replace(stage, then=dataclasses.replace(stage.then, emit=refused))
+    with pytest.raises(KafkaDeliveryFailed):
+        await stage.process([message(query("t1"))])
+
+
+class KafkaDeliveryFailed(Exception):
+    pass

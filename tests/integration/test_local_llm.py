@@ -41,6 +41,8 @@ ENV = {
     "LLMOPS_PIPELINE__PROMPT__MAX_TOKENS": str(MAX_TOKENS),
     "LLMOPS_PIPELINE__PROMPT__TEMPERATURE": "0",
     "LLMOPS_PIPELINE__PROMPT__SEED": str(SEED),
+    # The HyDE test reads the passage off the prompts topic, which chained stages skip.
+    "LLMOPS_WORKER__CHAIN_STAGES": "false",
 }
 N_CTX, SLOTS = 2048, 2  # 1,024 tokens a slot
 

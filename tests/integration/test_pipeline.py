@@ -4,18 +4,20 @@ come back grounded in Milvus-retrieved passages. Runs on Tansu and on Apache Kaf
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from connectors.analytics import Analytics
 from connectors.client import Client, RequestError
 from connectors.kafka import Publisher, librdkafka_config
 from connectors.milvus import MilvusStore
 from schemas import DeadLetter, decode
+from topology.faults import on_topic
 from topology.samples import python_reference
 from topology.stack import LocalStack
 
@@ -84,6 +86,29 @@ async def test_answers_come_from_the_askers_tenant_only(stack: LocalStack):
         other = await client.ask("What is a lambda expression?", tenant=beta)
         assert other.passages
         assert {p.doc_id for p in other.passages} <= {"pydoc-try", "pydoc-yield", "pydoc-while"}
+
+
+async def test_the_query_path_runs_chained_in_process_and_reports_every_stage(stack: LocalStack):
+    owner = tenant("chain")
+    async with Client(stack.settings) as client:
+        await client.ingest(docs("lambda"), tenant=owner)
+        answer = await client.ask("What is a lambda expression?", tenant=owner, retrieval_mode="dense")
+    assert "anonymous functions" in answer.answer
+    trace, topics = answer.trace_id.encode(), stack.settings.kafka.topics
+
+    def ours(message: Message) -> str | None:
+        return "ours" if message.key() == trace else None
+
+    # worker.chain_stages (the default): no hop through the topics between the stages.
+    for field in ("prompts", "embeddings", "contexts"):
+        assert not on_topic(stack, getattr(topics, field), ours), field
+    assert on_topic(stack, topics.responses, ours)["ours"] >= 1
+    reported = on_topic(
+        stack,
+        topics.telemetry,
+        lambda m: json.loads(m.value())["stage"] if m.key() == trace else None,
+    )
+    assert set(reported) == {"prompting", "embedding", "retrieval", "generation"}
 
 
 async def test_ingesting_the_same_documents_twice_changes_nothing(stack: LocalStack):

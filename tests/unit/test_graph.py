@@ -1,8 +1,10 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from topology.analytics_app import create_analytics_app
-from topology.graph import ENTRY_POINTS, LEADER_TIMERS, SINKS, STAGES, mermaid
+from topology.graph import ENTRY_POINTS, LEADER_TIMERS, SINKS, STAGES, Stage, chained_stages, mermaid
 from topology.settings import Settings
 from topology.stage_consumer import StageConsumerService
 
@@ -28,6 +30,22 @@ def test_stage_names_are_unique_and_match_agent_modules():
     assert len(names) == len(set(names))
     for stage in STAGES:
         assert stage.handler.__module__ == f"agents.{stage.name}"
+
+
+def test_the_query_path_is_chained_from_prompting_to_generation_and_nothing_else_is():
+    assert chained_stages(STAGES) == {
+        "prompting": "embedding",
+        "embedding": "retrieval",
+        "retrieval": "generation",
+    }  # the conversation stage keeps a table; indexing's topic has no reader
+
+
+def test_a_topic_read_by_two_stages_or_out_of_order_is_not_chained():
+    prompting, embedding = (next(s for s in STAGES if s.name == n) for n in ("prompting", "embedding"))
+    second_reader = Stage(**{**vars(embedding), "name": "shadow"})
+    assert chained_stages((prompting, embedding, second_reader)) == {}
+    with pytest.raises(ValueError, match="embedding must come after prompting"):
+        chained_stages((embedding, prompting))
 
 
 def test_every_sink_reads_a_topic_something_feeds():

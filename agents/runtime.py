@@ -36,6 +36,8 @@ Result = Event | None | BaseException
 BatchHandler = Callable[[Sequence[Any], Any], Awaitable[Sequence[Result]]]
 # (the event a stage took or None, its output or error) -> the deliveries of what it sent.
 Announce = Callable[[Event | None, Event | BaseException], Awaitable[list[Awaitable[Any]]]]
+# A StageCompleted report as sent: (key, value).
+Report = tuple[bytes, bytes]
 
 
 class Backoff(BaseModel):
@@ -192,17 +194,18 @@ class StageRunner:
                     pending.append((message, decode(message.value, self.input_model)))
             except InvalidEvent as exc:
                 deliveries += await self._fail(message, None, exc, 1, started_at)
-        return deliveries + await self._handle(pending, started_at)
+        return deliveries + await self._handle(pending, started_at, [])
 
-    async def take(self, events: Sequence[Event]) -> list[Awaitable[Any]]:
+    async def take(self, events: Sequence[Event], held: Sequence[Report] = ()) -> list[Awaitable[Any]]:
         """Handle the outputs of the stage chained before this one, as `dispatch` handles
-        a micro-batch read from the topic (they are decoded already)."""
+        a micro-batch read from the topic (they are decoded already). `held`: the earlier
+        stages' StageCompleted reports, sent with the chain's last outputs."""
         if self.observer is not None:
             self.observer.batch(self.name, len(events))
-        return await self._handle([(None, event) for event in events], utc_now())
+        return await self._handle([(None, event) for event in events], utc_now(), list(held))
 
     async def _handle(
-        self, pending: list[tuple[Incoming | None, Event]], started_at: datetime
+        self, pending: list[tuple[Incoming | None, Event]], started_at: datetime, held: list[Report]
     ) -> list[Awaitable[Any]]:
         deliveries: list[Awaitable[Any]] = []
         chained: list[Event] = []
@@ -219,7 +222,7 @@ class StageRunner:
                     retry.append((message, event))
                     self._observe("retried")
                 elif isinstance(result, BaseException):
-                    deliveries += await self._fail(message, event, result, attempt, started_at)
+                    deliveries += await self._fail(message, event, result, attempt, started_at, held)
                 elif result is not None:
                     self._observe("ok")
                     result = _with_timing(result, event, self.name, elapsed_ms)
@@ -227,11 +230,15 @@ class StageRunner:
                         deliveries.append(await self.emit(result.trace_id.encode(), encode(result)))
                     else:
                         chained.append(result)
-                    deliveries += await self._report(event, result, event.trace_id, event.tenant, started_at)
+                    deliveries += await self._report(
+                        event, result, event.trace_id, event.tenant, started_at, held
+                    )
                     deliveries += await self._announce(event, result)
                 else:
                     self._observe("ok")
-                    deliveries += await self._report(event, None, event.trace_id, event.tenant, started_at)
+                    deliveries += await self._report(
+                        event, None, event.trace_id, event.tenant, started_at, held
+                    )
             pending = retry
             if pending:
                 delay = self.settings.backoff.delay(attempt)
@@ -241,12 +248,15 @@ class StageRunner:
         if chained:
             # A delivery like the others: the batch's offsets wait for the whole chain's
             # outputs, while this stage goes on to its next batch.
-            deliveries.append(asyncio.ensure_future(self._hand_on(chained)))
+            deliveries.append(asyncio.ensure_future(self._hand_on(chained, held)))
+        elif held:
+            assert self.telemetry is not None
+            deliveries += [await self.telemetry(key, value) for key, value in held]
         return deliveries
 
-    async def _hand_on(self, events: list[Event]) -> None:
+    async def _hand_on(self, events: list[Event], held: list[Report]) -> None:
         assert self.then is not None
-        await asyncio.gather(*await self.then.take(events))
+        await asyncio.gather(*await self.then.take(events, held))
 
     def _observe(self, outcome: str) -> None:
         if self.observer is not None:
@@ -274,6 +284,7 @@ class StageRunner:
         error: BaseException,
         attempts: int,
         started_at: datetime,
+        held: list[Report] | None = None,
     ) -> list[Awaitable[Any]]:
         if message is None:  # handed over in-process: never on a partition
             assert event is not None
@@ -283,7 +294,7 @@ class StageRunner:
         known_trace = _identify(message, event)[0]
         trace_id, tenant = letter.trace_id, letter.tenant
         sent = [await self.dead_letter(trace_id.encode(), encode(letter))]
-        sent += await self._report(event, error, trace_id, tenant, started_at)
+        sent += await self._report(event, error, trace_id, tenant, started_at, held)
         if self.reply is not None and known_trace is not None:
             failed = RequestFailed(
                 trace_id=trace_id,
@@ -313,7 +324,10 @@ class StageRunner:
         trace_id: str,
         tenant: str,
         started_at: datetime,
+        held: list[Report] | None = None,
     ) -> list[Awaitable[Any]]:
+        """Send the StageCompleted report, or, in a chained stage, hold it (`held`) to go
+        with the chain's last outputs: one produce request for all, not one per stage."""
         if self.telemetry is None or not self.telemetry_settings.enabled:
             return []
         try:
@@ -323,7 +337,11 @@ class StageRunner:
         except Exception:  # a bug in reporting must not stop the pipeline: the event itself went on
             log.exception("%s: no telemetry for trace %s", self.name, trace_id)
             return []
-        return [await self.telemetry(trace_id.encode(), encode(completed))]
+        report = (trace_id.encode(), encode(completed))
+        if held is not None and self.then is not None:
+            held.append(report)
+            return []
+        return [await self.telemetry(*report)]
 
 
 def dead_letter_for(

@@ -82,8 +82,8 @@ class WorkerSettings(BaseModel):
         description="A stage that keeps no table hands its outputs to the next such stage "
         "in the same worker directly (one batch goes prompting to generation with no broker "
         "hop between; offsets are stored once the answers are acknowledged). Off: every "
-        "stage's output goes through its topic (prompts, embeddings, contexts), e.g. to "
-        "read those topics or run stages in separate workers.",
+        "stage's output goes through its topic (prompts, embeddings, contexts), for "
+        "whoever reads those topics; each hop then costs a produce, a fetch and a decode.",
     )
     metrics_port: int = Field(
         default=0,

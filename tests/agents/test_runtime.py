@@ -279,3 +279,45 @@ async def test_a_chained_stage_whose_delivery_fails_fails_the_first_batch():
 
 class KafkaDeliveryFailed(Exception):
     pass
+
+
+class Log:
+    """Topics that write what they were sent, in order, to one log."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str]] = []
+
+    def topic(self, name: str):
+        async def send(key: bytes, value: bytes):
+            stage = decode(value, StageCompleted).stage if name == "telemetry" else ""
+            self.entries.append((name, f"{key.decode()} {stage}".strip()))
+
+            async def delivered() -> None:
+                return None
+
+            return delivered()
+
+        return send
+
+
+async def test_a_chain_sends_its_stages_reports_together_with_its_last_outputs():
+    stage, *_ = chained(check)
+    log = Log()
+    then = dataclasses.replace(stage.then, emit=log.topic("out"), telemetry=log.topic("telemetry"))
+    stage = dataclasses.replace(stage, then=then, telemetry=log.topic("telemetry"))
+    await stage.process([message(query("t1")), message(query("bad", "bad"), offset=1)])
+    # prompting failed "bad" and held its reports: sent once nothing of its went on.
+    assert log.entries == [
+        ("out", "t1"),
+        ("telemetry", "t1 checking"),
+        ("telemetry", "t1 prompting"),
+        ("telemetry", "bad prompting"),
+    ]
+
+
+async def test_a_chain_whose_first_stage_passes_nothing_on_still_reports():
+    stage, *_ = chained(check)
+    log = Log()
+    stage = dataclasses.replace(stage, telemetry=log.topic("telemetry"))
+    await stage.process([message(query("bad", "bad"))])
+    assert log.entries == [("telemetry", "bad prompting")]

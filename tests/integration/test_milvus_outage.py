@@ -10,7 +10,8 @@ import time
 import pytest
 
 from connectors.client import Client, RequestError
-from tests.integration.test_pipeline import docs, tenant
+from tests.integration.test_dlq import llmops, responses_for
+from tests.integration.test_pipeline import dead_letters, docs, tenant
 from topology.stack import LocalStack
 
 
@@ -39,6 +40,19 @@ async def test_a_milvus_outage_fails_questions_in_time_and_heals_by_itself(kafka
     failure = failed.value.failure
     assert failure.stage == "retrieval" and failure.error_type == "TransientError", failure
     assert answer.passages and answer.passages[0].doc_id == "pydoc-lambda"
+
+    # Retrieval took the question in-process from embedding (chained stages): its letter
+    # names the topic it would have come from, and replaying it there gets the answer.
+    [letter] = dead_letters(stack, failure.trace_id.encode())
+    assert (letter.stage, letter.topic, letter.partition) == (
+        "retrieval",
+        stack.settings.kafka.topics.embeddings,
+        -1,
+    )
+    replayed = llmops(stack, "dlq", "replay", "--since", "1h", "--id", letter.event_id)
+    assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stderr
+    [again] = responses_for(stack, failure.trace_id, timeout=15)
+    assert again.passages and again.passages[0].doc_id == "pydoc-lambda"
     print(
         f"Milvus down: failed after {failed_in:.1f}s; server up again in {back - restarted:.1f}s, "
         f"answered {answered_in:.2f}s later (question {attempts})"

@@ -239,6 +239,10 @@ class StageRunner:
                     deliveries += await self._report(
                         event, None, event.trace_id, event.tenant, started_at, held
                     )
+            if self.then is None and held:  # the last stage: reports in the order of the stages
+                assert self.telemetry is not None
+                deliveries += [await self.telemetry(key, value) for key, value in held]
+                held.clear()
             pending = retry
             if pending:
                 delay = self.settings.backoff.delay(attempt)
@@ -326,8 +330,10 @@ class StageRunner:
         started_at: datetime,
         held: list[Report] | None = None,
     ) -> list[Awaitable[Any]]:
-        """Send the StageCompleted report, or, in a chained stage, hold it (`held`) to go
-        with the chain's last outputs: one produce request for all, not one per stage."""
+        """Send the StageCompleted report, or hold it (`held`): a batch's reports go after
+        its outputs, a chain's with its last stage's, in the order of the stages (the
+        OTLP request span is built when the last stage's report comes): one produce
+        request, not one per stage."""
         if self.telemetry is None or not self.telemetry_settings.enabled:
             return []
         try:
@@ -338,7 +344,7 @@ class StageRunner:
             log.exception("%s: no telemetry for trace %s", self.name, trace_id)
             return []
         report = (trace_id.encode(), encode(completed))
-        if held is not None and self.then is not None:
+        if held is not None:
             held.append(report)
             return []
         return [await self.telemetry(*report)]

@@ -306,12 +306,12 @@ async def test_a_chain_sends_its_stages_reports_together_with_its_last_outputs()
     then = dataclasses.replace(stage.then, emit=log.topic("out"), telemetry=log.topic("telemetry"))
     stage = dataclasses.replace(stage, then=then, telemetry=log.topic("telemetry"))
     await stage.process([message(query("t1")), message(query("bad", "bad"), offset=1)])
-    # prompting failed "bad" and held its reports: sent once nothing of its went on.
+    # prompting's reports (its failure of "bad" too) go with the last stage's, before them.
     assert log.entries == [
         ("out", "t1"),
-        ("telemetry", "t1 checking"),
         ("telemetry", "t1 prompting"),
         ("telemetry", "bad prompting"),
+        ("telemetry", "t1 checking"),
     ]
 
 

@@ -44,10 +44,14 @@ async def test_a_killed_worker_loses_reorders_and_doubles_no_turn(kafka_stack: L
             return answers
 
         async def crash() -> float:
-            await asyncio.sleep(2.5)
+            # On a count, not a clock: a fast pipeline answers every turn in a few seconds.
+            deadline = time.monotonic() + 120
+            while len(answered) < CONVERSATIONS * TURNS // 4:
+                assert time.monotonic() < deadline, f"only {len(answered)} turns answered in 120 s"
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(stack.stop_process, "worker", signal.SIGKILL)
             nonlocal before_kill
             before_kill = len(answered)
-            await asyncio.to_thread(stack.stop_process, "worker", signal.SIGKILL)
             began = time.monotonic()
             await asyncio.to_thread(stack.start_worker)
             return time.monotonic() - began

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 from connectors.client import Client
 from connectors.kafka import librdkafka_config
 from schemas import ResponseGenerated
-from schemas.conversations import ConversationState, conversation_key
+from schemas.conversations import ConversationState, TurnCompleted, conversation_key
 from tests.integration.test_pipeline import docs, tenant
 from topology.stack import LocalStack
 from topology.topics import conversations_topic
@@ -63,7 +63,9 @@ async def test_a_killed_worker_loses_reorders_and_doubles_no_turn(kafka_stack: L
     for c, answers in enumerate(conversations):
         state = states[f"{run}-{c}"]
         assert state.turn_count == TURNS, (c, state.turn_count)  # each turn once
-        assert [t.trace_id for t in state.turns] == [a.trace_id for a in answers]  # in order
+        remembered = [(t.trace_id[:8], t.question) for t in state.turns]
+        asked = [(a.trace_id[:8], a.question) for a in answers]
+        assert remembered == asked, (c, before_kill, turns_given_up(stack, owner, f"{run}-{c}"))  # in order
         assert [t.question for t in state.turns] == [a.question for a in answers]
         for before, turn in zip(state.turns, state.turns[1:], strict=False):
             assert turn.standalone == f"{before.question} {turn.question}", (c, turn)  # with its memory
@@ -76,6 +78,23 @@ async def test_a_killed_worker_loses_reorders_and_doubles_no_turn(kafka_stack: L
 
 def latest_records(stack: LocalStack, topic: str) -> dict[bytes, bytes | None]:
     """Each key's last value on `topic`, read from the start of every partition to its end."""
+    return dict(all_records(stack, topic))
+
+
+def turns_given_up(stack: LocalStack, owner: str, conversation: str) -> list[str]:
+    """The failed turns a conversation's worker announced, with their reasons (what to
+    look at when a turn is remembered out of order)."""
+    key = conversation_key(owner, conversation).encode()
+    found = []
+    for k, value in all_records(stack, stack.settings.kafka.topics.turns):
+        if k == key and value is not None and b'"ok":false' in value:
+            done = TurnCompleted.model_validate_json(value)
+            found.append(f"{done.trace_id[:8]} by {done.producer}: {done.reason}")
+    return found
+
+
+def all_records(stack: LocalStack, topic: str) -> list[tuple[bytes, bytes | None]]:
+    """Every (key, value) on `topic`, from the start of every partition to its end."""
     consumer = Consumer(
         librdkafka_config(
             stack.settings.kafka, **{"group.id": f"t-{uuid.uuid4().hex}", "enable.auto.commit": False}
@@ -88,13 +107,13 @@ def latest_records(stack: LocalStack, topic: str) -> dict[bytes, bytes | None]:
             if high > low:
                 ends[p] = high
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        found: dict[bytes, bytes | None] = {}
+        found: list[tuple[bytes, bytes | None]] = []
         deadline = time.monotonic() + 30
         while ends:
             assert time.monotonic() < deadline, f"reading {topic} took longer than 30 s"
             for message in consumer.consume(num_messages=500, timeout=0.5):
                 if message.error() is None:
-                    found[message.key() or b""] = message.value()
+                    found.append((message.key() or b"", message.value()))
                     partition, offset = message.partition() or 0, message.offset() or 0
                     if offset + 1 >= ends.get(partition, 0):
                         ends.pop(partition, None)

@@ -35,6 +35,7 @@ from schemas import (
 )
 from schemas.codec import describe
 from schemas.conversations import (
+    FINISHED_KEPT,
     RESERVED_VARIABLES,
     ConversationState,
     Turn,
@@ -120,8 +121,10 @@ def step(
         raise PermanentError("conversation key collision")  # unreachable: conversation_key is injective
     if event.trace_id == state.in_flight:
         return state, _with_memory(event, state, settings)
-    if event.trace_id in {t.trace_id for t in state.turns} or event.trace_id in _pending_ids(state):
-        return state, None
+    if event.trace_id in state.finished or event.trace_id in _pending_ids(state):
+        return state, None  # a redelivered question of a turn that is over, or waiting
+    if event.trace_id in {t.trace_id for t in state.turns}:
+        return state, None  # the same, in a state stored before `finished` was kept
     queued = state.model_copy(
         update={"pending": [*state.pending, event.model_dump_json()], "updated_at": now}
     )
@@ -172,8 +175,16 @@ def _remember(
 
 
 def _idle(state: ConversationState, now: datetime) -> ConversationState:
+    """The turn in flight is over (answered, failed or given up on)."""
+    finished = state.finished if state.in_flight is None else [*state.finished, state.in_flight]
     return state.model_copy(
-        update={"in_flight": None, "in_flight_since": None, "in_flight_query": "", "updated_at": now}
+        update={
+            "in_flight": None,
+            "in_flight_since": None,
+            "in_flight_query": "",
+            "finished": finished[-FINISHED_KEPT:],
+            "updated_at": now,
+        }
     )
 
 

@@ -22,6 +22,9 @@ MAX_VARIABLES = 16
 Variables = Annotated[dict[VariableName, VariableValue], Field(max_length=MAX_VARIABLES)]
 # Names the pipeline fills itself; a user variable of the same name would be overwritten.
 RESERVED_VARIABLES = frozenset({"question", "context", "history", "examples"})
+# Turns of a conversation run one at a time, so a redelivery after a crash reaches back a
+# few turns at most: this many finished trace ids cover it.
+FINISHED_KEPT = 16
 
 
 def conversation_key(tenant: str, conversation_id: str) -> str:
@@ -79,4 +82,10 @@ class ConversationState(Frozen):
     in_flight_since: AwareDatetime | None = None
     in_flight_query: str = Field(default="", description="That turn's QueryReceived JSON, to send again.")
     pending: list[str] = Field(default_factory=list)
+    finished: list[Identifier] = Field(
+        default_factory=list,
+        description=f"The trace ids of the last {FINISHED_KEPT} turns that are over (answered, failed or "
+        "given up on), newest last: a redelivered question of one of them never starts again, even "
+        "after it left the memory or when it failed.",
+    )
     updated_at: AwareDatetime = Field(default_factory=utc_now)

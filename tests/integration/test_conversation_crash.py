@@ -63,7 +63,11 @@ async def test_a_killed_worker_loses_reorders_and_doubles_no_turn(kafka_stack: L
     states = await asyncio.to_thread(memories, stack, owner, [f"{run}-{c}" for c in range(CONVERSATIONS)], 60)
     for c, answers in enumerate(conversations):
         state = states[f"{run}-{c}"]
-        assert state.turn_count == TURNS, (c, state.turn_count)  # each turn once
+        assert state.turn_count == TURNS, (  # each turn once
+            c,
+            state.turn_count,
+            turns_given_up(stack, owner, f"{run}-{c}"),
+        )
         assert [t.trace_id for t in state.turns] == [a.trace_id for a in answers], (  # in order
             c,
             turns_given_up(stack, owner, f"{run}-{c}"),

@@ -25,7 +25,7 @@ from schemas import (
     encode,
     utc_now,
 )
-from schemas.conversations import ConversationState, Turn, TurnCompleted, conversation_key
+from schemas.conversations import FINISHED_KEPT, ConversationState, Turn, TurnCompleted, conversation_key
 from schemas.prompts import PromptVersion, VariableSpec
 from schemas.telemetry import StageCompleted
 
@@ -133,6 +133,44 @@ def test_redelivered_events_change_nothing_but_an_in_flight_turn_is_sent_again()
     assert again == state and started is None
     again, started = step(state, turn("q1", "t1"), SETTINGS, NOW)  # an answered turn, redelivered
     assert again == state and started is None
+
+
+def test_a_turn_that_is_over_never_starts_again_when_its_question_is_redelivered():
+    # t1 failed, t2 was given up on (turn timeout), t3 and t4 were answered and t3 left
+    # the memory (N = 2): a crash redelivers all four questions behind t5's.
+    state, _ = step(None, turn("q1", "t1"), SETTINGS, NOW)
+    state, _ = step(state, done("t1", ok=False), SETTINGS, NOW)
+    state, _ = step(state, turn("q2", "t2"), SETTINGS, NOW)
+    late = NOW + timedelta(seconds=61)
+    state, _ = step(state, turn("q3", "t3"), SETTINGS, late)
+    for n in (3, 4):
+        state, _ = step(state, done(f"t{n}"), SETTINGS, late)
+        state, _ = step(state, turn(f"q{n + 1}", f"t{n + 1}"), SETTINGS, late)
+    state, _ = step(state, done("t5"), SETTINGS, late)
+    assert state is not None and [t.trace_id for t in state.turns] == ["t4", "t5"]
+    assert state.finished == ["t1", "t2", "t3", "t4", "t5"]
+    for n in (1, 2, 3, 4):
+        again, started = step(state, turn(f"q{n}", f"t{n}"), SETTINGS, late)
+        assert again == state and started is None, f"t{n} started again"
+
+
+def test_only_the_last_finished_turns_are_kept():
+    state = None
+    for n in range(FINISHED_KEPT + 3):
+        state, _ = step(state, turn(f"q{n}", f"t{n}"), SETTINGS, NOW)
+        state, _ = step(state, done(f"t{n}"), SETTINGS, NOW)
+    assert state is not None and state.finished == [f"t{n}" for n in range(3, FINISHED_KEPT + 3)]
+
+
+def test_a_state_stored_before_finished_was_kept_still_ignores_its_remembered_turns():
+    state, _ = step(None, turn("q1", "t1"), SETTINGS, NOW)
+    state, _ = step(state, done("t1"), SETTINGS, NOW)
+    assert state is not None
+    stored = state.model_dump(mode="json")
+    del stored["finished"]
+    old = ConversationState.model_validate(stored)
+    again, started = step(old, turn("q1", "t1"), SETTINGS, NOW)
+    assert again == old and started is None
 
 
 def test_memory_keeps_the_last_n_turns_and_a_failed_turn_is_not_remembered():

@@ -24,6 +24,10 @@ On Tansu every step pays for the ones before it: the broker's CPU per answer gro
 the batches its topics hold (docs/scaling.md, *The broker's log*), so compare a rate
 across runs of the same ladder only.
 
+`--half`: after the ladder, a fresh stack (so that Tansu's log from the ladder does not
+weigh on it) is offered half the best answered rate for `--seconds`: the latency at half
+of saturation, measured against the saturation of the same run.
+
 `--profile DIR`: py-spy (if installed) samples the worker (or, `--profile-part analytics`,
 the analytics process) while it is on a CPU during each step, into DIR/PART-RATE.txt
 (raw, collapsed stacks, 200 samples/s)."""
@@ -210,6 +214,7 @@ async def offer(
 async def ramp(
     settings: Settings, rates: list[float], seconds: float, profile: Path | None = None, part: str = "worker"
 ) -> list[dict[str, Any]]:
+    """One step per rate, stopping after the first that answers under 80% of its offer."""
     results = []
     async with Client(settings) as client:
         await client.ingest(python_reference(), timeout=900)
@@ -240,6 +245,11 @@ def main() -> None:
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
     parser.add_argument("--rates", default="2,4,8,16,32,64", help="questions per second, rising")
     parser.add_argument("--seconds", type=float, default=20, help="length of each step")
+    parser.add_argument(
+        "--half",
+        action="store_true",
+        help="then offer half the best answered rate to a fresh stack (the latency at half of saturation)",
+    )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output directory")
     parser.add_argument(
         "--profile-part", choices=["worker", "analytics"], default="worker", help="the process py-spy samples"
@@ -251,6 +261,13 @@ def main() -> None:
         rates = [float(r) for r in args.rates.split(",")]
         results = asyncio.run(ramp(running.settings, rates, args.seconds, args.profile, args.profile_part))
     best = max(r["answered_per_s"] for r in results)
+    if args.half:
+        with tempfile.TemporaryDirectory() as tmp, stack(args.broker, base, Path(tmp)) as running:
+            half = round(best / 2)
+            results += asyncio.run(
+                ramp(running.settings, [half], args.seconds, args.profile, args.profile_part)
+            )
+            results[-1]["half_of_saturation"] = True
     report = {
         "broker": args.broker,
         "seconds_per_step": args.seconds,
@@ -276,6 +293,7 @@ def main() -> None:
         print(
             f"{r['offered_per_s']:>10.0f}{r['answered_per_s']:>11.1f}{r['failures']:>7}"
             f"{p[0]:>9.0f}{p[1]:>9.0f}{p[2]:>9.0f}{cells}"
+            + ("  (half of saturation, fresh stack)" if r.get("half_of_saturation") else "")
         )
     parts = sorted({k for r in results for k in r["cores_busy"]})
     print(f"\ncores busy per part of the stack ({os.cpu_count()} cores), and CPU ms per answer")

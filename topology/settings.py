@@ -65,11 +65,13 @@ class WorkerSettings(BaseModel):
         "an existing deployment starts the other group at the earliest offsets.",
     )
     batches_ahead: int = Field(
-        default=4,
+        default=2,
         ge=1,
         description="Batches a stage read by the librdkafka stage consumer goes on from while "
         "their outputs wait for the broker's acknowledgement (offsets are still stored only "
-        "after it, in order); 1 waits for each batch's before handling the next.",
+        "after it, in order); 1 waits for each batch's before handling the next. With chained "
+        "stages a batch's outputs include the whole chain's, so this also bounds the chains "
+        "running at once; what queues while they do joins the next batch.",
     )
     stage_in_flight: int = Field(
         default=512,

@@ -1,7 +1,8 @@
 """One stage's side of the stage consumer (topology/stage_consumer.py), on the event loop:
 it merges the chunks the consumer thread handed over into micro-batches, dispatches them
 in order, goes on while up to `ahead` batches wait for the broker to acknowledge their
-outputs, and leaves a batch's offsets to be stored only once they are acknowledged, in
+outputs (taking the next batch only when there is room for it, so what queued meanwhile
+joins it), and leaves a batch's offsets to be stored only once they are acknowledged, in
 the order the batches were dispatched. A batch that failed, or whose delivery did, is
 handled again (after a backoff) before any later batch may store: later batches of a
 partition must not store past it."""
@@ -68,16 +69,19 @@ class StageBatches:
 
     async def drive(self, queue: asyncio.Queue[Chunk]) -> None:
         """Dispatch the queued batches in order, at most `ahead` with deliveries
-        outstanding; `settle` waits for those in the same order."""
+        outstanding; `settle` waits for those in the same order. A batch is taken from
+        the queue only once there is room for it."""
         room = asyncio.Semaphore(self._batching.ahead)
         sent: asyncio.Queue[Sent] = asyncio.Queue()
         settle = asyncio.create_task(self.settle(sent, room), name=f"stage-{self.stage}-acks")
         settle.add_done_callback(_log_failure)
         try:
             while True:
+                # Room first, then the batch: what queued while the earlier batches
+                # held the room joins this one (larger batches under load, no timer).
+                await room.acquire()
                 chunks = await self.next_batch(queue)
                 size = sum(len(c.messages) for c in chunks)
-                await room.acquire()
                 live = self._live(chunks)
                 deliveries: Sequence[Awaitable[Any]] | None = []
                 if live:

@@ -227,6 +227,44 @@ def test_the_next_batch_is_handled_while_the_last_ones_deliveries_wait_and_offse
     assert all(o <= 1 for _, _, o in stored_when[2]) if stored_when[2] else True
 
 
+def test_what_queues_while_the_room_is_full_joins_the_next_batch() -> None:
+    consumer, recorder = consumer_with([("a", 0)])
+    consumer._batch_max, consumer._ahead = 8, 1
+    batches: list[list[int]] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        acked: asyncio.Future[None] = loop.create_future()
+
+        async def dispatch(batch: list[Incoming]) -> list[Any]:
+            batches.append([m.offset for m in batch])
+            if len(batches) == 1:  # chunks 1, 2 and 3 come one by one while batch 0 waits for its ack
+                for offset in (1, 2, 3):
+                    loop.call_later(
+                        0.01 * offset, queue.put_nowait, chunk(consumer._book, msgs("a", 0, offset))
+                    )
+                loop.call_later(0.1, acked.set_result, None)
+                return [acked]
+            return []
+
+        queue.put_nowait(chunk(consumer._book, msgs("a", 0, 0)))
+        consumer._in_flight = 4
+        consumer.open()
+        task = asyncio.create_task(consumer._drive("s", dispatch, queue))
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            consumer._store_handled()
+            if not consumer._in_flight:
+                break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(run())
+    assert batches == [[0], [1, 2, 3]]  # not [1] alone, taken before there was room for it
+    assert recorder.stored[-1] == ("a", 0, 4)
+
+
 def test_a_failed_delivery_is_handled_again_before_any_later_batch_stores_its_offset() -> None:
     consumer, recorder = consumer_with([("a", 0)])
     consumer._batch_max, consumer._ahead = 1, 4

@@ -121,10 +121,11 @@ def step(
         raise PermanentError("conversation key collision")  # unreachable: conversation_key is injective
     if event.trace_id == state.in_flight:
         return state, _with_memory(event, state, settings)
-    if event.trace_id in state.finished or event.trace_id in _pending_ids(state):
-        return state, None  # a redelivered question of a turn that is over, or waiting
-    if event.trace_id in {t.trace_id for t in state.turns}:
-        return state, None  # the same, in a state stored before `finished` was kept
+    # A redelivered question of a turn that is over or waiting (the remembered turns
+    # cover states stored before `finished` was kept).
+    over = set(state.finished) | {t.trace_id for t in state.turns}
+    if event.trace_id in over or event.trace_id in _pending_ids(state):
+        return state, None
     queued = state.model_copy(
         update={"pending": [*state.pending, event.model_dump_json()], "updated_at": now}
     )

@@ -178,14 +178,24 @@ def test_queued_chunks_merge_into_batches_of_at_most_batch_max_and_release_their
     assert recorder.stored[-1] == ("a", 0, 6)
 
 
-def run_pipelined(consumer: StageConsumer, dispatch: Any, offsets: list[tuple[int, ...]], until: Any) -> None:
-    """Drive one stage over chunks of partition a/0 until `until()` holds."""
+def run_pipelined(
+    consumer: StageConsumer,
+    dispatch: Any,
+    offsets: list[tuple[int, ...]],
+    until: Any,
+    arriving: list[tuple[float, tuple[int, ...]]] = [],  # noqa: B006  # read only
+) -> None:
+    """Drive one stage over chunks of partition a/0 until `until()` holds; `arriving`:
+    chunks queued that many seconds after the start."""
 
     async def run() -> None:
         queue: asyncio.Queue[Chunk] = asyncio.Queue()
         for chunk_offsets in offsets:
             queue.put_nowait(chunk(consumer._book, msgs("a", 0, *chunk_offsets)))
-        consumer._in_flight = sum(len(o) for o in offsets)
+        for delay, chunk_offsets in arriving:
+            later = chunk(consumer._book, msgs("a", 0, *chunk_offsets))
+            asyncio.get_running_loop().call_later(delay, queue.put_nowait, later)
+        consumer._in_flight = sum(len(o) for o in offsets) + sum(len(o) for _, o in arriving)
         consumer.open()
         task = asyncio.create_task(consumer._drive("s", dispatch, queue))
         for _ in range(500):
@@ -232,35 +242,16 @@ def test_what_queues_while_the_room_is_full_joins_the_next_batch() -> None:
     consumer._batch_max, consumer._ahead = 8, 1
     batches: list[list[int]] = []
 
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Chunk] = asyncio.Queue()
-        acked: asyncio.Future[None] = loop.create_future()
+    async def dispatch(batch: list[Incoming]) -> list[Any]:
+        batches.append([m.offset for m in batch])
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Batch 0 holds the room until after chunks 1, 2 and 3 came, one by one.
+        asyncio.get_running_loop().call_later(0.1 if len(batches) == 1 else 0, acked.set_result, None)
+        return [acked]
 
-        async def dispatch(batch: list[Incoming]) -> list[Any]:
-            batches.append([m.offset for m in batch])
-            if len(batches) == 1:  # chunks 1, 2 and 3 come one by one while batch 0 waits for its ack
-                for offset in (1, 2, 3):
-                    loop.call_later(
-                        0.01 * offset, queue.put_nowait, chunk(consumer._book, msgs("a", 0, offset))
-                    )
-                loop.call_later(0.1, acked.set_result, None)
-                return [acked]
-            return []
-
-        queue.put_nowait(chunk(consumer._book, msgs("a", 0, 0)))
-        consumer._in_flight = 4
-        consumer.open()
-        task = asyncio.create_task(consumer._drive("s", dispatch, queue))
-        for _ in range(300):
-            await asyncio.sleep(0.01)
-            consumer._store_handled()
-            if not consumer._in_flight:
-                break
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(run())
+    arriving = [(0.01, (1,)), (0.02, (2,)), (0.03, (3,))]
+    run_pipelined(consumer, dispatch, [(0,)], lambda: consumer._in_flight == 0, arriving)
+    consumer._store_handled()
     assert batches == [[0], [1, 2, 3]]  # not [1] alone, taken before there was room for it
     assert recorder.stored[-1] == ("a", 0, 4)
 

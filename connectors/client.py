@@ -1,14 +1,15 @@
 """The async Client SDK: publish questions and documents, await the matching replies.
 
 One consumer per Client reads the reply topics from the moment the Client starts (manual
-assignment at the end offsets, so no group join delays the first answer) and resolves
-the waiting futures by trace id. Concurrent asks share it and never block each other."""
+assignment at the end offsets, so no group join delays the first answer), on a thread of
+its own, and resolves the waiting futures by trace id (the replies' key: the replies to
+other clients are not decoded). Concurrent asks share it and never block each other."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Protocol
 
@@ -75,7 +76,8 @@ class Client:
         self._name = producer_name
         self._publisher = Publisher(settings.kafka, client_id=f"{producer_name}-{new_id()[:8]}")
         self._consumer: Any = None
-        self._reader: asyncio.Task[None] | None = None
+        self._reader: threading.Thread | None = None
+        self._closing = threading.Event()
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         # Streaming asks: their deltas and final reply, in arrival order, by trace id.
         self._streams: dict[str, asyncio.Queue[Reply | ResponseDelta]] = {}
@@ -88,13 +90,12 @@ class Client:
         await self.stop()
 
     async def start(self) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
-        from confluent_kafka.aio import AIOConsumer
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
 
         if self._kafka.sasl_username is not None:
             # A refused password is named at once, not as "unreachable" after the wait below.
             await asyncio.to_thread(cluster_metadata, self._kafka, 10)
-        self._consumer = AIOConsumer(
+        consumer = Consumer(
             librdkafka_config(
                 self._kafka,
                 **{
@@ -102,44 +103,53 @@ class Client:
                     "enable.auto.commit": False,
                     "fetch.wait.max.ms": 10,
                 },
-            ),
-            max_workers=2,
+            )
         )
         topics = [self._kafka.topics.responses, self._kafka.topics.indexed]
         try:
-            metadata = await self._consumer.list_topics(timeout=10)
+            metadata = await asyncio.to_thread(consumer.list_topics, timeout=10)
         except KafkaException as exc:
-            await self._consumer.close()
-            self._consumer = None
+            await asyncio.to_thread(consumer.close)
             raise TransientError(
                 f"Kafka at {self._kafka.bootstrap_servers} unreachable ({exc.args[0].str()}): "
                 "is the stack up (`llmops up`)?"
             ) from exc
         assignment = []
-        for topic in topics:
-            if topic not in metadata.topics or metadata.topics[topic].error is not None:
-                raise PermanentError(
-                    f"topic {topic} does not exist on {self._kafka.bootstrap_servers}: "
-                    "is the stack up (`llmops up`) and bootstrapped?"
-                )
-            for partition in metadata.topics[topic].partitions:
-                _, high = await self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=10
-                )
-                assignment.append(TopicPartition(topic, partition, high))
-        await self._consumer.assign(assignment)
+        try:
+            for topic in topics:
+                if topic not in metadata.topics or metadata.topics[topic].error is not None:
+                    raise PermanentError(
+                        f"topic {topic} does not exist on {self._kafka.bootstrap_servers}: "
+                        "is the stack up (`llmops up`) and bootstrapped?"
+                    )
+                for partition in metadata.topics[topic].partitions:
+                    _, high = await asyncio.to_thread(
+                        consumer.get_watermark_offsets, TopicPartition(topic, partition), timeout=10
+                    )
+                    assignment.append(TopicPartition(topic, partition, high))
+            consumer.assign(assignment)
+        except BaseException:
+            await asyncio.to_thread(consumer.close)
+            raise
+        self._consumer = consumer
         await self._publisher.start()
-        self._reader = asyncio.create_task(self._read_replies(), name="llmops-client-replies")
+        self._closing.clear()
+        self._reader = threading.Thread(
+            target=self._read_replies,
+            args=(consumer, asyncio.get_running_loop()),
+            name=f"{self._name}-replies",
+            daemon=True,
+        )
+        self._reader.start()
 
     async def stop(self) -> None:
+        self._closing.set()
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await asyncio.to_thread(self._reader.join)
             self._reader = None
         await self._publisher.stop()
         if self._consumer is not None:
-            await self._consumer.close()
+            await asyncio.to_thread(self._consumer.close)
             self._consumer = None
         for future in self._pending.values():
             if not future.done():
@@ -413,33 +423,52 @@ class Client:
                 raise RequestError(reply)
         return list(replies)
 
-    async def _read_replies(self) -> None:
-        while True:
-            # consume() waits its full timeout unless num_messages arrive: wait for one,
-            # then drain what is already there, so a reply is handed over at once.
+    def _read_replies(self, consumer: Any, loop: asyncio.AbstractEventLoop) -> None:
+        """On a thread of its own, blocked in librdkafka until a reply comes: what one
+        fetch brought is handed to the event loop in one call (a consume per call through
+        a thread pool woke two threads per reply)."""
+        while not self._closing.is_set():
             try:
-                messages = await self._consumer.consume(num_messages=1, timeout=0.2)
+                # consume() waits its full timeout unless num_messages arrive: wait for
+                # one, then take what is already there, so a reply is handed over at once.
+                messages = consumer.consume(num_messages=1, timeout=0.2)
                 if messages:
-                    messages += await self._consumer.consume(num_messages=500, timeout=0)
+                    messages += consumer.consume(num_messages=500, timeout=0)
             except Exception as exc:  # noqa: BLE001  # one bad poll must not end every pending ask
                 log.warning("reading replies failed, retrying: %s", exc)
-                await asyncio.sleep(0.2)
+                self._closing.wait(0.2)
                 continue
-            for message in messages:
-                if message.error() is not None:
-                    continue
-                try:
-                    reply = _replies.validate_json(message.value())
-                except ValidationError:
-                    continue  # not ours to judge: the pipeline dead-letters bad events
-                queue = self._streams.get(reply.trace_id)
-                if queue is not None:
-                    queue.put_nowait(reply)
-                if isinstance(reply, ResponseDelta):
-                    continue
-                future = self._pending.get(reply.trace_id)
-                if future is not None and not future.done():
-                    future.set_result(reply)
+            replies = [(m.key(), m.value()) for m in messages if m.error() is None]
+            if not replies:
+                continue
+            try:
+                loop.call_soon_threadsafe(self._settle, replies)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
+
+    def _settle(self, replies: list[tuple[bytes | None, bytes | None]]) -> None:
+        """On the loop: resolve the asks (and feed the streams) these replies answer.
+        Every client reads every reply; the pipeline keys each by its trace id, so the
+        replies of other clients' requests are skipped undecoded."""
+        for key, value in replies:
+            if key is not None and not self._waiting_for(key):
+                continue
+            try:
+                reply = _replies.validate_json(value or b"")
+            except ValidationError:
+                continue  # not ours to judge: the pipeline dead-letters bad events
+            queue = self._streams.get(reply.trace_id)
+            if queue is not None:
+                queue.put_nowait(reply)
+            if isinstance(reply, ResponseDelta):
+                continue
+            future = self._pending.get(reply.trace_id)
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    def _waiting_for(self, key: bytes) -> bool:
+        trace_id = key.decode(errors="replace")
+        return trace_id in self._pending or trace_id in self._streams
 
 
 def _key(event: Any) -> bytes:

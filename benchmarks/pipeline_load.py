@@ -29,10 +29,10 @@ weigh on it) is offered half the best answered rate for `--seconds`: the latency
 of saturation, measured against the saturation of the same run.
 
 `--warmup-s S`: before the first measured step of a stack, offer its rate for S seconds
-unmeasured. A fresh Apache Kafka spends its first minute compiling (the JVM's JIT): at a
-steady 150/s its CPU per answer fell from 2.9 to 2.1 to 1.5 ms over three 20 s steps, so
+unmeasured. A fresh Apache Kafka spends its first minute compiling (the JVM's JIT), so
 without a warm-up the first step (and `--half`'s, on its fresh stack) measures the
-broker's start as much as the pipeline (docs/scaling.md).
+broker's start as much as the pipeline. On Tansu a warm-up only adds to the log its
+fetches list (docs/scaling.md, *A warm broker, and the client's reader*).
 
 `--profile DIR`: py-spy (if installed) samples the worker (or, `--profile-part analytics`,
 the analytics process) while it is on a CPU during each step, into DIR/PART-RATE.txt

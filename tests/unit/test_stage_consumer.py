@@ -5,6 +5,7 @@ idle mode's decisions (when to pause, where it reads next, when to wake)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, cast
 
 from agents.runtime import Backoff, Incoming
@@ -183,7 +184,7 @@ def run_pipelined(
     dispatch: Any,
     offsets: list[tuple[int, ...]],
     until: Any,
-    arriving: list[tuple[float, tuple[int, ...]]] = [],  # noqa: B006  # read only
+    arriving: Sequence[tuple[float, tuple[int, ...]]] = (),
 ) -> None:
     """Drive one stage over chunks of partition a/0 until `until()` holds; `arriving`:
     chunks queued that many seconds after the start."""

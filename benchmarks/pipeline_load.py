@@ -29,10 +29,11 @@ weigh on it) is offered half the best answered rate for `--seconds`: the latency
 of saturation, measured against the saturation of the same run.
 
 `--warmup-s S`: before the first measured step of a stack, offer its rate for S seconds
-unmeasured. A fresh Apache Kafka spends its first minute compiling (the JVM's JIT), so
-without a warm-up the first step (and `--half`'s, on its fresh stack) measures the
-broker's start as much as the pipeline. On Tansu a warm-up only adds to the log its
-fetches list (docs/scaling.md, *A warm broker, and the client's reader*).
+unmeasured. A fresh Apache Kafka spends more CPU per answer in its first minute (most
+likely the JVM's JIT compiling), so without a warm-up the first step (and `--half`'s, on
+its fresh stack) measures the broker's start as much as the pipeline. On Tansu a warm-up
+only adds to the log its fetches list (docs/scaling.md, *A warm broker, and the client's
+reader*).
 
 `--profile DIR`: py-spy (if installed) samples the worker (or, `--profile-part analytics`,
 the analytics process) while it is on a CPU during each step, into DIR/PART-RATE.txt
